@@ -1,0 +1,227 @@
+"""The ``clicklake`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.table import Table as RichTable
+
+from clicklake import __version__, logs
+from clicklake.config import Settings, load_settings
+from clicklake.exceptions import ClickLakeError, ConfigError, InputError
+
+console = Console(stderr=True)
+out = Console()
+
+
+class _Ctx:
+    def __init__(self, config: str | None, data_dir: str | None):
+        self.config = config
+        self.data_dir = data_dir
+
+    def settings(self, **flags: Any) -> Settings:
+        if self.data_dir:
+            flags.setdefault("storage", {})["data_dir"] = self.data_dir
+        return load_settings(self.config, **flags)
+
+
+def _fail(exc: BaseException) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    code = 2 if isinstance(exc, ConfigError | InputError) else 1
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClickLakeError as exc:
+            _fail(exc)
+        except OSError as exc:
+            _fail(ClickLakeError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")))
+        return None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="clicklake")
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="TOML config file (default: ./clicklake.toml if present).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Override storage.data_dir.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning", show_default=True, help="Structured logs to stderr at this level.")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, data_dir: str | None, log_level: str) -> None:
+    """clicklake: a clickstream lakehouse on Apache Iceberg.
+
+    Collect Segment-compatible events, validate them, land them exactly-once in Iceberg tables,
+    and query them with SQL. Start with `clicklake demo`.
+    """
+    logs.configure(log_level)
+    ctx.obj = _Ctx(config, data_dir)
+
+
+@contextmanager
+def _progress(total: int | None, label: str) -> Iterator[Callable[[int], None]]:
+    if not console.is_terminal:
+        yield lambda n: None
+        return
+    with Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@cli.command()
+@click.option("--source", type=click.Choice(["spool", "files"]), default="spool", show_default=True, help="Where events come from.")
+@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True, help="Which engine runs the pipeline.")
+@click.option("--once", is_flag=True, help="Process what is there now, commit, and exit (default: keep running).")
+@click.option("--app-id", help="App id for file events without a known writeKey (default: pipeline.default_app_id).")
+@click.option("--commit-interval", type=float, help="Override pipeline.commit_interval_s.")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.pass_obj
+def run(obj: _Ctx, source: str, engine: str, once: bool, app_id: str | None, commit_interval: float | None, paths: tuple[str, ...]) -> None:
+    """Run the pipeline: read events, validate, and commit them to Iceberg exactly once.
+
+    With --source files, PATHS are NDJSON files (or directories of them; .gz is read too). Each
+    line is a Segment call or a {"batch": [...]} request.
+    """
+    from clicklake.engines import load_engine
+
+    settings = obj.settings(pipeline={"commit_interval_s": commit_interval})
+    src = _make_source(settings, source, paths)
+    local = load_engine(engine)
+    with local.PipelineLock(settings), _progress(src.total_bytes() if once else None, "ingest") as advance:
+        pipeline = local.Pipeline(settings, src, app_id=app_id, progress=advance)
+        local.install_signal_handlers(pipeline)
+        t0 = time.monotonic()
+        stats = pipeline.run(once=once)
+    _print_run_summary(stats, time.monotonic() - t0)
+
+
+def _make_source(settings: Settings, source: str, paths: tuple[str, ...]) -> Any:
+    if source == "files":
+        from clicklake.sources.files import FilesSource
+
+        return FilesSource(paths, chunk_bytes=settings.pipeline.read_chunk_bytes)
+    if paths:
+        raise InputError("PATHS are only for --source files; the spool is storage.data_dir/spool")
+    from clicklake.sources.spool import SpoolSource
+
+    return SpoolSource(settings.storage.spool_dir, chunk_bytes=settings.pipeline.read_chunk_bytes)
+
+
+def _print_run_summary(stats: Any, seconds: float) -> None:
+    rate = stats.events / seconds if seconds > 0 else 0.0
+    out.print(
+        f"committed {stats.events:,} events and {stats.failed:,} failed events "
+        f"in {stats.commits} commits, {seconds:.1f} s ({rate:,.0f} events/s)"
+        + (f"; skipped {stats.skipped:,} rows already committed" if stats.skipped else "")
+    )
+    if stats.failed_by_reason:
+        out.print("failed events by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.failed_by_reason.items())))
+
+
+@cli.command()
+@click.option("--events", "n_events", type=click.IntRange(min=1), default=10_000, show_default=True, help="How many events to generate.")
+@click.option("--days", type=click.IntRange(min=1), default=7, show_default=True, help="Days of traffic, ending now.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Random seed (same seed, same bytes).")
+@click.option("--format", "fmt", type=click.Choice(["spool", "ndjson"]), default="spool", show_default=True, help="spool: collector envelopes in the spool; ndjson: Segment lines in files.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory (default: the spool, or ./generated for ndjson).")
+@click.option("--files", type=click.IntRange(min=1), default=1, show_default=True, help="Number of NDJSON files.")
+@click.option("--gzip", "gz", is_flag=True, help="Gzip the NDJSON files.")
+@click.option("--malformed-share", type=click.FloatRange(0, 1), default=0.02, show_default=True, help="Share of malformed events.")
+@click.option("--retry-share", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="Share of lines resent by clients.")
+@click.option("--batch-share", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Share of lines that are batch requests.")
+@click.option("--bot-share", type=click.FloatRange(0, 1), default=0.03, show_default=True, help="Share of bot traffic.")
+@click.option("--late-share", type=click.FloatRange(0, 1), default=0.02, show_default=True, help="Share of late (offline) events.")
+@click.option("--app-id", default="demo-shop", show_default=True, help="App id written into spool envelopes.")
+@click.option("--write-key", default="wk_demo", show_default=True, help="writeKey written into NDJSON lines.")
+@click.pass_obj
+def generate(obj: _Ctx, n_events: int, days: int, seed: int, fmt: str, out: str | None, files: int, gz: bool,
+             malformed_share: float, retry_share: float, batch_share: float, bot_share: float, late_share: float,
+             app_id: str, write_key: str) -> None:
+    """Generate a realistic synthetic clickstream, with a manifest of what was produced."""
+    from clicklake.sources.generator import generate as gen
+
+    settings = obj.settings()
+    if out is None:
+        target = settings.storage.spool_dir if fmt == "spool" else Path("generated")
+    else:
+        target = Path(out)
+    with _progress(n_events, "generate") as advance:
+        done = [0]
+
+        def progress(n: int) -> None:
+            advance(n - done[0])
+            done[0] = n
+
+        manifest = gen(
+            target, events=n_events, days=days, seed=seed, fmt=fmt,  # type: ignore[arg-type]
+            gzip=gz, malformed_share=malformed_share, retry_share=retry_share, batch_share=batch_share,
+            bot_share=bot_share, late_share=late_share, app_id=app_id, write_key=write_key, files=files,
+            segment_max_bytes=settings.spool.segment_max_bytes, progress=progress,
+        )
+    manifest_path = _manifest_path(settings, fmt, target)
+    manifest.write(manifest_path)
+    out_console = Console()
+    out_console.print(
+        f"generated {manifest.events_total:,} events in {manifest.lines:,} lines into {target} "
+        f"({manifest.expected_events_rows:,} valid, {manifest.expected_failed_rows:,} malformed); manifest: {manifest_path}"
+    )
+
+
+def _manifest_path(settings: Settings, fmt: str, target: Path) -> Path:
+    # The spool directory holds only segments, so its manifest goes beside it.
+    return target.parent / "generator-manifest.json" if fmt == "spool" else target / "manifest.json"
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def status(obj: _Ctx, as_json: bool) -> None:
+    """Tables, row counts, snapshots, checkpoints and spool lag."""
+    from clicklake.status import collect_status
+
+    info = collect_status(obj.settings())
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    table = RichTable(title=f"clicklake tables in {info['catalog']}")
+    for col in ("table", "rows", "data files", "snapshots", "last commit", "checkpoints"):
+        table.add_column(col)
+    for name, t in info["tables"].items():
+        cps = "; ".join(f"{p}: {c['streams']} streams" for p, c in t["checkpoints"].items()) or "-"
+        table.add_row(name, f"{t['rows']:,}", str(t["data_files"]), str(t["snapshots"]), t["last_commit"] or "-", cps)
+    out.print(table)
+    spool = info["spool"]
+    out.print(f"spool: {spool['segments']} segments, {spool['bytes']:,} bytes, lag {spool['lag_bytes']:,} bytes not yet committed by every table")
+
+
+@cli.command()
+@click.option("--events", "n_events", type=click.IntRange(min=1), default=50_000, show_default=True, help="How many events to generate.")
+@click.option("--days", type=click.IntRange(min=1), default=7, show_default=True, help="Days of traffic, ending now.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--no-serve", is_flag=True, help="Do not start the dashboard afterwards.")
+@click.pass_context
+def demo(ctx: click.Context, n_events: int, days: int, seed: int, no_serve: bool) -> None:
+    """Generate a clickstream into the spool, run the pipeline, and print a summary."""
+    ctx.invoke(generate, n_events=n_events, days=days, seed=seed, fmt="spool", out=None, files=1, gz=False,
+               malformed_share=0.02, retry_share=0.01, batch_share=0.2, bot_share=0.03, late_share=0.02,
+               app_id="demo-shop", write_key="wk_demo")
+    ctx.invoke(run, source="spool", engine="local", once=True, app_id=None, commit_interval=None, paths=())
+    ctx.invoke(status, as_json=False)
+    if not no_serve:
+        out.print("The dashboard is not built yet (issue 6); query the tables with pyiceberg or DuckDB meanwhile.")
+
+
+def main() -> None:
+    cli(prog_name="clicklake")

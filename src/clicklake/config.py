@@ -1,0 +1,279 @@
+"""One typed, frozen settings object.
+
+Precedence, highest first: flags (keyword arguments to :func:`load_settings`), environment
+variables ``CLICKLAKE_<SECTION>__<KEY>``, ``clicklake.toml`` (or ``--config PATH``), defaults.
+With no file at all the embedded defaults apply and everything lives under ``./clicklake-data``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from clicklake.exceptions import ConfigError
+
+DEFAULT_CONFIG_FILE = "clicklake.toml"
+ENV_PREFIX = "CLICKLAKE_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageSettings(_Section):
+    data_dir: Path = Path("./clicklake-data")
+    catalog_uri: str = ""
+    warehouse: str = ""
+    catalog_name: str = "clicklake"
+    namespace: str = "clicklake"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def catalog_db(self) -> Path:
+        return self.data_dir / "catalog.db"
+
+    def resolved_catalog_uri(self) -> str:
+        """The SQLAlchemy URI of the Iceberg SQL catalog (SQLite in ``data_dir`` by default)."""
+        return self.catalog_uri or f"sqlite:///{self.catalog_db.resolve()}"
+
+    def resolved_warehouse(self) -> str:
+        """Where table data lives: ``warehouse`` if set, else ``data_dir/warehouse``."""
+        if self.warehouse:
+            return self.warehouse
+        return (self.data_dir / "warehouse").resolve().as_uri()
+
+
+class CollectorSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    log: Literal["spool", "kafka"] = "spool"
+    write_keys: dict[str, str] = Field(default_factory=lambda: {"wk_demo": "demo-shop"})
+    max_event_bytes: int = Field(default=32 * 1024, gt=0)
+    max_request_bytes: int = Field(default=500 * 1024, gt=0)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "clicklake.events"
+
+
+class SpoolSettings(_Section):
+    segment_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    segment_max_age_s: float = Field(default=60.0, gt=0)
+
+
+class PipelineSettings(_Section):
+    pipeline_id: str = Field(default="main", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    commit_interval_s: float = Field(default=10.0, gt=0)
+    commit_max_events: int = Field(default=200_000, gt=0)
+    read_chunk_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    default_app_id: str = "default"
+    max_future_s: float = Field(default=24 * 3600.0, ge=0)
+    max_age_days: float = Field(default=365.0, gt=0)
+    event_buckets: int = Field(default=16, ge=1, le=4096)
+    commit_retries: int = Field(default=8, ge=0)
+
+
+class ConversionSettings(_Section):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    condition: str
+    value: str = ""
+
+
+def _default_conversions() -> list[ConversionSettings]:
+    return [
+        ConversionSettings(
+            name="order", condition="event_name = 'Order Completed'", value="revenue"
+        )
+    ]
+
+
+class ModelsSettings(_Section):
+    session_gap_minutes: float = Field(default=30.0, gt=0)
+    bounce: Literal["single_pageview", "not_engaged", "min_duration"] = "single_pageview"
+    timezone: str = "UTC"
+    conversions: list[ConversionSettings] = Field(default_factory=_default_conversions)
+
+
+class TokenSettings(_Section):
+    apps: list[str] = Field(default_factory=list)
+    pii: bool = False
+    sql: bool = False
+    admin: bool = False
+
+
+class ApiSettings(_Section):
+    tokens: dict[str, TokenSettings] = Field(default_factory=dict)
+
+
+class Settings(BaseSettings):
+    """Every setting of clicklake, grouped by section as in ``clicklake.toml``."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @field_validator("storage")
+    @classmethod
+    def _data_dir_not_empty(cls, v: StorageSettings) -> StorageSettings:
+        if not str(v.data_dir).strip():
+            raise ValueError("data_dir must not be empty")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file is merged in load_settings (so we can name it in errors); here only
+        # flags (init) and environment take part, flags first.
+        return (init_settings, env_settings)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """``CLICKLAKE_SECTION__KEY=value`` pairs as a nested dict (values stay strings)."""
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if not all(path):
+            continue
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[path[-1]] = _env_value(value)
+    return out
+
+
+def _env_value(raw: str) -> Any:
+    # Lists and tables (write_keys, tokens, conversions) may be given as JSON in env vars.
+    stripped = raw.strip()
+    if stripped[:1] in ("{", "["):
+        import json
+
+        try:
+            return json.loads(stripped)
+        except ValueError:
+            return raw
+    return raw
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(e["loc"][:-1])
+            hint = f"unknown key; allowed here: {', '.join(allowed)}" if allowed else "unknown key"
+            lines.append(f"  - {loc}: {hint}")
+        else:
+            lines.append(f"  - {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model: Any = Settings
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    fields = getattr(model, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+    **flags: Any,
+) -> Settings:
+    """Build the settings from defaults, the TOML file, the environment and flags.
+
+    Args:
+        config_path: A TOML file. ``None`` means ``./clicklake.toml`` if it exists, else none.
+        environ: The environment to read ``CLICKLAKE_*`` variables from (default ``os.environ``).
+        **flags: Overrides from the command line, as nested dicts per section
+            (``pipeline={"commit_interval_s": 1}``); ``None`` values are ignored.
+
+    Returns:
+        The frozen settings.
+
+    Raises:
+        ConfigError: The file is missing or not TOML, or a key or value is wrong; the message
+            names the key and what is allowed.
+    """
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    path: Path | None
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing file to --config")
+    else:
+        path = Path(DEFAULT_CONFIG_FILE)
+        if not path.is_file():
+            path = None
+    if path is not None:
+        origin = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    env = _env_overrides(dict(os.environ if environ is None else environ))
+    if env:
+        origin += " + CLICKLAKE_* environment"
+        data = _deep_merge(data, env)
+    clean_flags = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in flags.items()}
+    clean_flags = {k: v for k, v in clean_flags.items() if v}
+    if clean_flags:
+        origin += " + flags"
+        data = _deep_merge(data, clean_flags)
+    try:
+        # Only pass explicit values: pydantic-settings must not re-read the environment.
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from exc

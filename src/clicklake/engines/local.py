@@ -1,0 +1,201 @@
+"""The embedded engine: decode and validate Arrow micro-batches in-process, commit to Iceberg.
+
+One loop: read chunks from the source (starting at the smallest checkpoint of all tables),
+decode them, hand good rows to the ``events`` sink and failures to the ``failed_events`` sink,
+and commit both every ``commit_interval_s`` or ``commit_max_events``. Each commit carries the
+position reached; the spool deletes segments every table has passed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from clicklake.config import Settings
+from clicklake.events.decode import DecodeOptions, decode_chunk, split
+from clicklake.exceptions import ClickLakeError, StorageError
+from clicklake.lakehouse.catalog import EVENTS, FAILED_EVENTS, ensure_tables, ingest_tables, open_catalog
+from clicklake.lakehouse.sink import TableSink
+from clicklake.sources.base import Chunk, Position, Source, min_position
+
+log = logging.getLogger("clicklake.pipeline")
+
+
+@dataclass
+class RunStats:
+    """What a run did, for the CLI summary and tests."""
+
+    lines_bytes: int = 0
+    events: int = 0
+    failed: int = 0
+    skipped: int = 0
+    commits: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def decode_options(settings: Settings, app_id: str | None = None) -> DecodeOptions:
+    return DecodeOptions(
+        write_keys=dict(settings.collector.write_keys),
+        default_app_id=app_id or settings.pipeline.default_app_id,
+        max_event_bytes=settings.collector.max_event_bytes,
+        max_request_bytes=settings.collector.max_request_bytes,
+        max_future_s=settings.pipeline.max_future_s,
+        max_age_days=settings.pipeline.max_age_days,
+    )
+
+
+class PipelineLock:
+    """One process per pipeline id and data directory (two would both skip and both write)."""
+
+    def __init__(self, settings: Settings):
+        self.path = Path(settings.storage.data_dir) / f"pipeline-{settings.pipeline.pipeline_id}.lock"
+        self._f: IO[str] | None = None
+
+    def __enter__(self) -> PipelineLock:
+        try:
+            self._f = self.path.open("a+")
+        except OSError as exc:
+            raise StorageError(f"cannot create lock file {self.path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.seek(0)
+            holder = self._f.read().strip() or "another process"
+            self._f.close()
+            raise ClickLakeError(
+                f"pipeline {self.path.stem.removeprefix('pipeline-')!r} is already running (pid {holder}); "
+                "stop it first, or give this run another pipeline.pipeline_id"
+            ) from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(str(os.getpid()))
+        self._f.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+class Pipeline:
+    """The embedded pipeline over one source.
+
+    Args:
+        settings: The settings.
+        source: Where lines come from.
+        app_id: App id for file events without a known write key (``--app-id``).
+        progress: Called with the number of bytes consumed after each chunk.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: Source,
+        app_id: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ):
+        self.settings = settings
+        self.source = source
+        self.options = decode_options(settings, app_id)
+        self.progress = progress
+        self.stats = RunStats()
+        self._stop = threading.Event()
+        catalog = open_catalog(settings)
+        tables = ensure_tables(catalog, settings, ingest_tables(settings))
+        pid = settings.pipeline.pipeline_id
+        retries = settings.pipeline.commit_retries
+        self.sinks = {
+            EVENTS: TableSink(tables[EVENTS], pid, source.name, "load_tstamp", retries),
+            FAILED_EVENTS: TableSink(tables[FAILED_EVENTS], pid, source.name, "failed_tstamp", retries),
+        }
+
+    def stop(self) -> None:
+        """Ask the loop to finish: it commits what it holds and returns."""
+        self._stop.set()
+
+    def resume_position(self) -> Position:
+        return min_position(s.checkpoint for s in self.sinks.values())
+
+    def run(self, once: bool = False, poll_s: float = 0.2) -> RunStats:
+        """Process the source; with ``once``, up to what is readable now, then commit and return."""
+        cfg = self.settings.pipeline
+        position = self.resume_position()
+        log.info("event=start source=%s pipeline=%s resume=%s", self.source.name, cfg.pipeline_id, _short(position))
+        last_commit = time.monotonic()
+        while True:
+            for chunk in self.source.chunks(position):
+                self._process(chunk)
+                position[chunk.stream] = chunk.end
+                if self._due(last_commit):
+                    self._commit(position)
+                    last_commit = time.monotonic()
+                if self._stop.is_set():
+                    break
+            if once or self._stop.is_set():
+                break
+            if time.monotonic() - last_commit >= cfg.commit_interval_s:
+                self._commit(position)
+                last_commit = time.monotonic()
+            self._stop.wait(poll_s)
+        self._commit(position)
+        log.info(
+            "event=finish events=%d failed=%d skipped=%d commits=%d",
+            self.stats.events, self.stats.failed, self.stats.skipped, self.stats.commits,
+        )
+        return self.stats
+
+    def _process(self, chunk: Chunk) -> None:
+        data = chunk.data
+        decoded = decode_chunk(chunk, self.options, int(time.time() * 1_000_000))
+        good, bad = split(decoded)
+        took_good = self.sinks[EVENTS].add(good)
+        took_bad = self.sinks[FAILED_EVENTS].add(bad)
+        self.stats.events += took_good
+        self.stats.failed += took_bad
+        self.stats.skipped += good.num_rows + bad.num_rows - took_good - took_bad
+        if took_bad:
+            counts = bad.column("error_type").value_counts().to_pylist()
+            for item in counts:
+                self.stats.failed_by_reason[item["values"]] = self.stats.failed_by_reason.get(item["values"], 0) + item["counts"]
+        self.stats.lines_bytes += len(data)
+        if self.progress:
+            self.progress(len(data))
+
+    def _due(self, last_commit: float) -> bool:
+        cfg = self.settings.pipeline
+        pending = sum(s.pending_rows for s in self.sinks.values())
+        return pending >= cfg.commit_max_events or (time.monotonic() - last_commit) >= cfg.commit_interval_s
+
+    def _commit(self, position: Position) -> None:
+        position = self.source.prune(position)
+        for sink in self.sinks.values():
+            if sink.needs_commit(position):
+                sink.commit(position)
+                self.stats.commits += 1
+        self.source.committed(min_position(s.checkpoint for s in self.sinks.values()))
+
+
+def _short(position: Position) -> str:
+    if len(position) <= 3:
+        return ",".join(f"{k}:{v}" for k, v in sorted(position.items()))
+    return f"{len(position)} streams"
+
+
+def install_signal_handlers(pipeline: Pipeline) -> None:
+    """SIGTERM and SIGINT finish the current chunk, commit and exit."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("event=signal signal=%d", signum)
+        pipeline.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,1 @@
+"""The canonical event: schemas, the spool envelope, the Segment decoder and validation."""

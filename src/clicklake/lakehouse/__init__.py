@@ -1,0 +1,1 @@
+"""Everything that talks to PyIceberg: the catalog, table specs, checkpointed commits."""

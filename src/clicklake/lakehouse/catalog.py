@@ -1,0 +1,97 @@
+"""The Iceberg catalog and the clicklake tables in it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from clicklake.config import Settings
+from clicklake.events.schema import (
+    EVENTS_SCHEMA,
+    FAILED_SCHEMA,
+    events_partition_spec,
+    failed_partition_spec,
+)
+from clicklake.exceptions import StorageError
+
+EVENTS = "events"
+FAILED_EVENTS = "failed_events"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    schema: Schema
+    spec: PartitionSpec
+
+
+def ingest_tables(settings: Settings) -> tuple[TableSpec, ...]:
+    """The tables the pipeline writes, with their partition specs."""
+    return (
+        TableSpec(EVENTS, EVENTS_SCHEMA, events_partition_spec(settings.pipeline.event_buckets)),
+        TableSpec(FAILED_EVENTS, FAILED_SCHEMA, failed_partition_spec()),
+    )
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """The Iceberg SQL catalog (SQLite in ``data_dir`` unless ``storage.catalog_uri`` is set).
+
+    Raises:
+        StorageError: The data directory cannot be created or the catalog opened.
+    """
+    storage = settings.storage
+    if not storage.catalog_uri:
+        try:
+            storage.data_dir.mkdir(parents=True, exist_ok=True)
+            (storage.data_dir / "warehouse").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create data directory {storage.data_dir}: {exc.strerror or exc}; "
+                "set storage.data_dir (or CLICKLAKE_STORAGE__DATA_DIR) to a writable folder"
+            ) from exc
+        if not os.access(storage.data_dir, os.W_OK):
+            raise StorageError(
+                f"data directory {storage.data_dir} is not writable; "
+                "fix its permissions or point storage.data_dir at a writable folder"
+            )
+    try:
+        return SqlCatalog(
+            storage.catalog_name,
+            uri=storage.resolved_catalog_uri(),
+            warehouse=storage.resolved_warehouse(),
+        )
+    except (SQLAlchemyError, OSError) as exc:
+        raise StorageError(f"cannot open the Iceberg catalog at {storage.resolved_catalog_uri()}: {exc}") from exc
+
+
+def table_id(settings: Settings, name: str) -> str:
+    return f"{settings.storage.namespace}.{name}"
+
+
+def ensure_tables(catalog: Catalog, settings: Settings, specs: tuple[TableSpec, ...]) -> dict[str, Table]:
+    """Create the namespace and tables that do not exist yet; return them all by name."""
+    try:
+        catalog.create_namespace_if_not_exists(settings.storage.namespace)
+        out = {}
+        for spec in specs:
+            out[spec.name] = catalog.create_table_if_not_exists(
+                table_id(settings, spec.name), schema=spec.schema, partition_spec=spec.spec
+            )
+        return out
+    except (SQLAlchemyError, OSError) as exc:
+        raise StorageError(f"cannot create clicklake tables: {exc}") from exc
+
+
+def load_existing(catalog: Catalog, settings: Settings, name: str) -> Table | None:
+    try:
+        return catalog.load_table(table_id(settings, name))
+    except NoSuchTableError:
+        return None
