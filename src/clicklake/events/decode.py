@@ -128,7 +128,7 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
     offsets = np.concatenate(([0], ends)).astype(np.int64)
     n = len(ends)
     bad_utf8: pa.Table | None = None
-    keep = (ends - starts) > 1  # a line of just "\n" is blank
+    keep = np.ones(n, dtype=bool)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -161,6 +161,13 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
         ],
         schema=LINES_ARROW,
     )
+    # Blank lines carry nothing: they are not events. Only lines that start with whitespace
+    # can be blank, so only those (rare) are looked at one by one.
+    if n:
+        first = buf[starts]
+        for i in np.flatnonzero((first == 32) | (first == 9) | (first == 13) | (first == 10)):
+            if not data[starts[i] : ends[i]].strip():
+                keep[i] = False
     if not keep.all():
         batch = batch.filter(pa.array(keep))
     return batch, bad_utf8

@@ -22,6 +22,10 @@ from clicklake.events.schema import (
 )
 from clicklake.exceptions import StorageError
 
+# The sink retries conflicts itself, checking its checkpoint between attempts; PyIceberg's own
+# silent retry would bypass that check.
+TABLE_PROPERTIES = {"commit.retry.num-retries": "0", "write.parquet.compression-codec": "zstd"}
+
 EVENTS = "events"
 FAILED_EVENTS = "failed_events"
 
@@ -83,7 +87,10 @@ def ensure_tables(catalog: Catalog, settings: Settings, specs: tuple[TableSpec, 
         out = {}
         for spec in specs:
             out[spec.name] = catalog.create_table_if_not_exists(
-                table_id(settings, spec.name), schema=spec.schema, partition_spec=spec.spec
+                table_id(settings, spec.name),
+                schema=spec.schema,
+                partition_spec=spec.spec,
+                properties=TABLE_PROPERTIES,
             )
         return out
     except (SQLAlchemyError, OSError) as exc:

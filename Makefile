@@ -1,0 +1,49 @@
+# clicklake: `make demo` and `make test` set everything up on a bare machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO_DIR ?= clicklake-demo
+DEMO_EVENTS ?= 50000
+
+.PHONY: help install demo test test-fast bench lint format clean
+
+help:
+	@echo "make demo   - install, generate a clickstream, run the pipeline into Iceberg, print the summary"
+	@echo "make test   - install and run every test (unit, end-to-end, crash tests)"
+	@echo "make bench  - run the benchmarks in bench/ and update bench/RESULTS.md"
+	@echo "make lint   - ruff and mypy"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+)"; exit 1; }
+	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(BIN)/clicklake --data-dir $(DEMO_DIR) demo --events $(DEMO_EVENTS) --no-serve
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python bench/pipeline_throughput.py
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache bench/out

@@ -1,0 +1,3 @@
+from clicklake.cli import main
+
+main()
