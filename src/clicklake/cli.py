@@ -12,7 +12,14 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table as RichTable
 
 from clicklake import __version__, logs
@@ -53,9 +60,20 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="clicklake")
-@click.option("--config", "config", type=click.Path(dir_okay=False), help="TOML config file (default: ./clicklake.toml if present).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    help="TOML config file (default: ./clicklake.toml if present).",
+)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Override storage.data_dir.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning", show_default=True, help="Structured logs to stderr at this level.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+    help="Structured logs to stderr at this level.",
+)
 @click.pass_context
 def cli(ctx: click.Context, config: str | None, data_dir: str | None, log_level: str) -> None:
     """clicklake: a clickstream lakehouse on Apache Iceberg.
@@ -73,22 +91,51 @@ def _progress(total: int | None, label: str) -> Iterator[Callable[[int], None]]:
         yield lambda n: None
         return
     with Progress(
-        TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     ) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
 
 
 @cli.command()
-@click.option("--source", type=click.Choice(["spool", "files"]), default="spool", show_default=True, help="Where events come from.")
-@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True, help="Which engine runs the pipeline.")
-@click.option("--once", is_flag=True, help="Process what is there now, commit, and exit (default: keep running).")
-@click.option("--app-id", help="App id for file events without a known writeKey (default: pipeline.default_app_id).")
+@click.option(
+    "--source",
+    type=click.Choice(["spool", "files"]),
+    default="spool",
+    show_default=True,
+    help="Where events come from.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local"]),
+    default="local",
+    show_default=True,
+    help="Which engine runs the pipeline.",
+)
+@click.option(
+    "--once", is_flag=True, help="Process what is there now, commit, and exit (default: keep running)."
+)
+@click.option(
+    "--app-id", help="App id for file events without a known writeKey (default: pipeline.default_app_id)."
+)
 @click.option("--commit-interval", type=float, help="Override pipeline.commit_interval_s.")
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.pass_obj
-def run(obj: _Ctx, source: str, engine: str, once: bool, app_id: str | None, commit_interval: float | None, paths: tuple[str, ...]) -> None:
+def run(
+    obj: _Ctx,
+    source: str,
+    engine: str,
+    once: bool,
+    app_id: str | None,
+    commit_interval: float | None,
+    paths: tuple[str, ...],
+) -> None:
     """Run the pipeline: read events, validate, and commit them to Iceberg exactly once.
 
     With --source files, PATHS are NDJSON files (or directories of them; .gz is read too). Each
@@ -127,28 +174,93 @@ def _print_run_summary(stats: Any, seconds: float) -> None:
         + (f"; skipped {stats.skipped:,} rows already committed" if stats.skipped else "")
     )
     if stats.failed_by_reason:
-        out.print("failed events by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.failed_by_reason.items())))
+        out.print(
+            "failed events by reason: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(stats.failed_by_reason.items()))
+        )
 
 
 @cli.command()
-@click.option("--events", "n_events", type=click.IntRange(min=1), default=10_000, show_default=True, help="How many events to generate.")
-@click.option("--days", type=click.IntRange(min=1), default=7, show_default=True, help="Days of traffic, ending now.")
+@click.option(
+    "--events",
+    "n_events",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="How many events to generate.",
+)
+@click.option(
+    "--days", type=click.IntRange(min=1), default=7, show_default=True, help="Days of traffic, ending now."
+)
 @click.option("--seed", type=int, default=42, show_default=True, help="Random seed (same seed, same bytes).")
-@click.option("--format", "fmt", type=click.Choice(["spool", "ndjson"]), default="spool", show_default=True, help="spool: collector envelopes in the spool; ndjson: Segment lines in files.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output directory (default: the spool, or ./generated for ndjson).")
-@click.option("--files", type=click.IntRange(min=1), default=1, show_default=True, help="Number of NDJSON files.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["spool", "ndjson"]),
+    default="spool",
+    show_default=True,
+    help="spool: collector envelopes in the spool; ndjson: Segment lines in files.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Output directory (default: the spool, or ./generated for ndjson).",
+)
+@click.option(
+    "--files", type=click.IntRange(min=1), default=1, show_default=True, help="Number of NDJSON files."
+)
 @click.option("--gzip", "gz", is_flag=True, help="Gzip the NDJSON files.")
-@click.option("--malformed-share", type=click.FloatRange(0, 1), default=0.02, show_default=True, help="Share of malformed events.")
-@click.option("--retry-share", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="Share of lines resent by clients.")
-@click.option("--batch-share", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Share of lines that are batch requests.")
-@click.option("--bot-share", type=click.FloatRange(0, 1), default=0.03, show_default=True, help="Share of bot traffic.")
-@click.option("--late-share", type=click.FloatRange(0, 1), default=0.02, show_default=True, help="Share of late (offline) events.")
+@click.option(
+    "--malformed-share",
+    type=click.FloatRange(0, 1),
+    default=0.02,
+    show_default=True,
+    help="Share of malformed events.",
+)
+@click.option(
+    "--retry-share",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    show_default=True,
+    help="Share of lines resent by clients.",
+)
+@click.option(
+    "--batch-share",
+    type=click.FloatRange(0, 1),
+    default=0.2,
+    show_default=True,
+    help="Share of lines that are batch requests.",
+)
+@click.option(
+    "--bot-share", type=click.FloatRange(0, 1), default=0.03, show_default=True, help="Share of bot traffic."
+)
+@click.option(
+    "--late-share",
+    type=click.FloatRange(0, 1),
+    default=0.02,
+    show_default=True,
+    help="Share of late (offline) events.",
+)
 @click.option("--app-id", default="demo-shop", show_default=True, help="App id written into spool envelopes.")
 @click.option("--write-key", default="wk_demo", show_default=True, help="writeKey written into NDJSON lines.")
 @click.pass_obj
-def generate(obj: _Ctx, n_events: int, days: int, seed: int, fmt: str, out: str | None, files: int, gz: bool,
-             malformed_share: float, retry_share: float, batch_share: float, bot_share: float, late_share: float,
-             app_id: str, write_key: str) -> None:
+def generate(
+    obj: _Ctx,
+    n_events: int,
+    days: int,
+    seed: int,
+    fmt: str,
+    out: str | None,
+    files: int,
+    gz: bool,
+    malformed_share: float,
+    retry_share: float,
+    batch_share: float,
+    bot_share: float,
+    late_share: float,
+    app_id: str,
+    write_key: str,
+) -> None:
     """Generate a realistic synthetic clickstream, with a manifest of what was produced."""
     from clicklake.sources.generator import generate as gen
 
@@ -165,10 +277,22 @@ def generate(obj: _Ctx, n_events: int, days: int, seed: int, fmt: str, out: str 
             done[0] = n
 
         manifest = gen(
-            target, events=n_events, days=days, seed=seed, fmt=fmt,  # type: ignore[arg-type]
-            gzip=gz, malformed_share=malformed_share, retry_share=retry_share, batch_share=batch_share,
-            bot_share=bot_share, late_share=late_share, app_id=app_id, write_key=write_key, files=files,
-            segment_max_bytes=settings.spool.segment_max_bytes, progress=progress,
+            target,
+            events=n_events,
+            days=days,
+            seed=seed,
+            fmt=fmt,  # type: ignore[arg-type]
+            gzip=gz,
+            malformed_share=malformed_share,
+            retry_share=retry_share,
+            batch_share=batch_share,
+            bot_share=bot_share,
+            late_share=late_share,
+            app_id=app_id,
+            write_key=write_key,
+            files=files,
+            segment_max_bytes=settings.spool.segment_max_bytes,
+            progress=progress,
         )
     manifest_path = _manifest_path(settings, fmt, target)
     manifest.write(manifest_path)
@@ -200,27 +324,58 @@ def status(obj: _Ctx, as_json: bool) -> None:
         table.add_column(col)
     for name, t in info["tables"].items():
         cps = "; ".join(f"{p}: {c['streams']} streams" for p, c in t["checkpoints"].items()) or "-"
-        table.add_row(name, f"{t['rows']:,}", str(t["data_files"]), str(t["snapshots"]), t["last_commit"] or "-", cps)
+        table.add_row(
+            name, f"{t['rows']:,}", str(t["data_files"]), str(t["snapshots"]), t["last_commit"] or "-", cps
+        )
     out.print(table)
+    if info["note"]:
+        out.print(info["note"])
     spool = info["spool"]
-    out.print(f"spool: {spool['segments']} segments, {spool['bytes']:,} bytes, lag {spool['lag_bytes']:,} bytes not yet committed by every table")
+    out.print(
+        f"spool: {spool['segments']} segments, {spool['bytes']:,} bytes, lag {spool['lag_bytes']:,} bytes not yet committed by every table"
+    )
 
 
 @cli.command()
-@click.option("--events", "n_events", type=click.IntRange(min=1), default=50_000, show_default=True, help="How many events to generate.")
-@click.option("--days", type=click.IntRange(min=1), default=7, show_default=True, help="Days of traffic, ending now.")
+@click.option(
+    "--events",
+    "n_events",
+    type=click.IntRange(min=1),
+    default=50_000,
+    show_default=True,
+    help="How many events to generate.",
+)
+@click.option(
+    "--days", type=click.IntRange(min=1), default=7, show_default=True, help="Days of traffic, ending now."
+)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--no-serve", is_flag=True, help="Do not start the dashboard afterwards.")
 @click.pass_context
 def demo(ctx: click.Context, n_events: int, days: int, seed: int, no_serve: bool) -> None:
     """Generate a clickstream into the spool, run the pipeline, and print a summary."""
-    ctx.invoke(generate, n_events=n_events, days=days, seed=seed, fmt="spool", out=None, files=1, gz=False,
-               malformed_share=0.02, retry_share=0.01, batch_share=0.2, bot_share=0.03, late_share=0.02,
-               app_id="demo-shop", write_key="wk_demo")
+    ctx.invoke(
+        generate,
+        n_events=n_events,
+        days=days,
+        seed=seed,
+        fmt="spool",
+        out=None,
+        files=1,
+        gz=False,
+        malformed_share=0.02,
+        retry_share=0.01,
+        batch_share=0.2,
+        bot_share=0.03,
+        late_share=0.02,
+        app_id="demo-shop",
+        write_key="wk_demo",
+    )
     ctx.invoke(run, source="spool", engine="local", once=True, app_id=None, commit_interval=None, paths=())
     ctx.invoke(status, as_json=False)
     if not no_serve:
-        out.print("The dashboard is not built yet (issue 6); query the tables with pyiceberg or DuckDB meanwhile.")
+        out.print(
+            "The dashboard is not built yet (issue 6); query the tables with pyiceberg or DuckDB meanwhile."
+        )
 
 
 def main() -> None:

@@ -93,11 +93,7 @@ class ConversionSettings(_Section):
 
 
 def _default_conversions() -> list[ConversionSettings]:
-    return [
-        ConversionSettings(
-            name="order", condition="event_name = 'Order Completed'", value="revenue"
-        )
-    ]
+    return [ConversionSettings(name="order", condition="event_name = 'Order Completed'", value="revenue")]
 
 
 class ModelsSettings(_Section):

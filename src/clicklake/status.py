@@ -15,11 +15,12 @@ from clicklake.sources.spool import list_segments
 
 def collect_status(settings: Settings) -> dict[str, Any]:
     """A JSON-able summary of every clicklake table and of the spool."""
-    catalog = open_catalog(settings)
     tables: dict[str, Any] = {}
     checkpoints_all = []
+    fresh = not settings.storage.catalog_uri and not settings.storage.catalog_db.exists()
+    catalog = None if fresh else open_catalog(settings, write=False)
     for name in (EVENTS, FAILED_EVENTS):
-        t = load_existing(catalog, settings, name)
+        t = load_existing(catalog, settings, name) if catalog is not None else None
         if t is None:
             continue
         snap = t.current_snapshot()
@@ -30,8 +31,12 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             pid = props.get(PIPELINE_KEY)
             if pid and pid not in cps and CHECKPOINT_KEY in props:
                 data = json.loads(props[CHECKPOINT_KEY])
-                cps[pid] = {"source": data.get("source"), "streams": len(data.get("positions", {})),
-                            "positions": data.get("positions", {}), "snapshot_id": s.snapshot_id}
+                cps[pid] = {
+                    "source": data.get("source"),
+                    "streams": len(data.get("positions", {})),
+                    "positions": data.get("positions", {}),
+                    "snapshot_id": s.snapshot_id,
+                }
         if settings.pipeline.pipeline_id in cps:
             checkpoints_all.append(cps[settings.pipeline.pipeline_id]["positions"])
         tables[name] = {
@@ -39,7 +44,9 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             "data_files": int(summary.get("total-data-files", 0)),
             "snapshots": len(t.metadata.snapshots),
             "current_snapshot_id": snap.snapshot_id if snap else None,
-            "last_commit": datetime.fromtimestamp(snap.timestamp_ms / 1000, UTC).isoformat(timespec="seconds") if snap else None,
+            "last_commit": datetime.fromtimestamp(snap.timestamp_ms / 1000, UTC).isoformat(timespec="seconds")
+            if snap
+            else None,
             "partition_spec": str(t.spec()).replace("\n", " "),
             "checkpoints": cps,
         }
@@ -52,5 +59,11 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "catalog": settings.storage.resolved_catalog_uri(),
         "warehouse": settings.storage.resolved_warehouse(),
         "tables": tables,
-        "spool": {"dir": str(spool_dir), "segments": len(segments), "bytes": sum(sizes.values()), "lag_bytes": lag},
+        "note": "no tables yet: run `clicklake demo` or `clicklake run`" if not tables else "",
+        "spool": {
+            "dir": str(spool_dir),
+            "segments": len(segments),
+            "bytes": sum(sizes.values()),
+            "lag_bytes": lag,
+        },
     }

@@ -33,19 +33,24 @@ KILLS = 12
 
 def _env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKLAKE_")}
-    env.update({
-        "CLICKLAKE_STORAGE__DATA_DIR": str(data_dir),
-        "CLICKLAKE_SPOOL__SEGMENT_MAX_BYTES": str(8 * 1024 * 1024),
-        "CLICKLAKE_PIPELINE__COMMIT_MAX_EVENTS": "15000",
-        "CLICKLAKE_PIPELINE__READ_CHUNK_BYTES": str(2 * 1024 * 1024),
-    })
+    env.update(
+        {
+            "CLICKLAKE_STORAGE__DATA_DIR": str(data_dir),
+            "CLICKLAKE_SPOOL__SEGMENT_MAX_BYTES": str(8 * 1024 * 1024),
+            "CLICKLAKE_PIPELINE__COMMIT_MAX_EVENTS": "15000",
+            "CLICKLAKE_PIPELINE__READ_CHUNK_BYTES": str(2 * 1024 * 1024),
+        }
+    )
     return env
 
 
 def _run_and_kill(env: dict[str, str], rng: random.Random, at_commit: bool) -> bool:
     """Start a run; kill it mid-way. Returns False if it finished before the kill."""
     proc = subprocess.Popen(
-        [*CLI, "--log-level", "info", "run", "--once"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        [*CLI, "--log-level", "info", "run", "--once"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
     )
     assert proc.stderr is not None
     deadline = None
@@ -76,8 +81,22 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
     data_dir = tmp_path / "data"
     env = _env(data_dir)
     gen = subprocess.run(
-        [*CLI, "generate", "--events", str(EVENTS_N), "--seed", "7", "--format", "spool", "--malformed-share", "0.03"],
-        env=env, capture_output=True, text=True, cwd=tmp_path,
+        [
+            *CLI,
+            "generate",
+            "--events",
+            str(EVENTS_N),
+            "--seed",
+            "7",
+            "--format",
+            "spool",
+            "--malformed-share",
+            "0.03",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert gen.returncode == 0, gen.stderr
     manifest = json.loads((data_dir / "generator-manifest.json").read_text())
@@ -100,8 +119,14 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
     settings = load_settings(environ={}, storage={"data_dir": str(data_dir)})
     catalog = open_catalog(settings)
     cols = ["source_stream", "source_offset", "source_index"]
-    events = catalog.load_table(table_id(settings, EVENTS)).scan(selected_fields=(*cols, "event_id")).to_arrow()
-    failed = catalog.load_table(table_id(settings, FAILED_EVENTS)).scan(selected_fields=(*cols, "error_type")).to_arrow()
+    events = (
+        catalog.load_table(table_id(settings, EVENTS)).scan(selected_fields=(*cols, "event_id")).to_arrow()
+    )
+    failed = (
+        catalog.load_table(table_id(settings, FAILED_EVENTS))
+        .scan(selected_fields=(*cols, "error_type"))
+        .to_arrow()
+    )
 
     # Exactly the manifest's totals ...
     assert events.num_rows == manifest["expected_events_rows"]
@@ -109,7 +134,10 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
     # ... and no source position twice (a duplicate plus a loss would also match the totals).
     for t in (events, failed):
         keys = pc.binary_join_element_wise(
-            pc.cast(t["source_stream"], "string"), pc.cast(t["source_offset"], "string"), pc.cast(t["source_index"], "string"), ":"
+            pc.cast(t["source_stream"], "string"),
+            pc.cast(t["source_offset"], "string"),
+            pc.cast(t["source_index"], "string"),
+            ":",
         )
         assert pc.count_distinct(keys).as_py() == t.num_rows
     # Each malformed kind is accounted for under its reason.

@@ -21,7 +21,9 @@ def ts(s: str) -> datetime:
     return datetime.fromisoformat(s.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def run(lines: list[bytes | dict[str, Any]], mode: str = "segment") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def run(
+    lines: list[bytes | dict[str, Any]], mode: str = "segment"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     raw = [x if isinstance(x, bytes) else orjson.dumps(x) for x in lines]
     data = b"\n".join(raw) + b"\n"
     good, bad = split(decode_chunk(Chunk("s1", 1000, data, mode), OPTS, NOW_US))  # type: ignore[arg-type]
@@ -44,14 +46,31 @@ def fail(line: bytes | dict[str, Any]) -> dict[str, Any]:
 
 
 def test_track_maps_every_core_column() -> None:
-    r = one({
-        "type": "track", "event": "Order Completed", "messageId": "m-1", "userId": "u1",
-        "anonymousId": "a1", "timestamp": "2026-11-26T11:00:00.000Z", "sentAt": "2026-11-26T11:00:10.000Z",
-        "receivedAt": "2026-11-26T11:00:11.000Z", "writeKey": "wk_demo",
-        "properties": {"revenue": 9.5, "session_id": "s-from-props"},
-        "context": {"ip": "203.0.113.7", "userAgent": "UA/1", "library": {"name": "analytics-python", "version": "2.3"},
-                    "page": {"url": "https://shop.example/cart", "path": "/cart", "title": "Cart", "referrer": "https://google.com/"}},
-    })
+    r = one(
+        {
+            "type": "track",
+            "event": "Order Completed",
+            "messageId": "m-1",
+            "userId": "u1",
+            "anonymousId": "a1",
+            "timestamp": "2026-11-26T11:00:00.000Z",
+            "sentAt": "2026-11-26T11:00:10.000Z",
+            "receivedAt": "2026-11-26T11:00:11.000Z",
+            "writeKey": "wk_demo",
+            "properties": {"revenue": 9.5, "session_id": "s-from-props"},
+            "context": {
+                "ip": "203.0.113.7",
+                "userAgent": "UA/1",
+                "library": {"name": "analytics-python", "version": "2.3"},
+                "page": {
+                    "url": "https://shop.example/cart",
+                    "path": "/cart",
+                    "title": "Cart",
+                    "referrer": "https://google.com/",
+                },
+            },
+        }
+    )
     assert r["event_id"] == "m-1"
     assert (r["event_type"], r["event_name"], r["app_id"]) == ("track", "Order Completed", "demo-shop")
     assert (r["user_id"], r["anonymous_id"], r["user_key"]) == ("u1", "a1", "u1")
@@ -62,7 +81,11 @@ def test_track_maps_every_core_column() -> None:
     # collector - (sent - created) = 11:00:11 - 10 s
     assert r["derived_tstamp"] == ts("2026-11-26T11:00:01Z")
     assert (r["page_url"], r["page_path"], r["page_title"], r["page_referrer"]) == (
-        "https://shop.example/cart", "/cart", "Cart", "https://google.com/")
+        "https://shop.example/cart",
+        "/cart",
+        "Cart",
+        "https://google.com/",
+    )
     assert (r["user_agent"], r["user_ipaddress"]) == ("UA/1", "203.0.113.7")
     assert (r["library_name"], r["library_version"]) == ("analytics-python", "2.3")
     assert orjson.loads(r["properties"]) == {"revenue": 9.5, "session_id": "s-from-props"}
@@ -71,9 +94,16 @@ def test_track_maps_every_core_column() -> None:
 
 
 def test_page_takes_name_and_properties_over_context_page() -> None:
-    r = one({"type": "page", "name": "Home", "anonymousId": "a1", "messageId": "p1",
-             "properties": {"url": "https://x.example/?utm_source=news", "path": "/", "title": "Home"},
-             "context": {"page": {"url": "https://ignored.example/", "referrer": "https://t.co/x"}}})
+    r = one(
+        {
+            "type": "page",
+            "name": "Home",
+            "anonymousId": "a1",
+            "messageId": "p1",
+            "properties": {"url": "https://x.example/?utm_source=news", "path": "/", "title": "Home"},
+            "context": {"page": {"url": "https://ignored.example/", "referrer": "https://t.co/x"}},
+        }
+    )
     assert (r["event_type"], r["event_name"]) == ("page", "Home")
     assert r["page_url"] == "https://x.example/?utm_source=news"
     assert r["page_referrer"] == "https://t.co/x"  # falls back to context.page
@@ -84,9 +114,17 @@ def test_page_takes_name_and_properties_over_context_page() -> None:
     ("call", "check"),
     [
         ({"type": "screen", "name": "Checkout", "userId": "u"}, lambda r: r["event_name"] == "Checkout"),
-        ({"type": "identify", "userId": "u", "traits": {"email": "a@b.c", "nested": {"x": [1, 2]}}},
-         lambda r: orjson.loads(r["traits"]) == {"email": "a@b.c", "nested": {"x": [1, 2]}} and r["event_name"] is None),
-        ({"type": "group", "userId": "u", "groupId": "acme", "traits": {"plan": "pro"}}, lambda r: r["group_id"] == "acme"),
+        (
+            {"type": "identify", "userId": "u", "traits": {"email": "a@b.c", "nested": {"x": [1, 2]}}},
+            lambda r: (
+                orjson.loads(r["traits"]) == {"email": "a@b.c", "nested": {"x": [1, 2]}}
+                and r["event_name"] is None
+            ),
+        ),
+        (
+            {"type": "group", "userId": "u", "groupId": "acme", "traits": {"plan": "pro"}},
+            lambda r: r["group_id"] == "acme",
+        ),
         ({"type": "alias", "userId": "u", "previousId": "anon-9"}, lambda r: r["previous_id"] == "anon-9"),
     ],
 )
@@ -97,8 +135,21 @@ def test_other_call_types(call: dict[str, Any], check: Any) -> None:
 
 
 def test_numeric_ids_become_strings_and_session_id_from_context() -> None:
-    r = one({"type": "track", "event": "E", "userId": 12345, "messageId": 987, "context": {"sessionId": 1732600000123}})
-    assert (r["user_id"], r["user_key"], r["event_id"], r["session_id"]) == ("12345", "12345", "987", "1732600000123")
+    r = one(
+        {
+            "type": "track",
+            "event": "E",
+            "userId": 12345,
+            "messageId": 987,
+            "context": {"sessionId": 1732600000123},
+        }
+    )
+    assert (r["user_id"], r["user_key"], r["event_id"], r["session_id"]) == (
+        "12345",
+        "12345",
+        "987",
+        "1732600000123",
+    )
 
 
 def test_unicode_is_kept_exactly() -> None:
@@ -113,7 +164,9 @@ def test_timestamps_with_offsets_and_epoch_ms() -> None:
     assert r["dvce_created_tstamp"] == ts("2026-11-26T11:30:00Z")
     # no sentAt: derived is the device time as given (Segment's rule)
     assert r["derived_tstamp"] == ts("2026-11-26T11:30:00Z")
-    r = one({"type": "track", "event": "E", "userId": "u", "timestamp": 1795690800000, "sentAt": 1795690805000})
+    r = one(
+        {"type": "track", "event": "E", "userId": "u", "timestamp": 1795690800000, "sentAt": 1795690805000}
+    )
     assert r["dvce_created_tstamp"] == ts("2026-11-26T11:00:00Z")
     # files without receivedAt: collector time is the read time (NOW); derived = NOW - 5 s
     assert r["collector_tstamp"] == NOW
@@ -137,24 +190,44 @@ def test_missing_message_id_gets_a_deterministic_id() -> None:
 
 
 def test_unmapped_top_level_fields_are_kept_in_context() -> None:
-    r = one({"type": "track", "event": "E", "userId": "u", "integrations": {"All": False}, "channel": "server",
-             "context": {"locale": "fr-FR"}})
+    r = one(
+        {
+            "type": "track",
+            "event": "E",
+            "userId": "u",
+            "integrations": {"All": False},
+            "channel": "server",
+            "context": {"locale": "fr-FR"},
+        }
+    )
     ctx = orjson.loads(r["context"])
     assert ctx["locale"] == "fr-FR"
     assert ctx["_unmapped"] == {"integrations": {"All": False}, "channel": "server"}
 
 
 def test_batch_envelope_explodes_with_batch_context_and_sent_at() -> None:
-    good, bad = run([{
-        "batch": [
-            {"type": "track", "event": "A", "userId": "u", "messageId": "b1", "timestamp": "2026-11-26T11:00:00Z",
-             "context": {"ip": "198.51.100.1"}},
-            {"type": "page", "anonymousId": "a", "messageId": "b2"},
-            {"type": "bogus", "userId": "u", "messageId": "b3"},
-        ],
-        "sentAt": "2026-11-26T11:00:05Z", "receivedAt": "2026-11-26T11:00:07Z", "writeKey": "wk_demo",
-        "context": {"library": {"name": "analytics-node", "version": "9"}, "ip": "192.0.2.1"},
-    }])
+    good, bad = run(
+        [
+            {
+                "batch": [
+                    {
+                        "type": "track",
+                        "event": "A",
+                        "userId": "u",
+                        "messageId": "b1",
+                        "timestamp": "2026-11-26T11:00:00Z",
+                        "context": {"ip": "198.51.100.1"},
+                    },
+                    {"type": "page", "anonymousId": "a", "messageId": "b2"},
+                    {"type": "bogus", "userId": "u", "messageId": "b3"},
+                ],
+                "sentAt": "2026-11-26T11:00:05Z",
+                "receivedAt": "2026-11-26T11:00:07Z",
+                "writeKey": "wk_demo",
+                "context": {"library": {"name": "analytics-node", "version": "9"}, "ip": "192.0.2.1"},
+            }
+        ]
+    )
     assert [r["event_id"] for r in good] == ["b1", "b2"]
     assert [r["source_index"] for r in good] == [0, 1]
     assert {r["app_id"] for r in good} == {"demo-shop"}
@@ -169,7 +242,10 @@ def test_batch_envelope_explodes_with_batch_context_and_sent_at() -> None:
 def test_spool_envelope_supplies_app_time_ip_and_user_agent() -> None:
     line = encode_line(
         orjson.dumps({"type": "track", "event": "E", "anonymousId": "a", "messageId": "s1"}),
-        app_id="tenant-a", received_ms=1795690800000, ip="203.0.113.9", user_agent="HeaderUA/2",
+        app_id="tenant-a",
+        received_ms=1795690800000,
+        ip="203.0.113.9",
+        user_agent="HeaderUA/2",
     ).rstrip(b"\n")
     good, bad = run([line], mode="spool")
     assert bad == []
@@ -189,7 +265,11 @@ def test_blank_lines_are_not_events() -> None:
         (b'{"type": "track", "event": ', "decode", "invalid_json"),
         (b"[1, 2, 3]", "decode", "invalid_envelope"),
         (b'{"batch": "oops"}', "decode", "invalid_envelope"),
-        ({"type": "track", "event": "E", "userId": "u", "properties": {"blob": "x" * 40_000}}, "decode", "event_too_large"),
+        (
+            {"type": "track", "event": "E", "userId": "u", "properties": {"blob": "x" * 40_000}},
+            "decode",
+            "event_too_large",
+        ),
         ({"event": "E", "userId": "u"}, "validate", "missing_field"),
         ({"type": "track", "event": "E"}, "validate", "missing_field"),
         ({"type": "track", "userId": "u"}, "validate", "missing_field"),
@@ -202,15 +282,41 @@ def test_blank_lines_are_not_events() -> None:
         ({"type": "track", "event": "E", "userId": "u", "properties": "x=1"}, "validate", "wrong_type"),
         ({"type": "track", "event": "E", "userId": "u", "properties": [1]}, "validate", "wrong_type"),
         ({"type": "track", "event": "E", "userId": "u", "messageId": ""}, "validate", "invalid_message_id"),
-        ({"type": "track", "event": "E", "userId": "u", "messageId": {"a": 1}}, "validate", "invalid_message_id"),
-        ({"type": "track", "event": "E", "userId": "u", "timestamp": "not-a-date"}, "validate", "invalid_timestamp"),
-        ({"type": "track", "event": "E", "userId": "u", "timestamp": "2024-13-45T99:00:00Z"}, "validate", "invalid_timestamp"),
-        ({"type": "track", "event": "E", "userId": "u", "sentAt": "yesterday"}, "validate", "invalid_timestamp"),
-        ({"type": "track", "event": "E", "userId": "u", "timestamp": "2023-11-26T12:00:00Z"}, "validate", "timestamp_out_of_range"),
-        ({"type": "track", "event": "E", "userId": "u", "timestamp": "2026-12-01T12:00:00Z"}, "validate", "timestamp_out_of_range"),
+        (
+            {"type": "track", "event": "E", "userId": "u", "messageId": {"a": 1}},
+            "validate",
+            "invalid_message_id",
+        ),
+        (
+            {"type": "track", "event": "E", "userId": "u", "timestamp": "not-a-date"},
+            "validate",
+            "invalid_timestamp",
+        ),
+        (
+            {"type": "track", "event": "E", "userId": "u", "timestamp": "2024-13-45T99:00:00Z"},
+            "validate",
+            "invalid_timestamp",
+        ),
+        (
+            {"type": "track", "event": "E", "userId": "u", "sentAt": "yesterday"},
+            "validate",
+            "invalid_timestamp",
+        ),
+        (
+            {"type": "track", "event": "E", "userId": "u", "timestamp": "2023-11-26T12:00:00Z"},
+            "validate",
+            "timestamp_out_of_range",
+        ),
+        (
+            {"type": "track", "event": "E", "userId": "u", "timestamp": "2026-12-01T12:00:00Z"},
+            "validate",
+            "timestamp_out_of_range",
+        ),
     ],
 )
-def test_each_failure_lands_with_stage_type_message_and_raw(line: bytes | dict[str, Any], stage: str, error_type: str) -> None:
+def test_each_failure_lands_with_stage_type_message_and_raw(
+    line: bytes | dict[str, Any], stage: str, error_type: str
+) -> None:
     r = fail(line)
     assert (r["stage"], r["error_type"]) == (stage, error_type)
     assert r["error_message"]
@@ -228,7 +334,9 @@ def test_oversized_request_is_one_failure() -> None:
 
 
 def test_invalid_utf8_line_fails_alone() -> None:
-    good, bad = run([{"type": "track", "event": "E", "userId": "u"}, b'{"type":"track","event":"\xff\xfe","userId":"u"}'])
+    good, bad = run(
+        [{"type": "track", "event": "E", "userId": "u"}, b'{"type":"track","event":"\xff\xfe","userId":"u"}']
+    )
     assert len(good) == 1
     assert [r["error_type"] for r in bad] == ["invalid_utf8"]
     assert bad[0]["raw"] == b'{"type":"track","event":"\xff\xfe","userId":"u"}\n'

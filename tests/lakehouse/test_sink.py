@@ -23,7 +23,9 @@ def rows(stream: str, offsets: list[int]) -> pa.Table:
         "source_offset": pa.array(offsets, pa.int64()),
         "source_index": pa.array([0] * n, pa.int32()),
         "error_type": pa.array(["invalid_json"] * n, pa.large_string()),
-        "collector_tstamp": pa.array([1_795_690_800_000_000] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "collector_tstamp": pa.array([1_795_690_800_000_000] * n, pa.int64()).cast(
+            pa.timestamp("us", tz="UTC")
+        ),
     }
     return pa.table([cols.get(f.name, pa.nulls(n, f.type)) for f in FAILED_ARROW], schema=FAILED_ARROW)
 
@@ -31,7 +33,9 @@ def rows(stream: str, offsets: list[int]) -> pa.Table:
 def sink(settings: Settings, pipeline_id: str) -> TableSink:
     catalog = open_catalog(settings)
     ensure_tables(catalog, settings, ingest_tables(settings))
-    return TableSink(catalog.load_table(table_id(settings, FAILED_EVENTS)), pipeline_id, "test", "failed_tstamp")
+    return TableSink(
+        catalog.load_table(table_id(settings, FAILED_EVENTS)), pipeline_id, "test", "failed_tstamp"
+    )
 
 
 def scan(settings: Settings) -> pa.Table:
@@ -50,7 +54,12 @@ def test_rows_the_checkpoint_holds_are_skipped(settings: Settings) -> None:
     s2.commit({"a": 40, "b": 10})
     t = scan(settings)
     assert sorted(zip(t["source_stream"].to_pylist(), t["source_offset"].to_pylist(), strict=True)) == [
-        ("a", 0), ("a", 10), ("a", 20), ("a", 30), ("b", 0)]
+        ("a", 0),
+        ("a", 10),
+        ("a", 20),
+        ("a", 30),
+        ("b", 0),
+    ]
     assert t["failed_tstamp"].null_count == 0
 
 
@@ -86,7 +95,9 @@ def test_two_writers_committing_concurrently_lose_nothing(settings: Settings) ->
     assert len(table.metadata.snapshots) == 2 * commits
 
 
-def test_an_ambiguous_commit_that_landed_is_not_committed_twice(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_ambiguous_commit_that_landed_is_not_committed_twice(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = sink(settings, "p")
     s.add(rows("a", [0, 1]))
     original = type(s.table).transaction

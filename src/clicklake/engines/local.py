@@ -62,6 +62,7 @@ class PipelineLock:
 
     def __enter__(self) -> PipelineLock:
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = self.path.open("a+")
         except OSError as exc:
             raise StorageError(f"cannot create lock file {self.path}: {exc.strerror or exc}") from exc
@@ -129,7 +130,9 @@ class Pipeline:
         """Process the source; with ``once``, up to what is readable now, then commit and return."""
         cfg = self.settings.pipeline
         position = self.resume_position()
-        log.info("event=start source=%s pipeline=%s resume=%s", self.source.name, cfg.pipeline_id, _short(position))
+        log.info(
+            "event=start source=%s pipeline=%s resume=%s", self.source.name, cfg.pipeline_id, _short(position)
+        )
         last_commit = time.monotonic()
         while True:
             for chunk in self.source.chunks(position):
@@ -149,7 +152,10 @@ class Pipeline:
         self._commit(position)
         log.info(
             "event=finish events=%d failed=%d skipped=%d commits=%d",
-            self.stats.events, self.stats.failed, self.stats.skipped, self.stats.commits,
+            self.stats.events,
+            self.stats.failed,
+            self.stats.skipped,
+            self.stats.commits,
         )
         return self.stats
 
@@ -165,7 +171,9 @@ class Pipeline:
         if took_bad:
             counts = bad.column("error_type").value_counts().to_pylist()
             for item in counts:
-                self.stats.failed_by_reason[item["values"]] = self.stats.failed_by_reason.get(item["values"], 0) + item["counts"]
+                self.stats.failed_by_reason[item["values"]] = (
+                    self.stats.failed_by_reason.get(item["values"], 0) + item["counts"]
+                )
         self.stats.lines_bytes += len(data)
         if self.progress:
             self.progress(len(data))

@@ -74,9 +74,23 @@ LINES_ARROW = pa.schema(
 # Fields of a Segment call the decoder maps to columns (all read as raw JSON first, so that
 # their JSON type can be checked).
 _MAPPED = (
-    "type", "event", "name", "category", "messageId", "userId", "anonymousId", "groupId",
-    "previousId", "timestamp", "originalTimestamp", "sentAt", "receivedAt", "writeKey",
-    "properties", "traits", "context",
+    "type",
+    "event",
+    "name",
+    "category",
+    "messageId",
+    "userId",
+    "anonymousId",
+    "groupId",
+    "previousId",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "receivedAt",
+    "writeKey",
+    "properties",
+    "traits",
+    "context",
 )
 _EVENT_STRUCT = "{" + ",".join(f'"{k}":"JSON"' for k in (*_MAPPED, "batch")) + "}"
 _KNOWN_KEYS = "[" + ",".join(f"'{k}'" for k in (*_MAPPED, "batch")) + "]"
@@ -86,7 +100,9 @@ _CTX_STRUCT = (
     '"userAgent":"VARCHAR","ip":"VARCHAR","sessionId":"VARCHAR",'
     '"library":{"name":"VARCHAR","version":"VARCHAR"}}'
 )
-_PROPS_STRUCT = '{"url":"VARCHAR","path":"VARCHAR","title":"VARCHAR","referrer":"VARCHAR","session_id":"VARCHAR"}'
+_PROPS_STRUCT = (
+    '{"url":"VARCHAR","path":"VARCHAR","title":"VARCHAR","referrer":"VARCHAR","session_id":"VARCHAR"}'
+)
 
 
 @dataclass(frozen=True)
@@ -147,16 +163,24 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
             "the line is not valid UTF-8",
         )
         keep &= ~bad
-    line_arr = pa.LargeStringArray.from_buffers(
-        n, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data) if not isinstance(data, pa.Buffer) else data
-    ) if bad_utf8 is None else pa.array(
-        [data[s:e].decode("utf-8", "replace") for s, e in zip(starts, ends, strict=True)],
-        pa.large_string(),
+    line_arr = (
+        pa.LargeStringArray.from_buffers(
+            n,
+            pa.py_buffer(offsets.tobytes()),
+            pa.py_buffer(data) if not isinstance(data, pa.Buffer) else data,
+        )
+        if bad_utf8 is None
+        else pa.array(
+            [data[s:e].decode("utf-8", "replace") for s, e in zip(starts, ends, strict=True)],
+            pa.large_string(),
+        )
     )
     batch = pa.RecordBatch.from_arrays(
         [
             line_arr,
-            pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([chunk.stream], pa.large_string())).cast(pa.large_string()),
+            pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(n, dtype=np.int32)), pa.array([chunk.stream], pa.large_string())
+            ).cast(pa.large_string()),
             pa.array(starts + chunk.start, pa.int64()),
         ],
         schema=LINES_ARROW,
@@ -165,9 +189,9 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
     # can be blank, so only those (rare) are looked at one by one.
     if n:
         first = buf[starts]
-        for i in np.flatnonzero((first == 32) | (first == 9) | (first == 13) | (first == 10)):
-            if not data[starts[i] : ends[i]].strip():
-                keep[i] = False
+        for j in np.flatnonzero((first == 32) | (first == 9) | (first == 13) | (first == 10)):
+            if not data[starts[j] : ends[j]].strip():
+                keep[j] = False
     if not keep.all():
         batch = batch.filter(pa.array(keep))
     return batch, bad_utf8
@@ -186,9 +210,7 @@ def _line_failures(
         "error_message": pa.array([message] * n, pa.large_string()),
         "raw": pa.array(raws, pa.large_binary()),
     }
-    return pa.table(
-        [cols.get(f.name, pa.nulls(n, f.type)) for f in DECODED_ARROW], schema=DECODED_ARROW
-    )
+    return pa.table([cols.get(f.name, pa.nulls(n, f.type)) for f in DECODED_ARROW], schema=DECODED_ARROW)
 
 
 def _sql(mode: EnvelopeMode) -> str:
@@ -281,8 +303,8 @@ def _sql(mode: EnvelopeMode) -> str:
             json_type(ev.messageId) AS t_mid,
             NULLIF(ev.userId ->> '$', '') AS user_id_v,
             NULLIF(ev.anonymousId ->> '$', '') AS anonymous_id_v,
-            {_ts_us('created_json')} AS created_us,
-            {_ts_us('sent_json')} AS sent_us
+            {_ts_us("created_json")} AS created_us,
+            {_ts_us("sent_json")} AS sent_us
         FROM f
     ),
     h AS (
@@ -406,9 +428,7 @@ def _connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def decode(
-    lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, now_us: int
-) -> pa.Table:
+def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, now_us: int) -> pa.Table:
     """Decode and validate a batch of lines.
 
     Args:
@@ -432,8 +452,7 @@ def decode(
     try:
         out = con.sql(
             _SQL[mode],
-            params=
-            {
+            params={
                 "max_request": options.max_request_bytes,
                 "max_event": options.max_event_bytes,
                 "default_app": options.default_app_id,
@@ -479,7 +498,10 @@ def split(decoded: pa.Table) -> tuple[pa.Table, pa.Table]:
     good = decoded.filter(ok).select([c.name for c in EVENT_COLUMNS])
     bad = decoded.filter(pc.invert(ok))
     failed = pa.Table.from_arrays(
-        [bad.column(f.name) if f.name in bad.column_names else pa.nulls(bad.num_rows, f.type) for f in FAILED_ARROW],
+        [
+            bad.column(f.name) if f.name in bad.column_names else pa.nulls(bad.num_rows, f.type)
+            for f in FAILED_ARROW
+        ],
         schema=FAILED_ARROW,
     )
     return good, failed

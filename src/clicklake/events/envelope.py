@@ -23,7 +23,9 @@ import orjson
 ENVELOPE_VERSION = 1
 
 
-def encode_line(payload: bytes, *, app_id: str, received_ms: int, ip: str = "", user_agent: str = "") -> bytes:
+def encode_line(
+    payload: bytes, *, app_id: str, received_ms: int, ip: str = "", user_agent: str = ""
+) -> bytes:
     """One spool line (ending in ``\\n``) around a raw JSON request body.
 
     Args:

@@ -45,14 +45,18 @@ def ingest_tables(settings: Settings) -> tuple[TableSpec, ...]:
     )
 
 
-def open_catalog(settings: Settings) -> Catalog:
+def open_catalog(settings: Settings, write: bool = True) -> Catalog:
     """The Iceberg SQL catalog (SQLite in ``data_dir`` unless ``storage.catalog_uri`` is set).
+
+    Args:
+        settings: The settings.
+        write: Whether the caller will write (then the data directory is created and checked).
 
     Raises:
         StorageError: The data directory cannot be created or the catalog opened.
     """
     storage = settings.storage
-    if not storage.catalog_uri:
+    if not storage.catalog_uri and write:
         try:
             storage.data_dir.mkdir(parents=True, exist_ok=True)
             (storage.data_dir / "warehouse").mkdir(exist_ok=True)
@@ -73,7 +77,9 @@ def open_catalog(settings: Settings) -> Catalog:
             warehouse=storage.resolved_warehouse(),
         )
     except (SQLAlchemyError, OSError) as exc:
-        raise StorageError(f"cannot open the Iceberg catalog at {storage.resolved_catalog_uri()}: {exc}") from exc
+        raise StorageError(
+            f"cannot open the Iceberg catalog at {storage.resolved_catalog_uri()}: {exc}"
+        ) from exc
 
 
 def table_id(settings: Settings, name: str) -> str:

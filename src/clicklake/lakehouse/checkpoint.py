@@ -29,7 +29,9 @@ class Checkpoint:
     snapshot_id: int | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"source": self.source, "positions": self.positions}, sort_keys=True, separators=(",", ":"))
+        return json.dumps(
+            {"source": self.source, "positions": self.positions}, sort_keys=True, separators=(",", ":")
+        )
 
 
 def _ancestors(table: Table):  # type: ignore[no-untyped-def]
@@ -60,5 +62,5 @@ def find_commit(table: Table, commit_id: str) -> int | None:
     """The id of the snapshot carrying ``commit_id``, if that commit landed."""
     for snap in _ancestors(table):
         if snap.summary and snap.summary.additional_properties.get(COMMIT_ID_KEY) == commit_id:
-            return snap.snapshot_id
+            return int(snap.snapshot_id)
     return None

@@ -13,6 +13,7 @@ ambiguous: the table is reloaded and the commit is looked up by its id before tr
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import time
@@ -38,6 +39,9 @@ from clicklake.lakehouse.checkpoint import (
 
 log = logging.getLogger("clicklake.sink")
 
+# Retrying cannot fix these: the disk is full, read-only or forbidden.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
 
 @dataclass(frozen=True)
 class CommitResult:
@@ -60,7 +64,9 @@ class TableSink:
         retries: How often a conflicting commit is retried.
     """
 
-    def __init__(self, table: Table, pipeline_id: str, source: str, load_column: str | None, retries: int = 8):
+    def __init__(
+        self, table: Table, pipeline_id: str, source: str, load_column: str | None, retries: int = 8
+    ):
         self.table = table
         self.name = table.name()[-1]
         self.pipeline_id = pipeline_id
@@ -81,13 +87,16 @@ class TableSink:
             keep = None
             for s in streams:
                 done = self.checkpoint.get(s, 0)
-                m = pc.and_(pc.equal(rows.column("source_stream"), s), pc.greater_equal(rows.column("source_offset"), done))
+                m = pc.and_(
+                    pc.equal(rows.column("source_stream"), s),
+                    pc.greater_equal(rows.column("source_offset"), done),
+                )
                 keep = m if keep is None else pc.or_(keep, m)
             rows = rows.filter(keep)
         if rows.num_rows:
             self._pending.append(rows)
             self.pending_rows += rows.num_rows
-        return rows.num_rows
+        return int(rows.num_rows)
 
     def needs_commit(self, position: dict[str, int]) -> bool:
         return bool(self.pending_rows) or position != self.checkpoint
@@ -115,7 +124,10 @@ class TableSink:
                     )
                 )
             except OSError as exc:
-                raise StorageError(f"cannot write data files of {self.name}: {exc}") from exc
+                raise StorageError(
+                    f"cannot write data files of {self.name}: {exc}; nothing of this batch was "
+                    "committed, committed data is intact: fix the storage and run again"
+                ) from exc
         commit_id = str(uuid.uuid4())
         props = {
             PIPELINE_KEY: self.pipeline_id,
@@ -126,7 +138,10 @@ class TableSink:
         expected = dict(self.checkpoint)
         while True:
             try:
-                with self.table.transaction() as txn, txn.update_snapshot(snapshot_properties=props).fast_append() as fa:
+                with (
+                    self.table.transaction() as txn,
+                    txn.update_snapshot(snapshot_properties=props).fast_append() as fa,
+                ):
                     for f in files:
                         fa.append_data_file(f)
                 break
@@ -138,6 +153,11 @@ class TableSink:
                 self._refresh()
                 if find_commit(self.table, commit_id) is not None:
                     break
+                if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+                    raise StorageError(
+                        f"cannot commit to {self.name}: {exc}; the commit did not land and committed "
+                        "data is intact: fix the storage and run again"
+                    ) from exc
             retries += 1
             if retries > self.retries:
                 raise CommitConflictError(f"commit to {self.name} failed {retries} times: {err}") from err
@@ -149,17 +169,30 @@ class TableSink:
                     "run one pipeline per id (set pipeline.pipeline_id to run several)"
                 ) from err
             delay = min(5.0, 0.05 * 2**retries) * (0.5 + random.random())
-            log.warning("event=commit_retry table=%s attempt=%d delay_s=%.2f error=%r", self.name, retries, delay, str(err)[:200])
+            log.warning(
+                "event=commit_retry table=%s attempt=%d delay_s=%.2f error=%r",
+                self.name,
+                retries,
+                delay,
+                str(err)[:200],
+            )
             time.sleep(delay)
         snap = self.table.current_snapshot()
         rows = df.num_rows if df is not None else 0
         self.checkpoint = dict(position)
         self._pending.clear()
         self.pending_rows = 0
-        result = CommitResult(self.name, snap.snapshot_id if snap else None, rows, len(files), time.monotonic() - t0, retries)
+        result = CommitResult(
+            self.name, snap.snapshot_id if snap else None, rows, len(files), time.monotonic() - t0, retries
+        )
         log.info(
             "event=commit table=%s snapshot=%s rows=%d files=%d retries=%d seconds=%.3f",
-            self.name, result.snapshot_id, rows, len(files), retries, result.seconds,
+            self.name,
+            result.snapshot_id,
+            rows,
+            len(files),
+            retries,
+            result.seconds,
         )
         return result
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -31,7 +32,8 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
         p = Path(raw)
         if p.is_dir():
             found = sorted(
-                c for c in p.iterdir()
+                c
+                for c in p.iterdir()
                 if c.is_file() and c.name.endswith(SUFFIXES) and c.name != "manifest.json"
             )
             if not found:
@@ -82,7 +84,7 @@ class FilesSource:
             try:
                 with _open(path) as f:
                     yield from self._read(f, stream, offset)
-            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            except (OSError, EOFError, zlib.error) as exc:
                 raise InputError(f"cannot read input file {path}: {exc}") from exc
 
     def _read(self, f: BinaryIO, stream: str, offset: int) -> Iterator[Chunk]:

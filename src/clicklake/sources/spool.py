@@ -112,8 +112,7 @@ class SpoolWriter:
 
     def _should_rotate(self) -> bool:
         return (
-            self._size >= self.segment_max_bytes
-            or time.monotonic() - self._opened >= self.segment_max_age_s
+            self._size >= self.segment_max_bytes or time.monotonic() - self._opened >= self.segment_max_age_s
         )
 
     def _close_current(self) -> None:

@@ -1,0 +1,155 @@
+"""The command line: help, summaries, and bad input answered with a clear message and exit code."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+import pytest
+
+CLI = [sys.executable, "-m", "clicklake"]
+
+
+def clicklake(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CLICKLAKE_")}
+    base.update(env or {})
+    return subprocess.run([*CLI, *args], cwd=cwd, env=base, capture_output=True, text=True, timeout=300)
+
+
+def write_events(path: Path, n: int, start: int = 0) -> Path:
+    lines = [
+        orjson.dumps({"type": "track", "event": "E", "userId": f"u{i % 7}", "messageId": f"m{i}"}) for i in range(start, start + n)
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def rows(data_dir: Path, cwd: Path) -> dict[str, int]:
+    res = clicklake("--data-dir", str(data_dir), "status", "--json", cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    return {name: t["rows"] for name, t in json.loads(res.stdout)["tables"].items()}
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    res = clicklake("--help", cwd=tmp_path)
+    assert res.returncode == 0
+    for cmd in ("run", "generate", "status", "demo"):
+        assert cmd in res.stdout
+    res = clicklake("run", "--help", cwd=tmp_path)
+    assert "--source" in res.stdout and "--once" in res.stdout
+
+
+def test_files_run_and_status(tmp_path: Path) -> None:
+    f = write_events(tmp_path / "a.ndjson", 50)
+    with gzip.open(tmp_path / "b.ndjson.gz", "wb") as g:
+        g.write(b'{"type":"page","anonymousId":"x"}\n{oops\n')
+    res = clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(f), str(tmp_path / "b.ndjson.gz"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "committed 51 events and 1 failed events" in res.stdout.replace("\n", " ")
+    assert rows(tmp_path / "d", tmp_path) == {"events": 51, "failed_events": 1}
+    # Running the same files again adds nothing: their checkpoint holds them.
+    res = clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(f), str(tmp_path / "b.ndjson.gz"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert rows(tmp_path / "d", tmp_path) == {"events": 51, "failed_events": 1}
+
+
+def test_bad_config_fails_clearly_and_damages_nothing(tmp_path: Path) -> None:
+    f = write_events(tmp_path / "a.ndjson", 10)
+    assert clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(f), cwd=tmp_path).returncode == 0
+    (tmp_path / "clicklake.toml").write_text("[pipeline]\ncommit_max_events = 'many'\n")
+    res = clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(f), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "pipeline.commit_max_events" in res.stderr and "valid integer" in res.stderr
+    assert "Traceback" not in res.stderr
+    (tmp_path / "clicklake.toml").unlink()
+    assert rows(tmp_path / "d", tmp_path) == {"events": 10, "failed_events": 0}
+
+
+def _missing(p: Path) -> Path:
+    return p / "missing.ndjson"
+
+
+def _empty_dir(p: Path) -> Path:
+    (p / "empty-dir").mkdir()
+    return p / "empty-dir"
+
+
+def _corrupt_gzip(p: Path) -> Path:
+    (p / "bad.ndjson.gz").write_bytes(b"\x1f\x8b\x08\x00garbage" * 100)
+    return p / "bad.ndjson.gz"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [(_missing, "does not exist"), (_empty_dir, "no .ndjson"), (_corrupt_gzip, "cannot read input file")],
+)
+def test_unreadable_input_fails_clearly(tmp_path: Path, make: Callable[[Path], Path], message: str) -> None:
+    good = write_events(tmp_path / "good.ndjson", 5)
+    assert clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(good), cwd=tmp_path).returncode == 0
+    bad = make(tmp_path)
+    res = clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(bad), cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr.replace("\n", " ")
+    assert "Traceback" not in res.stderr
+    assert rows(tmp_path / "d", tmp_path) == {"events": 5, "failed_events": 0}
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A small filesystem of our own (real ENOSPC and EROFS, as root in a sandbox)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_data_directory_fails_clearly_and_keeps_what_was_committed(tmp_path: Path) -> None:
+    first = write_events(tmp_path / "first.ndjson", 200)
+    second = write_events(tmp_path / "second.ndjson", 200, start=1000)
+    with tmpfs(tmp_path / "mnt", "4m") as mnt:
+        data = mnt / "data"
+        assert clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(first), cwd=tmp_path).returncode == 0
+        filler = mnt / "filler"
+        with filler.open("wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        res = clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(second), cwd=tmp_path)
+        assert res.returncode == 1
+        assert "No space left on device" in res.stderr.replace("\n", " ")
+        assert "Traceback" not in res.stderr
+        filler.unlink()
+        assert rows(data, tmp_path) == {"events": 200, "failed_events": 0}
+        # With room again, the same run completes and nothing is doubled.
+        res = clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(first), str(second), cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert rows(data, tmp_path) == {"events": 400, "failed_events": 0}
+
+
+def test_read_only_data_directory_fails_clearly_and_keeps_what_was_committed(tmp_path: Path) -> None:
+    first = write_events(tmp_path / "first.ndjson", 30)
+    second = write_events(tmp_path / "second.ndjson", 30, start=100)
+    with tmpfs(tmp_path / "mnt", "16m") as mnt:
+        data = mnt / "data"
+        assert clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(first), cwd=tmp_path).returncode == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        res = clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(second), cwd=tmp_path)
+        assert res.returncode == 1
+        assert "Read-only file system" in res.stderr.replace("\n", " ")
+        assert "Traceback" not in res.stderr
+        assert rows(data, tmp_path) == {"events": 30, "failed_events": 0}
+        subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+        assert clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(second), cwd=tmp_path).returncode == 0
+        assert rows(data, tmp_path) == {"events": 60, "failed_events": 0}
