@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import dataclasses
+
 import orjson
 import pytest
 
+import clicklake.events.decode as decode_module
 from clicklake.events.decode import DecodeOptions, decode_chunk, split
 from clicklake.events.envelope import encode_line
 from clicklake.sources.base import Chunk
@@ -15,6 +18,14 @@ from clicklake.sources.base import Chunk
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 NOW_US = int(NOW.timestamp() * 1_000_000)
 OPTS = DecodeOptions(write_keys={"wk_demo": "demo-shop"}, default_app_id="fallback")
+_current = {"opts": OPTS}
+
+
+@pytest.fixture(autouse=True, params=["fast", "exact"])
+def path(request: pytest.FixtureRequest) -> str:
+    """Every golden case runs through both decoding paths: they must agree exactly."""
+    _current["opts"] = dataclasses.replace(OPTS, fast_path=request.param == "fast")
+    return str(request.param)
 
 
 def ts(s: str) -> datetime:
@@ -26,7 +37,7 @@ def run(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     raw = [x if isinstance(x, bytes) else orjson.dumps(x) for x in lines]
     data = b"\n".join(raw) + b"\n"
-    good, bad = split(decode_chunk(Chunk("s1", 1000, data, mode), OPTS, NOW_US))  # type: ignore[arg-type]
+    good, bad = split(decode_chunk(Chunk("s1", 1000, data, mode), _current["opts"], NOW_US))  # type: ignore[arg-type]
     key = lambda r: (r["source_offset"], r["source_index"])  # noqa: E731
     return sorted(good.to_pylist(), key=key), sorted(bad.to_pylist(), key=key)
 
@@ -347,3 +358,19 @@ def test_source_offsets_are_byte_offsets_of_lines() -> None:
     b = orjson.dumps({"type": "track", "event": "B", "userId": "u"})
     good, _ = run([a, b])
     assert [r["source_offset"] for r in good] == [1000, 1000 + len(a) + 1]
+
+
+def test_unmapped_batch_level_fields_are_kept_with_each_event() -> None:
+    good, bad = run([{"batch": [{"type": "track", "event": "A", "userId": "u"}], "integrations": {"X": True}}])
+    assert bad == []
+    assert orjson.loads(good[0]["context"])["_unmapped"] == {"_batch": {"integrations": {"X": True}}}
+
+
+def test_the_fast_path_decodes_typical_lines_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    _current["opts"] = dataclasses.replace(OPTS, fast_path=True)
+    monkeypatch.setattr(decode_module, "_SQL", {})  # the exact path would raise KeyError
+    good, bad = run([
+        {"type": "track", "event": "A", "userId": "u", "messageId": "1", "context": {"ip": "1.2.3.4"}},
+        {"batch": [{"type": "page", "anonymousId": "a", "messageId": "2"}], "sentAt": "2026-11-26T11:00:00Z"},
+    ])
+    assert [r["event_id"] for r in good] == ["1", "2"] and bad == []
