@@ -457,8 +457,9 @@ def _ts_us(expr: str) -> str:
 # --- the fast path -------------------------------------------------------------------------
 # DuckDB's read_json parses each line once, straight into typed vectors; the JSON functions the
 # exact path uses parse and re-serialize several times. The fast path writes the chunk's lines
-# to a scratch file, each tagged with its line number (``{"__rn":N,`` replaces the opening
-# brace), reads them with read_json, and keeps the rows it can decode without the raw text:
+# to a scratch file, reads them with read_json (one row per line, in order, NULL where a line is
+# not JSON; the row count is checked) next to the lines, and keeps the rows it can decode
+# without the raw text:
 # objects with a ``type`` (or a batch whose elements all have one), no field it does not map,
 # no larger than one event may be. Every other line, and every line that yields a failure or
 # an event without ``messageId`` (both need the exact raw text), is decoded again by the exact
@@ -482,17 +483,17 @@ def _in_list(names: tuple[str, ...]) -> str:
 def _fast_sql(mode: EnvelopeMode) -> str:
     if mode == "spool":
         columns = (
-            "{__rn: 'BIGINT', v: 'JSON', rt: 'BIGINT', app: 'VARCHAR', ip: 'VARCHAR', ua: 'VARCHAR', "
+            "{v: 'JSON', rt: 'BIGINT', app: 'VARCHAR', ip: 'VARCHAR', ua: 'VARCHAR', "
             f"p: 'STRUCT({_EV_FIELDS_SQL}, batch {_EV_STRUCT_TYPE}[])'}}"
         )
-        ev, batch, where = _pack("r.p."), "r.p.batch", "r.p"
-        envelope = "r.app AS line_app, r.ip AS line_ip, r.ua AS line_ua, r.rt * 1000 AS line_rt_us"
-        envelope_ok = "r.rt IS NOT NULL AND r.app IS NOT NULL AND r.p IS NOT NULL AND "
+        ev, batch, where = _pack("l.p."), "l.p.batch", "l.p"
+        envelope = "l.app AS line_app, l.ip AS line_ip, l.ua AS line_ua, l.rt * 1000 AS line_rt_us"
+        envelope_ok = "l.rt IS NOT NULL AND l.app IS NOT NULL AND l.p IS NOT NULL AND "
         keys_path = ", '$.p'"
         elem_path = "$.p.batch[*]"
     else:
-        columns = f"{{__rn: 'BIGINT', {_EV_COLUMNS}, batch: '{_EV_STRUCT_TYPE}[]'}}"
-        ev, batch, where = _pack("r."), "r.batch", "r"
+        columns = f"{{{_EV_COLUMNS}, batch: '{_EV_STRUCT_TYPE}[]'}}"
+        ev, batch, where = _pack("l."), "l.batch", "l"
         envelope = "NULL::VARCHAR AS line_app, NULL::VARCHAR AS line_ip, NULL::VARCHAR AS line_ua, NULL::BIGINT AS line_rt_us"
         envelope_ok = ""
         keys_path = ""
@@ -500,14 +501,10 @@ def _fast_sql(mode: EnvelopeMode) -> str:
     type_col = f'{where}."type"'
     nulls = ", ".join(["NULL"] * (len(EVENT_COLUMNS) - 1 + len(DECODED_EXTRA)))  # no load_tstamp yet
     return f"""
-    WITH r_all AS MATERIALIZED (
-        SELECT * FROM read_json($path, format='newline_delimited', ignore_errors=true,
-                                maximum_object_size=$max_object, columns={columns})
-    ),
-    r AS (SELECT * FROM r_all WHERE __rn IS NOT NULL),
+    WITH
     -- what only the raw line can tell, computed over the lines without copying them
     facts AS (
-        SELECT rn, source_stream, source_offset, small,
+        SELECT rn, source_stream, source_offset, small AND is_object AS small,
                list_contains(k, 'batch') AS has_batch_key,
                CASE WHEN list_contains(k, 'batch')
                     THEN len(list_filter(k, lambda x: x NOT IN {_in_list(_BATCH_FIELDS)})) = 0
@@ -515,7 +512,13 @@ def _fast_sql(mode: EnvelopeMode) -> str:
                              lambda kk: len(list_filter(kk, lambda x: x NOT IN {_in_list(_MAPPED)})) = 0))
                     ELSE len(list_filter(k, lambda x: x NOT IN {_in_list(_MAPPED)})) = 0 END AS keys_known
         FROM (SELECT rn, source_stream, source_offset, line, strlen(line) <= $max_event AS small,
-                     TRY(json_keys(line{keys_path})) AS k FROM lines)
+                     starts_with(line, '{{') AS is_object, TRY(json_keys(line{keys_path})) AS k FROM lines)
+    ),
+    -- read_json makes exactly one row per line (NULL where a line is not JSON), in order
+    r AS (
+        SELECT * FROM read_json($path, format='newline_delimited', ignore_errors=true,
+                                maximum_object_size=$max_object, columns={columns})
+        POSITIONAL JOIN facts
     ),
     cls AS MATERIALIZED (
         SELECT l.rn, l.source_stream, l.source_offset, {envelope},
@@ -523,7 +526,8 @@ def _fast_sql(mode: EnvelopeMode) -> str:
                {envelope_ok}l.small AND l.keys_known
                AND CASE WHEN {batch} IS NULL THEN {type_col} IS NOT NULL AND NOT l.has_batch_key
                         ELSE NOT list_bool_or(list_transform({batch}, lambda e: e."type" IS NULL)) END AS fast_ok
-        FROM r JOIN facts l ON l.rn = r.__rn
+        FROM r AS l
+        WHERE l.rn IS NOT NULL
     ),
     singles AS (
         SELECT source_stream, source_offset, 0 AS source_index, line_app, line_ip, line_ua, line_rt_us,
@@ -550,9 +554,10 @@ def _fast_sql(mode: EnvelopeMode) -> str:
     SELECT {nulls}, rn
     FROM lines WHERE rn NOT IN (SELECT rn FROM cls WHERE fast_ok)
     UNION ALL
-    -- one more row: how many rows read_json made (more than the lines written means a line
-    -- held more than one JSON value, and the chunk is decoded exactly instead)
-    SELECT {nulls}, -1 - (SELECT count(*) FROM r_all)
+    -- one more row: how many rows read_json made; any other number than the lines written
+    -- would misalign rows and lines, and the chunk is decoded exactly instead
+    SELECT {nulls}, -1 - (SELECT count(*) FROM read_json($path, format='newline_delimited',
+                              ignore_errors=true, maximum_object_size=$max_object, columns={columns}))
     """
 
 
@@ -587,7 +592,7 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
     marker = out.column("slow_rn")
     is_marker = pc.is_valid(marker)
     made = -1 - pc.min(pc.filter(marker, pc.less(marker, 0))).as_py()
-    if made != _written_lines(lines):
+    if made != lines.num_rows:
         # A line held more than one JSON value: only the exact path can say which.
         return _run(_SQL[mode], lines, options, now_us)
     slow_rns = pc.filter(marker, pc.and_(is_marker, pc.greater_equal(marker, 0)))
@@ -608,28 +613,17 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
 
 
 def _write_scratch(lines: pa.RecordBatch) -> str:
-    """Write the lines that open with ``{`` as ``{"__rn":N,...`` to this thread's scratch file."""
+    """Write the lines, one per line, to this thread's scratch file."""
     line = lines.column("line")
-    objects = pc.starts_with(line, "{")
-    rn = pc.cast(pc.filter(lines.column("rn"), objects), pa.large_string())
-    body = pc.utf8_slice_codeunits(pc.filter(line, objects), 1)
-    ls = pa.large_string()
-    tagged = pc.binary_join_element_wise(
-        pa.scalar('{"__rn":', ls), rn, pa.scalar(",", ls), body, pa.scalar("", ls)
-    )
     path = _scratch_path()
     with open(path, "wb") as f:  # noqa: PTH123 - raw buffer writes
-        if len(tagged):
-            offsets = np.frombuffer(tagged.buffers()[1], dtype=np.int64, count=len(tagged) + 1, offset=tagged.offset * 8)
-            data = memoryview(tagged.buffers()[2])[offsets[0] : offsets[-1]]
+        if len(line):
+            offsets = np.frombuffer(line.buffers()[1], dtype=np.int64, count=len(line) + 1, offset=line.offset * 8)
+            data = memoryview(line.buffers()[2])[offsets[0] : offsets[-1]]
             f.write(data)
             if data[-1:] != b"\n":
                 f.write(b"\n")
     return path
-
-
-def _written_lines(lines: pa.RecordBatch) -> int:
-    return int(pc.sum(pc.cast(pc.starts_with(lines.column("line"), "{"), pa.int64())).as_py() or 0)
 
 
 def _scratch_path() -> str:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -36,6 +35,7 @@ from clicklake.lakehouse.checkpoint import (
     find_commit,
     read_checkpoint,
 )
+from clicklake.lakehouse.write import write_data_files
 
 log = logging.getLogger("clicklake.sink")
 
@@ -118,11 +118,7 @@ class TableSink:
         files = []
         if df is not None and df.num_rows:
             try:
-                files = list(
-                    _dataframe_to_data_files(
-                        table_metadata=self.table.metadata, write_uuid=uuid.uuid4(), df=df, io=self.table.io
-                    )
-                )
+                files = write_data_files(self.table, df)
             except OSError as exc:
                 raise StorageError(
                     f"cannot write data files of {self.name}: {exc}; nothing of this batch was "
