@@ -25,7 +25,8 @@ def clicklake(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
 
 def write_events(path: Path, n: int, start: int = 0) -> Path:
     lines = [
-        orjson.dumps({"type": "track", "event": "E", "userId": f"u{i % 7}", "messageId": f"m{i}"}) for i in range(start, start + n)
+        orjson.dumps({"type": "track", "event": "E", "userId": f"u{i % 7}", "messageId": f"m{i}"})
+        for i in range(start, start + n)
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
@@ -50,19 +51,42 @@ def test_files_run_and_status(tmp_path: Path) -> None:
     f = write_events(tmp_path / "a.ndjson", 50)
     with gzip.open(tmp_path / "b.ndjson.gz", "wb") as g:
         g.write(b'{"type":"page","anonymousId":"x"}\n{oops\n')
-    res = clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(f), str(tmp_path / "b.ndjson.gz"), cwd=tmp_path)
+    res = clicklake(
+        "--data-dir",
+        "d",
+        "run",
+        "--source",
+        "files",
+        "--once",
+        str(f),
+        str(tmp_path / "b.ndjson.gz"),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "committed 51 events and 1 failed events" in res.stdout.replace("\n", " ")
     assert rows(tmp_path / "d", tmp_path) == {"events": 51, "failed_events": 1}
     # Running the same files again adds nothing: their checkpoint holds them.
-    res = clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(f), str(tmp_path / "b.ndjson.gz"), cwd=tmp_path)
+    res = clicklake(
+        "--data-dir",
+        "d",
+        "run",
+        "--source",
+        "files",
+        "--once",
+        str(f),
+        str(tmp_path / "b.ndjson.gz"),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert rows(tmp_path / "d", tmp_path) == {"events": 51, "failed_events": 1}
 
 
 def test_bad_config_fails_clearly_and_damages_nothing(tmp_path: Path) -> None:
     f = write_events(tmp_path / "a.ndjson", 10)
-    assert clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(f), cwd=tmp_path).returncode == 0
+    assert (
+        clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(f), cwd=tmp_path).returncode
+        == 0
+    )
     (tmp_path / "clicklake.toml").write_text("[pipeline]\ncommit_max_events = 'many'\n")
     res = clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(f), cwd=tmp_path)
     assert res.returncode == 2
@@ -92,7 +116,10 @@ def _corrupt_gzip(p: Path) -> Path:
 )
 def test_unreadable_input_fails_clearly(tmp_path: Path, make: Callable[[Path], Path], message: str) -> None:
     good = write_events(tmp_path / "good.ndjson", 5)
-    assert clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(good), cwd=tmp_path).returncode == 0
+    assert (
+        clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(good), cwd=tmp_path).returncode
+        == 0
+    )
     bad = make(tmp_path)
     res = clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(bad), cwd=tmp_path)
     assert res.returncode == 2, res.stderr
@@ -117,7 +144,12 @@ def test_full_data_directory_fails_clearly_and_keeps_what_was_committed(tmp_path
     second = write_events(tmp_path / "second.ndjson", 200, start=1000)
     with tmpfs(tmp_path / "mnt", "4m") as mnt:
         data = mnt / "data"
-        assert clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(first), cwd=tmp_path).returncode == 0
+        assert (
+            clicklake(
+                "--data-dir", str(data), "run", "--source", "files", "--once", str(first), cwd=tmp_path
+            ).returncode
+            == 0
+        )
         filler = mnt / "filler"
         with filler.open("wb") as f:
             try:
@@ -126,14 +158,26 @@ def test_full_data_directory_fails_clearly_and_keeps_what_was_committed(tmp_path
                     f.flush()
             except OSError:
                 pass
-        res = clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(second), cwd=tmp_path)
+        res = clicklake(
+            "--data-dir", str(data), "run", "--source", "files", "--once", str(second), cwd=tmp_path
+        )
         assert res.returncode == 1
         assert "No space left on device" in res.stderr.replace("\n", " ")
         assert "Traceback" not in res.stderr
         filler.unlink()
         assert rows(data, tmp_path) == {"events": 200, "failed_events": 0}
         # With room again, the same run completes and nothing is doubled.
-        res = clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(first), str(second), cwd=tmp_path)
+        res = clicklake(
+            "--data-dir",
+            str(data),
+            "run",
+            "--source",
+            "files",
+            "--once",
+            str(first),
+            str(second),
+            cwd=tmp_path,
+        )
         assert res.returncode == 0, res.stderr
         assert rows(data, tmp_path) == {"events": 400, "failed_events": 0}
 
@@ -143,13 +187,25 @@ def test_read_only_data_directory_fails_clearly_and_keeps_what_was_committed(tmp
     second = write_events(tmp_path / "second.ndjson", 30, start=100)
     with tmpfs(tmp_path / "mnt", "16m") as mnt:
         data = mnt / "data"
-        assert clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(first), cwd=tmp_path).returncode == 0
+        assert (
+            clicklake(
+                "--data-dir", str(data), "run", "--source", "files", "--once", str(first), cwd=tmp_path
+            ).returncode
+            == 0
+        )
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-        res = clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(second), cwd=tmp_path)
+        res = clicklake(
+            "--data-dir", str(data), "run", "--source", "files", "--once", str(second), cwd=tmp_path
+        )
         assert res.returncode == 1
         assert "Read-only file system" in res.stderr.replace("\n", " ")
         assert "Traceback" not in res.stderr
         assert rows(data, tmp_path) == {"events": 30, "failed_events": 0}
         subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
-        assert clicklake("--data-dir", str(data), "run", "--source", "files", "--once", str(second), cwd=tmp_path).returncode == 0
+        assert (
+            clicklake(
+                "--data-dir", str(data), "run", "--source", "files", "--once", str(second), cwd=tmp_path
+            ).returncode
+            == 0
+        )
         assert rows(data, tmp_path) == {"events": 60, "failed_events": 0}

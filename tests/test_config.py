@@ -85,11 +85,20 @@ def test_settings_are_frozen() -> None:
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("[pipeline]\ncommit_intervl_s = 3\n", r"pipeline\.commit_intervl_s: unknown key; allowed here: .*commit_interval_s"),
+        (
+            "[pipeline]\ncommit_intervl_s = 3\n",
+            r"pipeline\.commit_intervl_s: unknown key; allowed here: .*commit_interval_s",
+        ),
         ("[pipelin]\nx = 1\n", r"pipelin: unknown key; allowed here: api, collector"),
         ("[collector]\nlog = 'disk'\n", r"collector\.log: Input should be 'spool' or 'kafka'"),
-        ("[pipeline]\ncommit_interval_s = -1\n", r"pipeline\.commit_interval_s: Input should be greater than 0"),
-        ("[models]\nbounce = 'sometimes'\n", r"models\.bounce: Input should be 'single_pageview', 'not_engaged' or 'min_duration'"),
+        (
+            "[pipeline]\ncommit_interval_s = -1\n",
+            r"pipeline\.commit_interval_s: Input should be greater than 0",
+        ),
+        (
+            "[models]\nbounce = 'sometimes'\n",
+            r"models\.bounce: Input should be 'single_pageview', 'not_engaged' or 'min_duration'",
+        ),
         ("[pipeline\n", r"is not valid TOML"),
     ],
 )

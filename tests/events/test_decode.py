@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
-
-import dataclasses
 
 import orjson
 import pytest
@@ -361,7 +360,9 @@ def test_source_offsets_are_byte_offsets_of_lines() -> None:
 
 
 def test_unmapped_batch_level_fields_are_kept_with_each_event() -> None:
-    good, bad = run([{"batch": [{"type": "track", "event": "A", "userId": "u"}], "integrations": {"X": True}}])
+    good, bad = run(
+        [{"batch": [{"type": "track", "event": "A", "userId": "u"}], "integrations": {"X": True}}]
+    )
     assert bad == []
     assert orjson.loads(good[0]["context"])["_unmapped"] == {"_batch": {"integrations": {"X": True}}}
 
@@ -369,8 +370,13 @@ def test_unmapped_batch_level_fields_are_kept_with_each_event() -> None:
 def test_the_fast_path_decodes_typical_lines_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     _current["opts"] = dataclasses.replace(OPTS, fast_path=True)
     monkeypatch.setattr(decode_module, "_SQL", {})  # the exact path would raise KeyError
-    good, bad = run([
-        {"type": "track", "event": "A", "userId": "u", "messageId": "1", "context": {"ip": "1.2.3.4"}},
-        {"batch": [{"type": "page", "anonymousId": "a", "messageId": "2"}], "sentAt": "2026-11-26T11:00:00Z"},
-    ])
+    good, bad = run(
+        [
+            {"type": "track", "event": "A", "userId": "u", "messageId": "1", "context": {"ip": "1.2.3.4"}},
+            {
+                "batch": [{"type": "page", "anonymousId": "a", "messageId": "2"}],
+                "sentAt": "2026-11-26T11:00:00Z",
+            },
+        ]
+    )
     assert [r["event_id"] for r in good] == ["1", "2"] and bad == []

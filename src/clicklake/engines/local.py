@@ -15,10 +15,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO
+
+import pyarrow as pa
 
 from clicklake.config import Settings
 from clicklake.events.decode import DecodeOptions, decode_chunk, split
@@ -110,6 +113,8 @@ class Pipeline:
         self.progress = progress
         self.stats = RunStats()
         self._stop = threading.Event()
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicklake-commit")
+        self._inflight: Future[None] | None = None
         catalog = open_catalog(settings)
         tables = ensure_tables(catalog, settings, ingest_tables(settings))
         pid = settings.pipeline.pipeline_id
@@ -149,7 +154,7 @@ class Pipeline:
                 self._commit(position)
                 last_commit = time.monotonic()
             self._stop.wait(poll_s)
-        self._commit(position)
+        self._commit(position, wait=True)
         log.info(
             "event=finish events=%d failed=%d skipped=%d commits=%d",
             self.stats.events,
@@ -181,15 +186,41 @@ class Pipeline:
     def _due(self, last_commit: float) -> bool:
         cfg = self.settings.pipeline
         pending = sum(s.pending_rows for s in self.sinks.values())
-        return pending >= cfg.commit_max_events or (time.monotonic() - last_commit) >= cfg.commit_interval_s
+        pending_bytes = sum(s.pending_bytes for s in self.sinks.values())
+        return (
+            pending >= cfg.commit_max_events
+            or pending_bytes >= cfg.commit_max_bytes
+            or (time.monotonic() - last_commit) >= cfg.commit_interval_s
+        )
 
-    def _commit(self, position: Position) -> None:
+    def _commit(self, position: Position, wait: bool = False) -> None:
+        """Commit what the sinks hold, up to ``position``, on the commit thread.
+
+        One commit is in flight at most: the loop decodes the next chunks meanwhile, and waits
+        for it before starting the next one. Commits run in order, each table's data with its
+        position, so a crash at any instant leaves every table at a consistent checkpoint.
+        """
+        self._wait_commit()
         position = self.source.prune(position)
-        for sink in self.sinks.values():
-            if sink.needs_commit(position):
-                sink.commit(position)
-                self.stats.commits += 1
+        jobs = [(sink, sink.detach()) for sink in self.sinks.values() if sink.needs_commit(position)]
+        if jobs:
+            self.stats.commits += len(jobs)
+            self._inflight = self._committer.submit(self._commit_jobs, jobs, dict(position))
+        if wait:
+            self._wait_commit()
+
+    def _commit_jobs(self, jobs: list[tuple[TableSink, pa.Table | None]], position: Position) -> None:
+        while jobs:
+            # Popped, so each batch's memory is released as soon as its table has it.
+            sink, rows = jobs.pop(0)
+            sink.commit_rows(rows, position)
+            del rows
         self.source.committed(min_position(s.checkpoint for s in self.sinks.values()))
+
+    def _wait_commit(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            inflight.result()
 
 
 def _short(position: Position) -> str:

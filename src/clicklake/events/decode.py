@@ -48,6 +48,7 @@ import tempfile
 import threading
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -299,15 +300,19 @@ def _exact_sql(mode: EnvelopeMode) -> str:
     ),
     batched AS MATERIALIZED (
         SELECT source_stream, source_offset, source_index, line_app, line_ip, line_ua, line_rt_us,
-               from_json(ev_text, '{_EVENT_STRUCT}') AS ev, ev_text, b_context, b_sent, b_wk, b_recv, b_unmapped
+               from_json(ev_text, '{
+        _EVENT_STRUCT
+    }') AS ev, ev_text, b_context, b_sent, b_wk, b_recv, b_unmapped
         FROM elems
     ),
-{_tail(
-        ev_text_checks=_EXACT_EV_TEXT_CHECKS,
-        event_id="COALESCE(ev.messageId ->> '$', 'md5:' || md5(app_id_v || ev_text)) AS event_id",
-        context=_EXACT_CONTEXT,
-        raw="CASE WHEN err IS NOT NULL THEN encode(rtrim(ev_text::VARCHAR, chr(10) || chr(13))) END AS raw",
-    )}    SELECT * FROM good_and_bad
+{
+        _tail(
+            ev_text_checks=_EXACT_EV_TEXT_CHECKS,
+            event_id="COALESCE(ev.messageId ->> '$', 'md5:' || md5(app_id_v || ev_text)) AS event_id",
+            context=_EXACT_CONTEXT,
+            raw="CASE WHEN err IS NOT NULL THEN encode(rtrim(ev_text::VARCHAR, chr(10) || chr(13))) END AS raw",
+        )
+    }    SELECT * FROM good_and_bad
     UNION ALL
     SELECT NULL, NULL, NULL, COALESCE(line_app, $default_app), NULL, NULL, NULL, NULL, NULL, NULL,
            NULL, NULL, COALESCE(line_rt_us, $now_us), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
@@ -453,7 +458,6 @@ def _ts_us(expr: str) -> str:
       END)"""
 
 
-
 # --- the fast path -------------------------------------------------------------------------
 # DuckDB's read_json parses each line once, straight into typed vectors; the JSON functions the
 # exact path uses parse and re-serialize several times. The fast path writes the chunk's lines
@@ -472,8 +476,6 @@ _EV_COLUMNS = ", ".join(f"\"{k}\": 'JSON'" for k in _MAPPED)
 
 def _pack(prefix: str) -> str:
     return "{" + ", ".join(f"'{k}': {prefix}\"{k}\"" for k in _MAPPED) + "}"
-
-
 
 
 def _in_list(names: tuple[str, ...]) -> str:
@@ -525,7 +527,9 @@ def _fast_sql(mode: EnvelopeMode) -> str:
                {ev} AS ev_single, {batch} AS ev_batch,
                {envelope_ok}l.small AND l.keys_known
                AND CASE WHEN {batch} IS NULL THEN {type_col} IS NOT NULL AND NOT l.has_batch_key
-                        ELSE NOT list_bool_or(list_transform({batch}, lambda e: e."type" IS NULL)) END AS fast_ok
+                        ELSE NOT list_bool_or(list_transform({
+        batch
+    }, lambda e: e."type" IS NULL)) END AS fast_ok
         FROM r AS l
         WHERE l.rn IS NOT NULL
     ),
@@ -543,12 +547,14 @@ def _fast_sql(mode: EnvelopeMode) -> str:
         FROM cls, unnest(ev_batch) WITH ORDINALITY AS u(e, idx)
         WHERE fast_ok AND ev_batch IS NOT NULL
     ),
-    {_tail(
-        ev_text_checks="",
-        event_id="ev.messageId ->> '$' AS event_id",
-        context="ctx_json::VARCHAR AS context",
-        raw="NULL::BLOB AS raw",
-    )}
+    {
+        _tail(
+            ev_text_checks="",
+            event_id="ev.messageId ->> '$' AS event_id",
+            context="ctx_json::VARCHAR AS context",
+            raw="NULL::BLOB AS raw",
+        )
+    }
     SELECT *, NULL::BIGINT AS slow_rn FROM good_and_bad
     UNION ALL
     SELECT {nulls}, rn
@@ -569,7 +575,9 @@ _local = threading.local()
 def _connection() -> duckdb.DuckDBPyConnection:
     con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
     if con is None:
-        con = duckdb.connect(config={"threads": 2})
+        # A bounded buffer pool keeps the pipeline's memory flat whatever the input size;
+        # DuckDB spills to its temp directory past it.
+        con = duckdb.connect(config={"threads": 2, "memory_limit": "384MB"})
         _local.con = con
     return con
 
@@ -618,10 +626,12 @@ def _write_scratch(lines: pa.RecordBatch) -> str:
     path = _scratch_path()
     with open(path, "wb") as f:  # noqa: PTH123 - raw buffer writes
         if len(line):
-            offsets = np.frombuffer(line.buffers()[1], dtype=np.int64, count=len(line) + 1, offset=line.offset * 8)
+            offsets = np.frombuffer(
+                line.buffers()[1], dtype=np.int64, count=len(line) + 1, offset=line.offset * 8
+            )
             data = memoryview(line.buffers()[2])[offsets[0] : offsets[-1]]
             f.write(data)
-            if data[-1:] != b"\n":
+            if bytes(data[-1:]) != b"\n":
                 f.write(b"\n")
     return path
 
@@ -639,7 +649,7 @@ def _scratch_path() -> str:
 
 def _unlink(path: str) -> None:
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        Path(path).unlink()
 
 
 def _run(

@@ -77,6 +77,7 @@ class TableSink:
         self.checkpoint: dict[str, int] = dict(cp.positions) if cp else {}
         self._pending: list[pa.Table] = []
         self.pending_rows = 0
+        self.pending_bytes = 0
 
     def add(self, rows: pa.Table) -> int:
         """Buffer the rows this table's checkpoint does not hold yet; returns how many."""
@@ -96,13 +97,26 @@ class TableSink:
         if rows.num_rows:
             self._pending.append(rows)
             self.pending_rows += rows.num_rows
+            self.pending_bytes += rows.nbytes
         return int(rows.num_rows)
 
     def needs_commit(self, position: dict[str, int]) -> bool:
         return bool(self.pending_rows) or position != self.checkpoint
 
+    def detach(self) -> pa.Table | None:
+        """Take the buffered rows out (for :meth:`commit_rows` on another thread)."""
+        df = pa.concat_tables(self._pending) if self._pending else None
+        self._pending = []
+        self.pending_rows = 0
+        self.pending_bytes = 0
+        return df
+
     def commit(self, position: dict[str, int]) -> CommitResult:
-        """Write the buffered rows and ``position`` in one snapshot.
+        """Write the buffered rows and ``position`` in one snapshot (see :meth:`commit_rows`)."""
+        return self.commit_rows(self.detach(), position)
+
+    def commit_rows(self, df: pa.Table | None, position: dict[str, int]) -> CommitResult:
+        """Write ``df`` and ``position`` in one snapshot.
 
         Raises:
             CommitConflictError: Retries ran out.
@@ -110,7 +124,6 @@ class TableSink:
             StorageError: Data files could not be written.
         """
         t0 = time.monotonic()
-        df = pa.concat_tables(self._pending) if self._pending else None
         if df is not None and self.load_column:
             now = pa.scalar(int(time.time() * 1_000_000), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
             idx = df.schema.get_field_index(self.load_column)
@@ -176,8 +189,6 @@ class TableSink:
         snap = self.table.current_snapshot()
         rows = df.num_rows if df is not None else 0
         self.checkpoint = dict(position)
-        self._pending.clear()
-        self.pending_rows = 0
         result = CommitResult(
             self.name, snap.snapshot_id if snap else None, rows, len(files), time.monotonic() - t0, retries
         )

@@ -34,16 +34,22 @@ def write_data_files(table: Table, df: pa.Table) -> list[DataFile]:
     schema = meta.schema()
     spec = meta.spec()
     target = property_as_int(
-        meta.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
+        meta.properties,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
     )
     assert target is not None
-    task_schema = pyarrow_to_schema(df.schema, name_mapping=schema.name_mapping, format_version=meta.format_version)
+    task_schema = pyarrow_to_schema(
+        df.schema, name_mapping=schema.name_mapping, format_version=meta.format_version
+    )
     write_uuid = uuid.uuid4()
     counter = iter(range(1 << 62))
 
     if spec.is_unpartitioned():
         tasks = [
-            WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches, schema=task_schema)
+            WriteTask(
+                write_uuid=write_uuid, task_id=next(counter), record_batches=batches, schema=task_schema
+            )
             for batches in bin_pack_arrow_table(df, target)
         ]
         return list(write_file(io=table.io, table_metadata=meta, tasks=iter(tasks)))
@@ -53,7 +59,8 @@ def write_data_files(table: Table, df: pa.Table) -> list[DataFile]:
         source = schema.find_field(field.source_id)
         keys.append(field.transform.pyarrow_transform(source.field_type)(df.column(source.name)))
     order = pc.sort_indices(
-        pa.table({f"k{i}": k for i, k in enumerate(keys)}), sort_keys=[(f"k{i}", "ascending") for i in range(len(keys))]
+        pa.table({f"k{i}": k for i, k in enumerate(keys)}),
+        sort_keys=[(f"k{i}", "ascending") for i in range(len(keys))],
     )
     df = df.take(order).combine_chunks()
     sorted_keys = [pc.take(k, order) for k in keys]
@@ -73,8 +80,11 @@ def write_data_files(table: Table, df: pa.Table) -> list[DataFile]:
         for batches in bin_pack_arrow_table(part, target):
             tasks.append(
                 WriteTask(
-                    write_uuid=write_uuid, task_id=next(counter), record_batches=batches,
-                    partition_key=key, schema=task_schema,
+                    write_uuid=write_uuid,
+                    task_id=next(counter),
+                    record_batches=batches,
+                    partition_key=key,
+                    schema=task_schema,
                 )
             )
     return list(write_file(io=table.io, table_metadata=meta, tasks=iter(tasks)))
