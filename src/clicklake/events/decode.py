@@ -482,6 +482,29 @@ def _in_list(names: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{k}'" for k in names) + ")"
 
 
+def _present(x: str, f: str) -> str:
+    return f'({x}."{f}" IS NOT NULL)::INTEGER'
+
+
+def _object_len(x: str, fields: tuple[str, ...], extra: list[tuple[str, str]] = ()) -> str:  # type: ignore[assignment]
+    """SQL: the length of ``x``'s fields written as a compact JSON object.
+
+    ``extra`` adds (present, length of "key":value) pairs computed elsewhere.
+    """
+    parts = [
+        f'CASE WHEN {x}."{f}" IS NOT NULL THEN {len(f) + 3} + strlen({x}."{f}") ELSE 0 END' for f in fields
+    ]
+    counts = [_present(x, f) for f in fields]
+    for present, length in extra:
+        parts.append(length)
+        counts.append(present)
+    return f"(1 + {' + '.join(parts)} + greatest({' + '.join(counts)}, 1))"
+
+
+_BATCH_LEVEL = tuple(f for f in _BATCH_FIELDS if f != "batch")
+_SENTINEL = "__clicklake_end__"
+
+
 def _fast_sql(mode: EnvelopeMode) -> str:
     if mode == "spool":
         columns = (
@@ -493,6 +516,7 @@ def _fast_sql(mode: EnvelopeMode) -> str:
         envelope_ok = "l.rt IS NOT NULL AND l.app IS NOT NULL AND l.p IS NOT NULL AND "
         keys_path = ", '$.p'"
         elem_path = "$.p.batch[*]"
+        is_sentinel = f"l.app = '{_SENTINEL}'"
     else:
         columns = f"{{{_EV_COLUMNS}, batch: '{_EV_STRUCT_TYPE}[]'}}"
         ev, batch, where = _pack("l."), "l.batch", "l"
@@ -500,38 +524,74 @@ def _fast_sql(mode: EnvelopeMode) -> str:
         envelope_ok = ""
         keys_path = ""
         elem_path = "$.batch[*]"
+        is_sentinel = f'l."type" = \'"{_SENTINEL}"\''
     type_col = f'{where}."type"'
     nulls = ", ".join(["NULL"] * (len(EVENT_COLUMNS) - 1 + len(DECODED_EXTRA)))  # no load_tstamp yet
+    elem_len = _object_len("e", _MAPPED)
+    batch_text_len = (
+        f"(2 + list_sum(list_transform({batch}, lambda e: {elem_len})) + greatest(len({batch}) - 1, 0))"
+    )
+    single_len = _object_len(where, _MAPPED)
+    batch_line_len = _object_len(where, _BATCH_LEVEL, [("1", f"{len('batch') + 3} + {batch_text_len}")])
+    payload_len = f"(CASE WHEN {batch} IS NULL THEN {single_len} ELSE {batch_line_len} END)"
+    if mode == "spool":
+        line_len = _object_len(
+            "l",
+            ("v",),
+            [
+                (
+                    "(l.rt IS NOT NULL)::INTEGER",
+                    "CASE WHEN l.rt IS NOT NULL THEN 5 + strlen(l.rt::VARCHAR) ELSE 0 END",
+                ),
+                (
+                    "(l.app IS NOT NULL)::INTEGER",
+                    "CASE WHEN l.app IS NOT NULL THEN 8 + strlen(l.app) ELSE 0 END",
+                ),
+                (
+                    "(l.ip IS NOT NULL)::INTEGER",
+                    "CASE WHEN l.ip IS NOT NULL THEN 7 + strlen(l.ip) ELSE 0 END",
+                ),
+                (
+                    "(l.ua IS NOT NULL)::INTEGER",
+                    "CASE WHEN l.ua IS NOT NULL THEN 7 + strlen(l.ua) ELSE 0 END",
+                ),
+                ("1", f"4 + {payload_len}"),
+            ],
+        )
+    else:
+        line_len = payload_len
+    keys_exact = f"""CASE WHEN {batch} IS NULL
+                   THEN len(list_filter(TRY(json_keys(l.line{keys_path})), lambda x: x NOT IN {_in_list(_MAPPED)})) = 0
+                   ELSE len(list_filter(TRY(json_keys(l.line{keys_path})), lambda x: x NOT IN {_in_list(_BATCH_FIELDS)})) = 0
+                        AND list_bool_and(list_transform(TRY(json_keys(l.line, '{elem_path}')),
+                            lambda kk: len(list_filter(kk, lambda x: x NOT IN {_in_list(_MAPPED)})) = 0))
+              END"""
+    type_ok = f"""CASE WHEN {batch} IS NULL THEN {type_col} IS NOT NULL
+                     ELSE NOT list_bool_or(list_transform({batch}, lambda e: e."type" IS NULL)) END"""
     return f"""
     WITH
-    -- what only the raw line can tell, computed over the lines without copying them
-    facts AS (
-        SELECT rn, source_stream, source_offset, small AND is_object AS small,
-               list_contains(k, 'batch') AS has_batch_key,
-               CASE WHEN list_contains(k, 'batch')
-                    THEN len(list_filter(k, lambda x: x NOT IN {_in_list(_BATCH_FIELDS)})) = 0
-                         AND list_bool_and(list_transform(TRY(json_keys(line, '{elem_path}')),
-                             lambda kk: len(list_filter(kk, lambda x: x NOT IN {_in_list(_MAPPED)})) = 0))
-                    ELSE len(list_filter(k, lambda x: x NOT IN {_in_list(_MAPPED)})) = 0 END AS keys_known
-        FROM (SELECT rn, source_stream, source_offset, line, strlen(line) <= $max_event AS small,
-                     starts_with(line, '{{') AS is_object, TRY(json_keys(line{keys_path})) AS k FROM lines)
-    ),
-    -- read_json makes exactly one row per line (NULL where a line is not JSON), in order
+    -- read_json makes exactly one row per line (NULL where a line is not JSON), in order; the
+    -- scratch file ends with a sentinel line, which must come out right after the last line
     r AS (
         SELECT * FROM read_json($path, format='newline_delimited', ignore_errors=true,
                                 maximum_object_size=$max_object, columns={columns})
-        POSITIONAL JOIN facts
+        POSITIONAL JOIN (SELECT rn, source_stream, source_offset, line FROM lines)
     ),
     cls AS MATERIALIZED (
         SELECT l.rn, l.source_stream, l.source_offset, {envelope},
                {ev} AS ev_single, {batch} AS ev_batch,
-               {envelope_ok}l.small AND l.keys_known
-               AND CASE WHEN {batch} IS NULL THEN {type_col} IS NOT NULL AND NOT l.has_batch_key
-                        ELSE NOT list_bool_or(list_transform({
-        batch
-    }, lambda e: e."type" IS NULL)) END AS fast_ok
+               l.rn IS NULL AS is_tail, coalesce({is_sentinel}, false) AS is_sentinel,
+               {envelope_ok}strlen(l.line) <= $max_event AND starts_with(l.line, '{{')
+               AND {type_ok}
+               -- only fields the decoder maps: when the line is exactly as long as those fields
+               -- written compactly, there is nothing else in it; otherwise ask for its keys
+               AND CASE WHEN strlen(l.line) - CASE WHEN ends_with(l.line, chr(13) || chr(10)) THEN 2
+                                                   WHEN ends_with(l.line, chr(10)) THEN 1 ELSE 0 END = {
+        line_len
+    }
+                        THEN true
+                        ELSE {keys_exact} END AS fast_ok
         FROM r AS l
-        WHERE l.rn IS NOT NULL
     ),
     singles AS (
         SELECT source_stream, source_offset, 0 AS source_index, line_app, line_ip, line_ua, line_rt_us,
@@ -560,15 +620,21 @@ def _fast_sql(mode: EnvelopeMode) -> str:
     SELECT {nulls}, rn
     FROM lines WHERE rn NOT IN (SELECT rn FROM cls WHERE fast_ok)
     UNION ALL
-    -- one more row: how many rows read_json made; any other number than the lines written
-    -- would misalign rows and lines, and the chunk is decoded exactly instead
-    SELECT {nulls}, -1 - (SELECT count(*) FROM read_json($path, format='newline_delimited',
-                              ignore_errors=true, maximum_object_size=$max_object, columns={columns}))
+    -- one more row: -1 when the sentinel is the one row past the lines (rows and lines aligned),
+    -- else -2, and the chunk is decoded exactly instead
+    SELECT {
+        nulls
+    }, CASE WHEN (SELECT count(*) FILTER (is_tail) = 1 AND count(*) FILTER (is_tail AND is_sentinel) = 1
+                               FROM cls) THEN -1 ELSE -2 END
     """
 
 
 _SQL = {"spool": _exact_sql("spool"), "segment": _exact_sql("segment")}
 _FAST_SQL = {"spool": _fast_sql("spool"), "segment": _fast_sql("segment")}
+_SENTINEL_LINE = {
+    "spool": b'{"app":"' + _SENTINEL.encode() + b'"}\n',
+    "segment": b'{"type":"' + _SENTINEL.encode() + b'"}\n',
+}
 _local = threading.local()
 
 
@@ -577,7 +643,7 @@ def _connection() -> duckdb.DuckDBPyConnection:
     if con is None:
         # A bounded buffer pool keeps the pipeline's memory flat whatever the input size;
         # DuckDB spills to its temp directory past it.
-        con = duckdb.connect(config={"threads": 2, "memory_limit": "384MB"})
+        con = duckdb.connect(config={"threads": 2, "memory_limit": "1GB"})
         _local.con = con
     return con
 
@@ -596,12 +662,12 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
     """
     if not options.fast_path or lines.num_rows == 0:
         return _run(_SQL[mode], lines, options, now_us)
-    out = _run(_FAST_SQL[mode], lines, options, now_us, scratch=_write_scratch(lines))
+    out = _run(_FAST_SQL[mode], lines, options, now_us, scratch=_write_scratch(lines, _SENTINEL_LINE[mode]))
     marker = out.column("slow_rn")
     is_marker = pc.is_valid(marker)
-    made = -1 - pc.min(pc.filter(marker, pc.less(marker, 0))).as_py()
-    if made != lines.num_rows:
-        # A line held more than one JSON value: only the exact path can say which.
+    if pc.min(marker).as_py() != -1:
+        # Rows and lines came out misaligned (a line that held two JSON values, say): only
+        # the exact path can tell them apart.
         return _run(_SQL[mode], lines, options, now_us)
     slow_rns = pc.filter(marker, pc.and_(is_marker, pc.greater_equal(marker, 0)))
     fast = out.filter(pc.invert(is_marker)).drop_columns(["slow_rn"])
@@ -620,8 +686,8 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
     return pa.concat_tables([fast, _run(_SQL[mode], slow_lines, options, now_us)])
 
 
-def _write_scratch(lines: pa.RecordBatch) -> str:
-    """Write the lines, one per line, to this thread's scratch file."""
+def _write_scratch(lines: pa.RecordBatch, sentinel: bytes) -> str:
+    """Write the lines, one per line, and then ``sentinel``, to this thread's scratch file."""
     line = lines.column("line")
     path = _scratch_path()
     with open(path, "wb") as f:  # noqa: PTH123 - raw buffer writes
@@ -633,6 +699,7 @@ def _write_scratch(lines: pa.RecordBatch) -> str:
             f.write(data)
             if bytes(data[-1:]) != b"\n":
                 f.write(b"\n")
+        f.write(sentinel)
     return path
 
 
