@@ -27,7 +27,8 @@ from clicklake.config import Settings, load_settings
 from clicklake.exceptions import ClickLakeError, ConfigError, InputError
 
 console = Console(stderr=True)
-out = Console()
+# Pipes and CI logs get a wide, unwrapped layout instead of rich's 80-column default.
+stdout = Console(width=None if sys.stdout.isatty() else 140)
 
 
 class _Ctx:
@@ -168,13 +169,13 @@ def _make_source(settings: Settings, source: str, paths: tuple[str, ...]) -> Any
 
 def _print_run_summary(stats: Any, seconds: float) -> None:
     rate = stats.events / seconds if seconds > 0 else 0.0
-    out.print(
+    stdout.print(
         f"committed {stats.events:,} events and {stats.failed:,} failed events "
         f"in {stats.commits} commits, {seconds:.1f} s ({rate:,.0f} events/s)"
         + (f"; skipped {stats.skipped:,} rows already committed" if stats.skipped else "")
     )
     if stats.failed_by_reason:
-        out.print(
+        stdout.print(
             "failed events by reason: "
             + ", ".join(f"{k}={v}" for k, v in sorted(stats.failed_by_reason.items()))
         )
@@ -296,8 +297,7 @@ def generate(
         )
     manifest_path = _manifest_path(settings, fmt, target)
     manifest.write(manifest_path)
-    out_console = Console()
-    out_console.print(
+    stdout.print(
         f"generated {manifest.events_total:,} events in {manifest.lines:,} lines into {target} "
         f"({manifest.expected_events_rows:,} valid, {manifest.expected_failed_rows:,} malformed); manifest: {manifest_path}"
     )
@@ -317,7 +317,7 @@ def status(obj: _Ctx, as_json: bool) -> None:
 
     info = collect_status(obj.settings())
     if as_json:
-        out.print_json(json.dumps(info))
+        stdout.print_json(json.dumps(info))
         return
     table = RichTable(title=f"clicklake tables in {info['catalog']}")
     for col in ("table", "rows", "data files", "snapshots", "last commit", "checkpoints"):
@@ -327,11 +327,11 @@ def status(obj: _Ctx, as_json: bool) -> None:
         table.add_row(
             name, f"{t['rows']:,}", str(t["data_files"]), str(t["snapshots"]), t["last_commit"] or "-", cps
         )
-    out.print(table)
+    stdout.print(table)
     if info["note"]:
-        out.print(info["note"])
+        stdout.print(info["note"])
     spool = info["spool"]
-    out.print(
+    stdout.print(
         f"spool: {spool['segments']} segments, {spool['bytes']:,} bytes, lag {spool['lag_bytes']:,} bytes not yet committed by every table"
     )
 
@@ -373,7 +373,7 @@ def demo(ctx: click.Context, n_events: int, days: int, seed: int, no_serve: bool
     ctx.invoke(run, source="spool", engine="local", once=True, app_id=None, commit_interval=None, paths=())
     ctx.invoke(status, as_json=False)
     if not no_serve:
-        out.print(
+        stdout.print(
             "The dashboard is not built yet (issue 6); query the tables with pyiceberg or DuckDB meanwhile."
         )
 
