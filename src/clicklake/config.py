@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -115,6 +115,77 @@ class ApiSettings(_Section):
     tokens: dict[str, TokenSettings] = Field(default_factory=dict)
 
 
+class _Step(_Section):
+    enabled: bool = True
+
+
+class UrlEnrichSettings(_Step):
+    pass
+
+
+class DedupEnrichSettings(_Step):
+    window_hours: float = Field(default=24.0, gt=0)
+
+
+class BotsEnrichSettings(_Step):
+    pass
+
+
+class UserAgentEnrichSettings(_Step):
+    pass
+
+
+class ReferrerEnrichSettings(_Step):
+    internal_domains: list[str] = Field(default_factory=list)
+
+
+class CampaignEnrichSettings(_Step):
+    pass
+
+
+class GeoIpEnrichSettings(_Step):
+    mmdb: str = ""
+
+
+class UserDimensionEnrichSettings(_Step):
+    enabled: bool = False
+    source: str = ""
+    key: str = "user_id"
+    columns: list[str] = Field(default_factory=list)
+
+
+class IpAnonymizationEnrichSettings(_Step):
+    ipv4_octets: int = Field(default=3, ge=0, le=4)
+    ipv6_segments: int = Field(default=3, ge=0, le=8)
+
+
+class PiiEnrichSettings(_Step):
+    enabled: bool = False
+    fields: list[str] = Field(default_factory=list)
+    salt: SecretStr = SecretStr("")
+
+
+class PluginSettings(_Section):
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    after: str = "pii"
+
+
+class EnrichSettings(_Section):
+    """The enrichment chain; steps run in the order of the fields below."""
+
+    url: UrlEnrichSettings = Field(default_factory=UrlEnrichSettings)
+    dedup: DedupEnrichSettings = Field(default_factory=DedupEnrichSettings)
+    bots: BotsEnrichSettings = Field(default_factory=BotsEnrichSettings)
+    useragent: UserAgentEnrichSettings = Field(default_factory=UserAgentEnrichSettings)
+    referrer: ReferrerEnrichSettings = Field(default_factory=ReferrerEnrichSettings)
+    campaign: CampaignEnrichSettings = Field(default_factory=CampaignEnrichSettings)
+    geoip: GeoIpEnrichSettings = Field(default_factory=GeoIpEnrichSettings)
+    user_dimension: UserDimensionEnrichSettings = Field(default_factory=UserDimensionEnrichSettings)
+    ip_anonymization: IpAnonymizationEnrichSettings = Field(default_factory=IpAnonymizationEnrichSettings)
+    pii: PiiEnrichSettings = Field(default_factory=PiiEnrichSettings)
+    plugins: list[PluginSettings] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     """Every setting of clicklake, grouped by section as in ``clicklake.toml``."""
 
@@ -133,6 +204,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    enrich: EnrichSettings = Field(default_factory=EnrichSettings)
 
     @field_validator("storage")
     @classmethod

@@ -16,6 +16,8 @@ from pyiceberg.schema import Schema
 from pyiceberg.transforms import BucketTransform, DayTransform
 from pyiceberg.types import (
     BinaryType,
+    BooleanType,
+    DoubleType,
     IcebergType,
     IntegerType,
     LongType,
@@ -24,7 +26,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-Kind = Literal["string", "ts", "long", "int", "binary"]
+Kind = Literal["string", "ts", "long", "int", "binary", "bool", "double"]
 
 _ICEBERG: dict[str, IcebergType] = {
     "string": StringType(),
@@ -32,6 +34,8 @@ _ICEBERG: dict[str, IcebergType] = {
     "long": LongType(),
     "int": IntegerType(),
     "binary": BinaryType(),
+    "bool": BooleanType(),
+    "double": DoubleType(),
 }
 _ARROW: dict[str, pa.DataType] = {
     "string": pa.large_string(),
@@ -39,6 +43,8 @@ _ARROW: dict[str, pa.DataType] = {
     "long": pa.int64(),
     "int": pa.int32(),
     "binary": pa.large_binary(),
+    "bool": pa.bool_(),
+    "double": pa.float64(),
 }
 
 
