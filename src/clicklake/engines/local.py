@@ -11,20 +11,21 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TypeVar
 
 import pyarrow as pa
 
 from clicklake.config import Settings
-from clicklake.events.decode import DecodeOptions, decode_chunk, split
+from clicklake.events.decode import DecodeOptions, decode, lines_of, split
 from clicklake.exceptions import ClickLakeError, StorageError
 from clicklake.lakehouse.catalog import EVENTS, FAILED_EVENTS, ensure_tables, ingest_tables, open_catalog
 from clicklake.lakehouse.sink import TableSink
@@ -140,8 +141,8 @@ class Pipeline:
         )
         last_commit = time.monotonic()
         while True:
-            for chunk in self.source.chunks(position):
-                self._process(chunk)
+            for chunk, lines, bad_utf8 in _prefetched(self.source.chunks(position), _split_lines, self._stop):
+                self._process(chunk, lines, bad_utf8)
                 position[chunk.stream] = chunk.end
                 if self._due(last_commit):
                     self._commit(position)
@@ -164,9 +165,11 @@ class Pipeline:
         )
         return self.stats
 
-    def _process(self, chunk: Chunk) -> None:
+    def _process(self, chunk: Chunk, lines: pa.RecordBatch, bad_utf8: pa.Table | None) -> None:
         data = chunk.data
-        decoded = decode_chunk(chunk, self.options, int(time.time() * 1_000_000))
+        decoded = decode(lines, chunk.envelope, self.options, int(time.time() * 1_000_000))
+        if bad_utf8 is not None:
+            decoded = pa.concat_tables([decoded, bad_utf8])
         good, bad = split(decoded)
         took_good = self.sinks[EVENTS].add(good)
         took_bad = self.sinks[FAILED_EVENTS].add(bad)
@@ -221,6 +224,57 @@ class Pipeline:
         if self._inflight is not None:
             inflight, self._inflight = self._inflight, None
             inflight.result()
+
+
+def _split_lines(chunk: Chunk) -> tuple[Chunk, pa.RecordBatch, pa.Table | None]:
+    lines, bad_utf8 = lines_of(chunk)
+    return chunk, lines, bad_utf8
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _prefetched(
+    items: Iterator[_T], fn: Callable[[_T], _R], stop: threading.Event, depth: int = 2
+) -> Iterator[_R]:
+    """``fn(item)`` for each item, computed ahead on a reader thread (reading and splitting the
+    next chunk overlaps decoding this one). Errors surface in the caller, in order."""
+    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    done = threading.Event()
+
+    def put(msg: tuple[str, object]) -> bool:
+        while not (stop.is_set() or done.is_set()):
+            try:
+                q.put(msg, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", fn(item))):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(("error", exc))
+
+    reader = threading.Thread(target=produce, name="clicklake-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            yield value  # type: ignore[misc]
+    finally:
+        done.set()
+        reader.join()
 
 
 def _short(position: Position) -> str:

@@ -28,7 +28,7 @@ from pyiceberg.types import (
 
 Kind = Literal["string", "ts", "long", "int", "binary", "bool", "double"]
 
-_ICEBERG: dict[str, IcebergType] = {
+ICEBERG_TYPES: dict[str, IcebergType] = {
     "string": StringType(),
     "ts": TimestamptzType(),
     "long": LongType(),
@@ -37,7 +37,7 @@ _ICEBERG: dict[str, IcebergType] = {
     "bool": BooleanType(),
     "double": DoubleType(),
 }
-_ARROW: dict[str, pa.DataType] = {
+ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.large_string(),
     "ts": pa.timestamp("us", tz="UTC"),
     "long": pa.int64(),
@@ -105,14 +105,14 @@ FAILED_COLUMNS: tuple[Column, ...] = (
 def _iceberg_schema(columns: tuple[Column, ...]) -> Schema:
     return Schema(
         *(
-            NestedField(i, c.name, _ICEBERG[c.kind], required=False, doc=c.doc)
+            NestedField(i, c.name, ICEBERG_TYPES[c.kind], required=False, doc=c.doc)
             for i, c in enumerate(columns, start=1)
         )
     )
 
 
 def _arrow_schema(columns: tuple[Column, ...]) -> pa.Schema:
-    return pa.schema([pa.field(c.name, _ARROW[c.kind], nullable=True) for c in columns])
+    return pa.schema([pa.field(c.name, ARROW_TYPES[c.kind], nullable=True) for c in columns])
 
 
 EVENTS_SCHEMA = _iceberg_schema(EVENT_COLUMNS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -17,14 +18,18 @@ from clicklake.config import Settings
 from clicklake.events.schema import (
     EVENTS_SCHEMA,
     FAILED_SCHEMA,
+    ICEBERG_TYPES,
+    Column,
     events_partition_spec,
     failed_partition_spec,
 )
-from clicklake.exceptions import StorageError
+from clicklake.exceptions import ConfigError, StorageError
 
 # The sink retries conflicts itself, checking its checkpoint between attempts; PyIceberg's own
 # silent retry would bypass that check.
 TABLE_PROPERTIES = {"commit.retry.num-retries": "0", "write.parquet.compression-codec": "zstd"}
+
+log = logging.getLogger("clicklake.lakehouse")
 
 EVENTS = "events"
 FAILED_EVENTS = "failed_events"
@@ -101,6 +106,36 @@ def ensure_tables(catalog: Catalog, settings: Settings, specs: tuple[TableSpec, 
         return out
     except (SQLAlchemyError, OSError) as exc:
         raise StorageError(f"cannot create clicklake tables: {exc}") from exc
+
+
+def evolve_schema(table: Table, columns: tuple[Column, ...]) -> Table:
+    """Add the ``columns`` the table lacks (optional, at the end); a metadata-only commit.
+
+    Raises:
+        ConfigError: A column exists with another type; the message says which and what to do.
+    """
+    schema = table.schema()
+    missing = []
+    for col in columns:
+        field = schema.find_field(col.name, case_sensitive=True) if col.name in schema.column_names else None
+        if field is None:
+            missing.append(col)
+        elif field.field_type != ICEBERG_TYPES[col.kind]:
+            raise ConfigError(
+                f"column {col.name} of {'.'.join(table.name())} is {field.field_type}, but clicklake now "
+                f"writes {ICEBERG_TYPES[col.kind]}; a type change that narrows is refused: rename the "
+                "column in the enricher, or migrate the table"
+            )
+    if missing:
+        with table.update_schema() as update:
+            for col in missing:
+                update.add_column(col.name, ICEBERG_TYPES[col.kind], doc=col.doc)
+        log.info(
+            "event=schema_evolved table=%s added=%s",
+            ".".join(table.name()),
+            ",".join(c.name for c in missing),
+        )
+    return table
 
 
 def load_existing(catalog: Catalog, settings: Settings, name: str) -> Table | None:

@@ -1,0 +1,130 @@
+"""Dedup of client retries: the same ``event_id`` landed twice within a window.
+
+An SDK that gets no answer resends the same call with the same ``messageId``. Within
+``enrich.dedup.window_hours`` (default 24 h, by collector time) a second copy is dropped, one
+row per ``(app_id, event_id)`` reaches ``events``. An ``event_fingerprint`` (MD5 of the event
+minus its send-time fields) tells a true resend from a different event that reuses an id: the
+latter is not dropped silently but marked ``duplicate_id_conflict`` and goes to
+``failed_events``.
+
+The window is a DuckDB table (bounded: it spills past its memory limit and forgets ids older
+than the window). It is rebuilt from ``events`` when the pipeline starts, so it holds exactly
+what is committed; anything processed but not committed before a crash is processed again in
+the same order and gets the same verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clicklake.config import Settings
+from clicklake.enrich.base import Step, append_columns
+from clicklake.events.schema import Column
+
+log = logging.getLogger("clicklake.enrich.dedup")
+
+FINGERPRINT = Column("event_fingerprint", "string", "MD5 of the event without send-time fields")
+VERDICT = "dedup_verdict"  # transient column: "dup" rows are dropped, "conflict" rows fail
+
+# What a resend changes: when it was sent and received, and from where. Everything else a
+# client sent is the same in a true resend.
+_FINGERPRINT_SQL = """md5(concat_ws(chr(31), app_id, event_id, event_type, event_name, user_id, anonymous_id,
+    session_id, group_id, previous_id, CAST(dvce_created_tstamp AS VARCHAR), page_url, page_referrer,
+    page_title, properties, traits, context))"""
+
+
+@dataclass
+class DedupState:
+    """The ids seen within the window, in a DuckDB table of (key, fingerprint, seen time)."""
+
+    window_us: int
+    con: duckdb.DuckDBPyConnection
+
+    @classmethod
+    def empty(cls, window_hours: float) -> DedupState:
+        con = duckdb.connect(config={"threads": 1, "memory_limit": "256MB"})
+        con.execute("CREATE TABLE seen (k VARCHAR PRIMARY KEY, fp VARCHAR, ts BIGINT)")
+        return cls(int(window_hours * 3_600_000_000), con)
+
+    def load(self, committed: pa.Table) -> None:
+        """Add committed events (``app_id``, ``event_id``, ``event_fingerprint``, ``collector_tstamp``)."""
+        self.con.register("committed_in", committed)
+        try:
+            self.con.execute(
+                """INSERT OR IGNORE INTO seen
+                   SELECT app_id || chr(31) || event_id, event_fingerprint, epoch_us(collector_tstamp)
+                   FROM committed_in WHERE event_id IS NOT NULL
+                   QUALIFY row_number() OVER (PARTITION BY app_id, event_id ORDER BY collector_tstamp) = 1"""
+            )
+        finally:
+            self.con.unregister("committed_in")
+
+    def judge(self, batch: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
+        """Fingerprint each row and say ``new``, ``dup`` or ``conflict``; remember the new ones."""
+        self.con.register("b", pa.Table.from_batches([batch]))
+        try:
+            out = self.con.sql(
+                f"""WITH x AS (
+                      SELECT row_number() OVER () AS i, app_id || chr(31) || event_id AS k,
+                             {_FINGERPRINT_SQL} AS fp, epoch_us(collector_tstamp) AS ts
+                      FROM b),
+                    firsts AS (
+                      SELECT i, k, fp, ts,
+                             first_value(fp) OVER (PARTITION BY k ORDER BY i) AS first_fp,
+                             row_number() OVER (PARTITION BY k ORDER BY i) AS nth
+                      FROM x)
+                    SELECT f.i, f.fp,
+                      CASE WHEN s.k IS NOT NULL AND (s.fp IS NULL OR s.fp = f.fp) THEN 'dup'
+                           WHEN s.k IS NOT NULL THEN 'conflict'
+                           WHEN f.nth > 1 AND f.first_fp = f.fp THEN 'dup'
+                           WHEN f.nth > 1 THEN 'conflict'
+                           ELSE 'new' END AS verdict,
+                      f.k, f.ts
+                    FROM firsts f LEFT JOIN seen s ON s.k = f.k
+                    ORDER BY f.i"""
+            ).to_arrow_table()
+            self.con.register("judged", out)
+            self.con.execute("INSERT OR IGNORE INTO seen SELECT k, fp, ts FROM judged WHERE verdict = 'new'")
+            self.con.unregister("judged")
+        finally:
+            self.con.unregister("b")
+        return out.column("fp").combine_chunks(), out.column("verdict").combine_chunks()
+
+    def expire(self, now_us: int | None = None) -> None:
+        now_us = now_us if now_us is not None else int(time.time() * 1_000_000)
+        self.con.execute("DELETE FROM seen WHERE ts < ?", [now_us - self.window_us])
+
+    def size(self) -> int:
+        row = self.con.execute("SELECT count(*) FROM seen").fetchone()
+        return int(row[0]) if row else 0
+
+
+def build(settings: Settings, state: DedupState | None = None) -> Step:
+    """The dedup step; ``state`` is the window (the pipeline rebuilds it from ``events``)."""
+    st = state or DedupState.empty(settings.enrich.dedup.window_hours)
+    calls = {"n": 0}
+
+    def dedup(batch: pa.RecordBatch) -> pa.RecordBatch:
+        calls["n"] += 1
+        if calls["n"] % 50 == 0:
+            st.expire()
+        if batch.num_rows == 0:
+            return append_columns(
+                batch,
+                {FINGERPRINT.name: pa.array([], pa.large_string()), VERDICT: pa.array([], pa.large_string())},
+            )
+        fp, verdict = st.judge(batch)
+        return append_columns(
+            batch,
+            {FINGERPRINT.name: pc.cast(fp, pa.large_string()), VERDICT: pc.cast(verdict, pa.large_string())},
+        )
+
+    step = Step("dedup", dedup, (FINGERPRINT,))
+    object.__setattr__(step, "state", st)
+    return step
