@@ -265,7 +265,12 @@ def _prefetched(
     reader.start()
     try:
         while True:
-            kind, value = q.get()
+            try:
+                kind, value = q.get(timeout=0.1)
+            except queue.Empty:
+                if reader.is_alive():
+                    continue
+                return  # the reader gave up because stop was set
             if kind == "end":
                 return
             if kind == "error":
