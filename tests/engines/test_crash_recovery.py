@@ -1,9 +1,10 @@
 """Exactly-once under crashes: SIGKILL the pipeline at random moments, restart, account for every line.
 
 The pipeline runs as a real subprocess over a generated spool of 200,000 events. It is killed
-at least ten times: some kills land at a random moment while it reads, decodes and writes
-Parquet, others right after it logs the commit of ``events`` (before ``failed_events`` commits),
-the window where the two tables' checkpoints differ. After a final clean run, every valid event
+at least ten times, a third each: at a random moment while it reads and decodes; as soon as it
+logs the start of a commit (while it writes Parquet files and commits them); right after it logs
+the commit of ``events`` (before ``failed_events`` commits), the window where the two tables'
+checkpoints differ. After a final clean run, every valid event
 must be in ``events`` exactly once and every malformed one in ``failed_events`` exactly once,
 matching the generator's manifest.
 """
@@ -44,7 +45,7 @@ def _env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def _run_and_kill(env: dict[str, str], rng: random.Random, at_commit: bool) -> bool:
+def _run_and_kill(env: dict[str, str], rng: random.Random, trigger: bytes | None) -> bool:
     """Start a run; kill it mid-way. Returns False if it finished before the kill."""
     proc = subprocess.Popen(
         [*CLI, "--log-level", "info", "run", "--once"],
@@ -66,9 +67,11 @@ def _run_and_kill(env: dict[str, str], rng: random.Random, at_commit: bool) -> b
             if not started and b"event=start" in buf:
                 started = True
                 deadline = time.monotonic() + rng.uniform(0.05, 2.5)
-            if at_commit and b"event=commit table=events" in buf:
+            if trigger is not None and trigger in buf:
+                if trigger == b"event=commit_begin":
+                    time.sleep(rng.uniform(0, 0.3))  # somewhere inside the Parquet writes or the commit
                 break
-        if not at_commit and deadline is not None and time.monotonic() >= deadline:
+        if trigger is None and deadline is not None and time.monotonic() >= deadline:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -107,7 +110,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
     attempts = 0
     while kills < KILLS and attempts < KILLS * 3:
         attempts += 1
-        if _run_and_kill(env, rng, at_commit=attempts % 3 == 0):
+        trigger = (None, b"event=commit_begin", b"event=commit table=events")[attempts % 3]
+        if _run_and_kill(env, rng, trigger):
             kills += 1
         else:
             break  # everything got processed before we could kill: enough input has been consumed

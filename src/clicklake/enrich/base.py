@@ -54,7 +54,9 @@ def append_columns(batch: pa.RecordBatch, columns: dict[str, pa.Array]) -> pa.Re
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def unique_map(values: pa.Array, fn: Callable[[str], tuple[object, ...]], types: tuple[pa.DataType, ...]) -> list[pa.Array]:
+def unique_map(
+    values: pa.Array, fn: Callable[[str], tuple[object, ...]], types: tuple[pa.DataType, ...]
+) -> list[pa.Array]:
     """Apply ``fn`` once per distinct value of a string column and spread the results back.
 
     Args:
@@ -67,7 +69,11 @@ def unique_map(values: pa.Array, fn: Callable[[str], tuple[object, ...]], types:
     """
     import pyarrow.compute as pc
 
-    encoded = pc.dictionary_encode(values).combine_chunks() if isinstance(values, pa.ChunkedArray) else pc.dictionary_encode(values)
+    encoded = (
+        pc.dictionary_encode(values).combine_chunks()
+        if isinstance(values, pa.ChunkedArray)
+        else pc.dictionary_encode(values)
+    )
     dictionary = encoded.dictionary.to_pylist()
     results = [fn(v) for v in dictionary]
     out = []

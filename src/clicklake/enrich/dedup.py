@@ -80,7 +80,8 @@ class DedupState:
                              row_number() OVER (PARTITION BY k ORDER BY i) AS nth
                       FROM x)
                     SELECT f.i, f.fp,
-                      CASE WHEN s.k IS NOT NULL AND (s.fp IS NULL OR s.fp = f.fp) THEN 'dup'
+                      CASE WHEN f.k IS NULL THEN 'new'
+                           WHEN s.k IS NOT NULL AND (s.fp IS NULL OR s.fp = f.fp) THEN 'dup'
                            WHEN s.k IS NOT NULL THEN 'conflict'
                            WHEN f.nth > 1 AND f.first_fp = f.fp THEN 'dup'
                            WHEN f.nth > 1 THEN 'conflict'
@@ -90,7 +91,9 @@ class DedupState:
                     ORDER BY f.i"""
             ).to_arrow_table()
             self.con.register("judged", out)
-            self.con.execute("INSERT OR IGNORE INTO seen SELECT k, fp, ts FROM judged WHERE verdict = 'new'")
+            self.con.execute(
+                "INSERT OR IGNORE INTO seen SELECT k, fp, ts FROM judged WHERE verdict = 'new' AND k IS NOT NULL"
+            )
             self.con.unregister("judged")
         finally:
             self.con.unregister("b")

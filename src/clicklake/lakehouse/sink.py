@@ -124,6 +124,7 @@ class TableSink:
             StorageError: Data files could not be written.
         """
         t0 = time.monotonic()
+        log.info("event=commit_begin table=%s rows=%d", self.name, df.num_rows if df is not None else 0)
         if df is not None and self.load_column:
             now = pa.scalar(int(time.time() * 1_000_000), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
             idx = df.schema.get_field_index(self.load_column)

@@ -1,0 +1,274 @@
+"""Pseudonymization of personal data: salted hashes in place of the values.
+
+Each entry of ``enrich.pii.fields`` is either
+
+- a column name (``user_id``, ``anonymous_id``, ``user_ipaddress``, a ``user_*`` column of the
+  user dimension, ...): every non-null value is replaced by its hash; or
+- a dotted path into one of the JSON columns ``properties``, ``traits`` or ``context``
+  (``traits.email``, ``context.traits.phone``, ``traits.address.street``): only the value at
+  that path is replaced by its hash, as a JSON string, and the document stays valid JSON. A row
+  where the path is missing, is JSON ``null`` or runs through a non-object is left exactly as
+  it was. Numbers and booleans are hashed on their JSON text, objects and arrays on their
+  compact JSON text.
+
+The hash is HMAC-SHA256 keyed with ``enrich.pii.salt``, as 64 lowercase hex digits: the same
+value gives the same hash in every column and every JSON path, so hashed columns still join
+and count distinct, but without the salt a hash cannot be reversed by hashing guesses. The
+salt is a secret (``CLICKLAKE_ENRICH__PII__SALT``); it is never logged.
+
+``user_key`` is ``coalesce(user_id, anonymous_id)``, the partition and session key. When
+either of those is hashed, ``user_key`` is recomputed from the hashed values, so that it stays
+consistent with them and sessions are still built per (pseudonymous) person.
+
+Plain columns are hashed once per distinct value, with a bounded cache that survives across
+batches. JSON paths are extracted and patched by DuckDB (``json_extract_string`` and
+``json_merge_patch``) over the whole column; only the extracted values are hashed in Python,
+once each. A patched document is re-serialized compactly by DuckDB (its keys may come out in
+another order and numbers in their shortest form); unpatched documents are untouched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clicklake.config import Settings
+from clicklake.enrich.base import Step, append_columns
+from clicklake.events.schema import EVENTS_ARROW
+from clicklake.exceptions import ConfigError
+
+JSON_COLUMNS = ("properties", "traits", "context")
+"""The columns that hold JSON documents and accept dotted paths."""
+
+KEY_SOURCES = ("user_id", "anonymous_id")
+"""The columns ``user_key`` is derived from."""
+
+CACHE_SIZE = 500_000
+"""Distinct values whose hash is remembered across batches."""
+
+_SALT_HINT = "set CLICKLAKE_ENRICH__PII__SALT (or enrich.pii.salt) to a long random secret"
+
+
+@dataclass(frozen=True)
+class PiiField:
+    """One entry of ``enrich.pii.fields``.
+
+    Attributes:
+        column: The column it lives in.
+        path: Keys inside the column's JSON document; empty for the whole column.
+    """
+
+    column: str
+    path: tuple[str, ...] = ()
+
+    @property
+    def json_path(self) -> str:
+        """The DuckDB JSONPath, every key quoted: ``$."traits"."email"``."""
+        return "$" + "".join(f'."{key}"' for key in self.path)
+
+    def patch_around(self) -> tuple[str, str]:
+        """The JSON merge patch that sets the path to a string, split where the string goes.
+
+        ``traits.email`` gives ``('{"traits":{"email":"', '"}}')``.
+        """
+        prefix = "".join("{" + json.dumps(key) + ":" for key in self.path)
+        return prefix + '"', '"' + "}" * len(self.path)
+
+
+def parse_fields(fields: Sequence[str]) -> tuple[PiiField, ...]:
+    """Read ``enrich.pii.fields``.
+
+    Args:
+        fields: Column names and dotted JSON paths.
+
+    Returns:
+        One :class:`PiiField` per distinct entry, in order.
+
+    Raises:
+        ConfigError: An entry is empty, has an empty key, quotes or backslashes, is a path into
+            a column that is not JSON, or names a canonical column that is not a string.
+    """
+    out: list[PiiField] = []
+    for raw in fields:
+        parts = tuple(raw.strip().split("."))
+        if not raw.strip() or any(not p or '"' in p or "\\" in p for p in parts):
+            raise ConfigError(
+                f"enrich.pii.fields: {raw!r} is not a column name or a dotted JSON path "
+                "such as 'traits.email' (keys must be non-empty, without quotes or backslashes)"
+            )
+        column, path = parts[0], parts[1:]
+        if path and column not in JSON_COLUMNS:
+            raise ConfigError(
+                f"enrich.pii.fields: {raw!r} is a path into {column!r}, which is not a JSON column; "
+                f"paths must start with one of {', '.join(JSON_COLUMNS)}"
+            )
+        if column in EVENTS_ARROW.names and not pa.types.is_large_string(EVENTS_ARROW.field(column).type):
+            raise ConfigError(f"enrich.pii.fields: {raw!r} is not a string column and cannot be hashed")
+        field = PiiField(column, path)
+        if field not in out:
+            out.append(field)
+    return tuple(out)
+
+
+def _large(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr if arr.type == pa.large_string() else arr.cast(pa.large_string())
+
+
+class PiiHasher:
+    """The state behind the ``pii`` step: the key, the fields, the hash cache, a DuckDB connection.
+
+    Args:
+        salt: The HMAC key; must not be empty.
+        fields: What to hash.
+        cache_size: How many distinct values to remember.
+
+    Raises:
+        ConfigError: ``salt`` is empty.
+    """
+
+    def __init__(self, salt: bytes, fields: Sequence[PiiField], cache_size: int = CACHE_SIZE) -> None:
+        if not salt:
+            raise ConfigError(f"enrich.pii is enabled but its salt is empty; {_SALT_HINT}")
+        self._key = salt
+        self.fields = tuple(fields)
+        self._cache: dict[str, str] = {}
+        self._cache_size = cache_size
+        self._con: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # the salt stays out of reprs, logs and tracebacks
+        return f"PiiHasher(fields={[f.column + ''.join('.' + k for k in f.path) for f in self.fields]})"
+
+    def digest(self, value: str) -> str:
+        """HMAC-SHA256 of ``value`` (UTF-8) with the salt, as lowercase hex."""
+        return hmac.digest(self._key, value.encode("utf-8"), "sha256").hex()
+
+    def digest_many(self, values: list[str]) -> list[str]:
+        """Hash distinct values, from the cache where possible.
+
+        Args:
+            values: Distinct strings.
+
+        Returns:
+            Their hashes, in order.
+        """
+        cache = self._cache
+        missing = [v for v in values if v not in cache]
+        if not missing:
+            return [cache[v] for v in values]
+        found = {v: self.digest(v) for v in missing}
+        out = [cache.get(v) or found[v] for v in values]
+        overflow = len(cache) + len(found) - self._cache_size
+        if overflow > 0:
+            # Dicts keep insertion order: drop the oldest, at least a quarter to amortize the cost.
+            for key in list(cache)[: max(overflow, self._cache_size // 4)]:
+                del cache[key]
+        if len(found) <= self._cache_size:
+            cache.update(found)
+        return out
+
+    def hash_column(self, values: pa.Array) -> pa.Array:
+        """Every non-null value of a string column replaced by its hash (nulls stay null)."""
+        encoded = pc.dictionary_encode(values)
+        digests = pa.array(self.digest_many(encoded.dictionary.to_pylist()), type=pa.large_string())
+        return pc.take(digests, encoded.indices)
+
+    def _sql(self, query: str, table: pa.Table) -> pa.Array:
+        import duckdb
+
+        with self._lock:
+            if self._con is None:
+                self._con = duckdb.connect(config={"threads": 1})
+            cur = self._con.cursor()
+        try:
+            cur.register("t", table)
+            return _large(cur.sql(query).to_arrow_table().column(0))
+        finally:
+            cur.close()
+
+    def hash_json_path(self, docs: pa.Array, field: PiiField) -> pa.Array:
+        """The value at ``field.path`` in each JSON document replaced by its hash.
+
+        Args:
+            docs: A string column of JSON documents (nulls and invalid JSON are left as they are).
+            field: The path.
+
+        Returns:
+            The column, with documents that hold a non-null value at the path patched.
+        """
+        docs = _large(docs)
+        if docs.null_count == len(docs):
+            return docs
+        path = field.json_path.replace("'", "''")
+        found = self._sql(
+            f"SELECT CASE WHEN json_valid(c) THEN json_extract_string(c, '{path}') END FROM t",
+            pa.table({"c": docs}),
+        )
+        if found.null_count == len(found):
+            return docs
+        prefix, suffix = field.patch_around()
+        patch = pc.binary_join_element_wise(
+            pa.scalar(prefix, pa.large_string()),
+            self.hash_column(found),
+            pa.scalar(suffix, pa.large_string()),
+            pa.scalar("", pa.large_string()),
+        )
+        return self._sql(
+            "SELECT CASE WHEN p IS NULL THEN c ELSE CAST(json_merge_patch(c, p) AS VARCHAR) END FROM t",
+            pa.table({"c": docs, "p": patch}),
+        )
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` with the configured fields hashed (and ``user_key`` recomputed if needed)."""
+        if batch.num_rows == 0 or not self.fields:
+            return batch
+        names = batch.schema.names
+        columns: dict[str, pa.Array] = {}
+        for field in self.fields:
+            if field.column not in names:
+                raise ConfigError(
+                    f"enrich.pii.fields: column {field.column!r} is not in the events; "
+                    "remove it or check the enrichment step that should add it"
+                )
+            current = columns.get(field.column, batch.column(field.column))
+            if not (pa.types.is_string(current.type) or pa.types.is_large_string(current.type)):
+                raise ConfigError(f"enrich.pii.fields: column {field.column!r} is not a string column")
+            if field.path:
+                columns[field.column] = self.hash_json_path(current, field)
+            else:
+                columns[field.column] = self.hash_column(current)
+        if "user_key" in names and any(c in columns for c in KEY_SOURCES):
+            sources = [columns.get(c, batch.column(c)) for c in KEY_SOURCES if c in names]
+            columns["user_key"] = _large(pc.coalesce(*sources))
+        return append_columns(batch, columns)
+
+
+def build(settings: Settings) -> Step:
+    """The ``pii`` step: hashes ``enrich.pii.fields``; rewrites columns, adds none.
+
+    Args:
+        settings: ``enrich.pii.fields`` and ``enrich.pii.salt``.
+
+    Returns:
+        The step.
+
+    Raises:
+        ConfigError: The step is enabled and the salt is empty, or a field is malformed.
+    """
+    cfg = settings.enrich.pii
+    salt = cfg.salt.get_secret_value()
+    if cfg.enabled and not salt:
+        raise ConfigError(f"enrich.pii is enabled but its salt is empty; {_SALT_HINT}")
+    fields = parse_fields(cfg.fields)
+    if not cfg.enabled or not fields:
+        return Step("pii", lambda batch: batch)
+    return Step("pii", PiiHasher(salt.encode("utf-8"), fields))

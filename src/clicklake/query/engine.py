@@ -1,0 +1,197 @@
+"""DuckDB over the current snapshots of the clicklake Iceberg tables.
+
+Each table becomes one view. When the current snapshot has no delete files, the view reads the
+snapshot's Parquet data files directly with ``read_parquet([...], union_by_name=true)``: DuckDB
+then prunes columns and row groups itself, which is much faster than materializing a PyIceberg
+scan. Columns of the Iceberg schema that no data file holds yet (added by schema evolution) are
+selected as typed ``NULL``. A snapshot with delete files falls back to a PyIceberg scan
+(``scan().to_arrow()``) registered as an Arrow table, which applies the deletes. An empty table
+(no snapshot, or no files) is a view with the right columns and no rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.table import Table
+
+from clicklake.config import Settings
+from clicklake.exceptions import InputError
+from clicklake.lakehouse.catalog import open_catalog, table_id
+
+log = logging.getLogger("clicklake.query")
+
+ALL_TABLES: tuple[str, ...] = (
+    "events",
+    "failed_events",
+    "page_views",
+    "sessions",
+    "users",
+    "user_mapping",
+    "daily_kpis",
+)
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a double-quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """``value`` as a single-quoted SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def local_path(uri: str) -> str:
+    """A data file location as DuckDB reads it (``file://`` URIs become plain paths)."""
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """The data files of one snapshot of a table.
+
+    Attributes:
+        paths: Locations of the Parquet data files, as DuckDB reads them.
+        partitions: The partition record of each data file (same order as ``paths``).
+        has_deletes: Whether any file has delete files (then read through PyIceberg).
+    """
+
+    paths: tuple[str, ...]
+    partitions: tuple[tuple[object, ...], ...]
+    has_deletes: bool
+
+
+def snapshot_files(table: Table, snapshot_id: int | None = None) -> DataFiles:
+    """The data files of ``snapshot_id`` (default: the current snapshot) of ``table``."""
+    if snapshot_id is None and table.current_snapshot() is None:
+        return DataFiles((), (), False)
+    scan = table.scan(snapshot_id=snapshot_id) if snapshot_id is not None else table.scan()
+    paths: list[str] = []
+    parts: list[tuple[object, ...]] = []
+    deletes = False
+    for task in scan.plan_files():
+        paths.append(local_path(task.file.file_path))
+        parts.append(tuple(task.file.partition))
+        deletes = deletes or bool(task.delete_files)
+    return DataFiles(tuple(paths), tuple(parts), deletes)
+
+
+def duck_type(arrow_type: pa.DataType) -> str:
+    """The DuckDB type name of an Arrow type (for typed ``NULL`` columns)."""
+    con = duckdb.connect()
+    try:
+        empty = pa.table({"c": pa.array([], type=arrow_type)})
+        con.register("t", empty)
+        row = con.execute("SELECT typeof(c) FROM t UNION ALL SELECT typeof(NULL::INTEGER) LIMIT 1").fetchone()
+        described = con.execute("DESCRIBE t").fetchall()
+        return str(described[0][1]) if described else str(row[0] if row else "VARCHAR")
+    finally:
+        con.close()
+
+
+def parquet_relation(con: duckdb.DuckDBPyConnection, paths: Sequence[str], schema: pa.Schema) -> str:
+    """A ``SELECT`` over ``paths`` giving exactly the columns of ``schema``, in order.
+
+    Columns no file holds are typed ``NULL``; an empty ``paths`` gives no rows.
+    """
+    if not paths:
+        cols = ", ".join(f"CAST(NULL AS {duck_type(f.type)}) AS {quote_ident(f.name)}" for f in schema)
+        return f"SELECT {cols} WHERE false"
+    files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
+    source = f"read_parquet({files}, union_by_name=true)"
+    present = {str(r[0]) for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    cols = ", ".join(
+        quote_ident(f.name)
+        if f.name in present
+        else f"CAST(NULL AS {duck_type(f.type)}) AS {quote_ident(f.name)}"
+        for f in schema
+    )
+    return f"SELECT {cols} FROM {source}"
+
+
+def register_table(con: duckdb.DuckDBPyConnection, table: Table, view: str) -> None:
+    """Create the view ``view`` over the current snapshot of ``table``."""
+    schema = table.schema().as_arrow()
+    files = snapshot_files(table)
+    if files.has_deletes:
+        # Delete files: only PyIceberg applies them correctly.
+        con.register(f"__arrow_{view}", table.scan().to_arrow())
+        con.execute(f"CREATE OR REPLACE VIEW {quote_ident(view)} AS SELECT * FROM {quote_ident('__arrow_' + view)}")
+        return
+    con.execute(f"CREATE OR REPLACE VIEW {quote_ident(view)} AS {parquet_relation(con, files.paths, schema)}")
+
+
+def new_connection() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with clicklake's session settings (UTC)."""
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def load_tables(catalog: Catalog, settings: Settings, names: Iterable[str]) -> dict[str, Table]:
+    """The existing tables among ``names``, by name."""
+    out: dict[str, Table] = {}
+    for name in names:
+        try:
+            out[name] = catalog.load_table(table_id(settings, name))
+        except NoSuchTableError:
+            continue
+    return out
+
+
+def connect(settings: Settings, tables: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with one view per clicklake table, over its current snapshot.
+
+    Args:
+        settings: The settings (catalog location).
+        tables: Names of the tables to expose; default all clicklake tables that exist.
+
+    Returns:
+        An in-memory connection; views are named after the tables (``events``, ``sessions``...).
+    """
+    catalog = open_catalog(settings, write=False)
+    con = new_connection()
+    for name, table in load_tables(catalog, settings, ALL_TABLES if tables is None else tables).items():
+        register_table(con, table, name)
+    return con
+
+
+_READ_ONLY = {"SELECT", "EXPLAIN"}
+
+
+def run_sql(settings: Settings, sql: str) -> pa.Table:
+    """Run one read-only statement over the current snapshots of the clicklake tables.
+
+    Args:
+        settings: The settings.
+        sql: One ``SELECT`` (or ``WITH ... SELECT``, ``EXPLAIN``) statement.
+
+    Returns:
+        The result as an Arrow table.
+
+    Raises:
+        InputError: ``sql`` is not exactly one read-only statement, or DuckDB rejects it.
+    """
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise InputError(f"cannot parse the SQL: {exc}") from exc
+    if len(statements) != 1:
+        raise InputError(f"give exactly one statement (got {len(statements)})")
+    kind = str(statements[0].type).rsplit(".", 1)[-1]
+    if kind not in _READ_ONLY:
+        raise InputError(f"only read-only SELECT statements are allowed (got {kind})")
+    con = connect(settings)
+    try:
+        return con.execute(sql).fetch_arrow_table()
+    except duckdb.Error as exc:
+        raise InputError(f"query failed: {exc}") from exc
+    finally:
+        con.close()
