@@ -97,11 +97,25 @@ def _default_conversions() -> list[ConversionSettings]:
     return [ConversionSettings(name="order", condition="event_name = 'Order Completed'", value="revenue")]
 
 
+class UrlRuleSettings(_Section):
+    pattern: str
+    alias: str
+
+
 class ModelsSettings(_Section):
     session_gap_minutes: float = Field(default=30.0, gt=0)
     bounce: Literal["single_pageview", "not_engaged", "min_duration"] = "single_pageview"
     timezone: str = "UTC"
     conversions: list[ConversionSettings] = Field(default_factory=_default_conversions)
+    include_bots: bool = False
+    max_session_length_hours: float = Field(default=24.0, gt=0)
+    split_at_midnight: bool = False
+    bounce_min_duration_s: float = Field(default=10.0, ge=0)
+    engaged_min_duration_s: float = Field(default=10.0, ge=0)
+    page_ping_heartbeat_s: float = Field(default=10.0, gt=0)
+    page_ping_min_visit_s: float = Field(default=10.0, ge=0)
+    url_rules: list[UrlRuleSettings] = Field(default_factory=list)
+    build_every_commits: int = Field(default=0, ge=0)
 
 
 class TokenSettings(_Section):

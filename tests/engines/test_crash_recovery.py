@@ -132,8 +132,10 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
         .to_arrow()
     )
 
-    # Exactly the manifest's totals ...
-    assert events.num_rows == manifest["expected_events_rows"]
+    # Exactly the manifest's totals: each valid event once (client retries that resend a
+    # messageId are dropped by the dedup step, whose window is rebuilt at every restart) ...
+    assert manifest["retried"] > 0
+    assert events.num_rows == manifest["valid_unique"]
     assert failed.num_rows == manifest["expected_failed_rows"]
     # ... and no source position twice (a duplicate plus a loss would also match the totals).
     for t in (events, failed):
@@ -147,8 +149,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
     # Each malformed kind is accounted for under its reason.
     got = {r["values"]: r["counts"] for r in failed["error_type"].value_counts().to_pylist()}
     assert got == manifest["malformed"]
-    # Retried lines are separate lines: each copy lands (dedup is the enrichment's job).
-    distinct_ids = pc.count_distinct(events["event_id"]).as_py()
-    assert distinct_ids == manifest["valid_unique"]
+    # ... with no event id twice.
+    assert pc.count_distinct(events["event_id"]).as_py() == events.num_rows
     # Segments every table has passed were deleted; only the newest may remain.
     assert len(list((data_dir / "spool").glob("seg-*.ndjson"))) <= 1

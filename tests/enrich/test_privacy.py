@@ -227,3 +227,25 @@ def test_pii_never_shows_the_salt(tmp_path: Path) -> None:
     step = pii.build(_settings(tmp_path, pii={"enabled": True, "salt": SALT, "fields": ["user_id"]}))
     assert SALT not in repr(step)
     assert SALT not in repr(step.fn)
+
+
+def test_anonymization_also_scrubs_the_address_inside_context() -> None:
+    import orjson
+    import pyarrow as pa
+
+    from clicklake.config import load_settings
+    from clicklake.enrich.ip_anonymization import build as build_anon
+    from clicklake.events.schema import EVENTS_ARROW
+
+    n = 3
+    cols = {f.name: pa.nulls(n, f.type) for f in EVENTS_ARROW}
+    cols["user_ipaddress"] = pa.array(["203.0.113.77", "198.51.100.9", None], pa.large_string())
+    cols["context"] = pa.array(
+        ['{"ip":"203.0.113.77","locale":"en"}', '{"locale":"fr"}', '{"ip":"10.0.0.1"}'], pa.large_string()
+    )
+    batch = pa.RecordBatch.from_pydict(cols, schema=EVENTS_ARROW)
+    out = build_anon(load_settings(environ={})).fn(batch)
+    assert out.column("user_ipaddress").to_pylist() == ["203.0.113.0", "198.51.100.0", None]
+    ctx = [orjson.loads(c) for c in out.column("context").to_pylist()]
+    # the full address is gone from the JSON; other fields and rows are untouched
+    assert ctx == [{"ip": "203.0.113.0", "locale": "en"}, {"locale": "fr"}, {"ip": "10.0.0.1"}]

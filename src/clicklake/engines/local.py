@@ -18,16 +18,29 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import IO, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from clicklake.config import Settings
+from clicklake.enrich.chain import build_chain, run_chain
+from clicklake.enrich.dedup import VERDICT
 from clicklake.events.decode import DecodeOptions, decode, lines_of, split
+from clicklake.events.failures import rows_to_failures
+from clicklake.events.schema import EVENT_COLUMNS, FAILED_ARROW
 from clicklake.exceptions import ClickLakeError, StorageError
-from clicklake.lakehouse.catalog import EVENTS, FAILED_EVENTS, ensure_tables, ingest_tables, open_catalog
+from clicklake.lakehouse.catalog import (
+    EVENTS,
+    FAILED_EVENTS,
+    ensure_tables,
+    evolve_schema,
+    ingest_tables,
+    open_catalog,
+)
 from clicklake.lakehouse.sink import TableSink
 from clicklake.sources.base import Chunk, Position, Source, min_position
 
@@ -42,6 +55,7 @@ class RunStats:
     events: int = 0
     failed: int = 0
     skipped: int = 0
+    duplicates: int = 0
     commits: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
 
@@ -118,12 +132,35 @@ class Pipeline:
         self._inflight: Future[None] | None = None
         catalog = open_catalog(settings)
         tables = ensure_tables(catalog, settings, ingest_tables(settings))
+        self.steps = build_chain(settings)
+        added = tuple(col for step in self.steps for col in step.columns)
+        tables[EVENTS] = evolve_schema(tables[EVENTS], (*EVENT_COLUMNS, *added))
+        self._dedup = next((getattr(s, "state", None) for s in self.steps if s.name == "dedup"), None)
         pid = settings.pipeline.pipeline_id
         retries = settings.pipeline.commit_retries
         self.sinks = {
             EVENTS: TableSink(tables[EVENTS], pid, source.name, "load_tstamp", retries),
             FAILED_EVENTS: TableSink(tables[FAILED_EVENTS], pid, source.name, "failed_tstamp", retries),
         }
+
+    def _rebuild_dedup_window(self) -> None:
+        """Load the ids ``events`` holds within the dedup window (what is committed, exactly)."""
+        if self._dedup is None:
+            return
+        table = self.sinks[EVENTS].table
+        if table.current_snapshot() is None:
+            return
+        since = datetime.now(UTC) - timedelta(hours=self.settings.enrich.dedup.window_hours)
+        cols = ["app_id", "event_id", "collector_tstamp"]
+        if "event_fingerprint" in table.schema().column_names:
+            cols.append("event_fingerprint")
+        seen = table.scan(
+            row_filter=f"collector_tstamp >= '{since.isoformat()}'", selected_fields=tuple(cols)
+        ).to_arrow()
+        if "event_fingerprint" not in seen.column_names:
+            seen = seen.append_column("event_fingerprint", pa.nulls(seen.num_rows, pa.large_string()))
+        self._dedup.load(seen)
+        log.info("event=dedup_window_loaded ids=%d", self._dedup.size())
 
     def stop(self) -> None:
         """Ask the loop to finish: it commits what it holds and returns."""
@@ -136,6 +173,7 @@ class Pipeline:
         """Process the source; with ``once``, up to what is readable now, then commit and return."""
         cfg = self.settings.pipeline
         position = self.resume_position()
+        self._rebuild_dedup_window()
         log.info(
             "event=start source=%s pipeline=%s resume=%s", self.source.name, cfg.pipeline_id, _short(position)
         )
@@ -171,6 +209,10 @@ class Pipeline:
         if bad_utf8 is not None:
             decoded = pa.concat_tables([decoded, bad_utf8])
         good, bad = split(decoded)
+        if self.steps and good.num_rows:
+            good, enrich_failed = self._enrich(good)
+            if enrich_failed.num_rows:
+                bad = pa.concat_tables([bad, enrich_failed])
         took_good = self.sinks[EVENTS].add(good)
         took_bad = self.sinks[FAILED_EVENTS].add(bad)
         self.stats.events += took_good
@@ -185,6 +227,30 @@ class Pipeline:
         self.stats.lines_bytes += len(data)
         if self.progress:
             self.progress(len(data))
+
+    def _enrich(self, good: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """Run the chain; drop resends the dedup step found, fail id conflicts and failed batches."""
+        batch = good.combine_chunks().to_batches()[0]
+        enriched, failures = run_chain(self.steps, batch)
+        failed = [rows_to_failures(f.batch, f.stage, f.error_type, f.message) for f in failures]
+        out = pa.Table.from_batches([enriched])
+        if VERDICT in out.column_names:
+            verdict = out.column(VERDICT)
+            conflict = pc.equal(verdict, "conflict")
+            if pc.any(conflict).as_py():
+                failed.append(
+                    rows_to_failures(
+                        out.filter(conflict),
+                        "enrich",
+                        "duplicate_id_conflict",
+                        "this messageId was already used by a different event within the dedup window",
+                    )
+                )
+            dups = pc.sum(pc.cast(pc.equal(verdict, "dup"), pa.int64())).as_py() or 0
+            self.stats.duplicates += dups
+            out = out.filter(pc.equal(verdict, "new")).drop_columns([VERDICT])
+        bad = pa.concat_tables(failed) if failed else FAILED_ARROW.empty_table()
+        return out, bad
 
     def _due(self, last_commit: float) -> bool:
         cfg = self.settings.pipeline

@@ -351,7 +351,9 @@ def enrich(batch: pa.RecordBatch) -> pa.RecordBatch:
         _column(batch, "refr_urlhost"),
     ]
     inputs = [a.cast(_STR) for a in inputs]
-    key = pc.binary_join_element_wise(*inputs, pa.scalar(_SEP, _STR), null_handling="replace", null_replacement="")
+    key = pc.binary_join_element_wise(
+        *inputs, pa.scalar(_SEP, _STR), null_handling="replace", null_replacement=""
+    )
     (channel,) = unique_map(key, _channel_for_key, (_STR,))
 
     names = [c.name for c in COLUMNS]

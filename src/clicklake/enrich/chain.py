@@ -66,15 +66,7 @@ class EnrichFailure:
 
 def _load_builtin(name: str, settings: Settings) -> Step | None:
     module_name = f"clicklake.enrich.{name}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        # TODO(issue 3): dedup, geoip, user_dimension, ip_anonymization and pii are written in
-        # parallel; until they land a missing module is skipped. Make this an error once wired.
-        log.warning("event=enrich_step_missing step=%s", name)
-        return None
+    module = importlib.import_module(module_name)
     step = module.build(settings)
     if not isinstance(step, Step):
         raise TypeError(f"{module_name}.build() returned {type(step).__name__}, not a Step")

@@ -49,7 +49,7 @@ class DedupState:
     @classmethod
     def empty(cls, window_hours: float) -> DedupState:
         con = duckdb.connect(config={"threads": 1, "memory_limit": "256MB"})
-        con.execute("CREATE TABLE seen (k VARCHAR PRIMARY KEY, fp VARCHAR, ts BIGINT)")
+        con.execute("CREATE TABLE seen (k VARCHAR PRIMARY KEY, fp VARCHAR, ts BIGINT)").fetchall()
         return cls(int(window_hours * 3_600_000_000), con)
 
     def load(self, committed: pa.Table) -> None:
@@ -61,7 +61,7 @@ class DedupState:
                    SELECT app_id || chr(31) || event_id, event_fingerprint, epoch_us(collector_tstamp)
                    FROM committed_in WHERE event_id IS NOT NULL
                    QUALIFY row_number() OVER (PARTITION BY app_id, event_id ORDER BY collector_tstamp) = 1"""
-            )
+            ).fetchall()
         finally:
             self.con.unregister("committed_in")
 
@@ -93,7 +93,7 @@ class DedupState:
             self.con.register("judged", out)
             self.con.execute(
                 "INSERT OR IGNORE INTO seen SELECT k, fp, ts FROM judged WHERE verdict = 'new' AND k IS NOT NULL"
-            )
+            ).fetchall()
             self.con.unregister("judged")
         finally:
             self.con.unregister("b")
@@ -101,11 +101,11 @@ class DedupState:
 
     def expire(self, now_us: int | None = None) -> None:
         now_us = now_us if now_us is not None else int(time.time() * 1_000_000)
-        self.con.execute("DELETE FROM seen WHERE ts < ?", [now_us - self.window_us])
+        self.con.execute("DELETE FROM seen WHERE ts < ?", [now_us - self.window_us]).fetchall()
 
     def size(self) -> int:
-        row = self.con.execute("SELECT count(*) FROM seen").fetchone()
-        return int(row[0]) if row else 0
+        rows = self.con.execute("SELECT count(*) FROM seen").fetchall()
+        return int(rows[0][0])
 
 
 def build(settings: Settings, state: DedupState | None = None) -> Step:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -135,7 +136,28 @@ class IpAnonymizer:
         values = pc.replace_with_mask(
             self._truncate_ipv4(distinct), others, pa.array(rest, type=distinct.type)
         )
-        return append_columns(batch, {IP_COLUMN: pc.take(values, encoded.indices)})
+        anonymized = pc.take(values, encoded.indices)
+        out = {IP_COLUMN: anonymized}
+        if "context" in batch.schema.names:
+            out["context"] = _scrub_context(batch.column("context"), column, anonymized)
+        return append_columns(batch, out)
+
+
+def _scrub_context(context: pa.Array, original: pa.Array, anonymized: pa.Array) -> pa.Array:
+    """The context JSON with the original address (``context.ip``) replaced by the anonymized
+    one, so the full address does not survive in the JSON beside the truncated column."""
+    con = duckdb.connect(config={"threads": 1})
+    try:
+        con.register("t", pa.table({"c": context, "o": original, "a": anonymized}))
+        result = con.sql(
+            """SELECT CASE WHEN c IS NULL OR o IS NULL OR o IS NOT DISTINCT FROM a
+                                OR NOT contains(c, '"' || o || '"') THEN c
+                           ELSE replace(c, '"' || o || '"', COALESCE('"' || a || '"', 'null')) END AS c
+               FROM t"""
+        ).to_arrow_table()
+    finally:
+        con.close()
+    return result.column("c").combine_chunks().cast(context.type)
 
 
 def build(settings: Settings) -> Step:

@@ -78,7 +78,7 @@ def snapshot_files(table: Table, snapshot_id: int | None = None) -> DataFiles:
     deletes = False
     for task in scan.plan_files():
         paths.append(local_path(task.file.file_path))
-        parts.append(tuple(task.file.partition))
+        parts.append(tuple(task.file.partition))  # type: ignore[arg-type]  # Record is iterable
         deletes = deletes or bool(task.delete_files)
     return DataFiles(tuple(paths), tuple(parts), deletes)
 
@@ -87,11 +87,8 @@ def duck_type(arrow_type: pa.DataType) -> str:
     """The DuckDB type name of an Arrow type (for typed ``NULL`` columns)."""
     con = duckdb.connect()
     try:
-        empty = pa.table({"c": pa.array([], type=arrow_type)})
-        con.register("t", empty)
-        row = con.execute("SELECT typeof(c) FROM t UNION ALL SELECT typeof(NULL::INTEGER) LIMIT 1").fetchone()
-        described = con.execute("DESCRIBE t").fetchall()
-        return str(described[0][1]) if described else str(row[0] if row else "VARCHAR")
+        con.register("t", pa.table({"c": pa.array([], type=arrow_type)}))
+        return str(con.execute("DESCRIBE t").fetchall()[0][1])
     finally:
         con.close()
 
@@ -123,7 +120,9 @@ def register_table(con: duckdb.DuckDBPyConnection, table: Table, view: str) -> N
     if files.has_deletes:
         # Delete files: only PyIceberg applies them correctly.
         con.register(f"__arrow_{view}", table.scan().to_arrow())
-        con.execute(f"CREATE OR REPLACE VIEW {quote_ident(view)} AS SELECT * FROM {quote_ident('__arrow_' + view)}")
+        con.execute(
+            f"CREATE OR REPLACE VIEW {quote_ident(view)} AS SELECT * FROM {quote_ident('__arrow_' + view)}"
+        )
         return
     con.execute(f"CREATE OR REPLACE VIEW {quote_ident(view)} AS {parquet_relation(con, files.paths, schema)}")
 
@@ -190,7 +189,7 @@ def run_sql(settings: Settings, sql: str) -> pa.Table:
         raise InputError(f"only read-only SELECT statements are allowed (got {kind})")
     con = connect(settings)
     try:
-        return con.execute(sql).fetch_arrow_table()
+        return con.sql(sql).to_arrow_table()
     except duckdb.Error as exc:
         raise InputError(f"query failed: {exc}") from exc
     finally:

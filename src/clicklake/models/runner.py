@@ -1,0 +1,466 @@
+"""Build the model tables from ``events``: incremental by whole days, deterministic.
+
+``page_views`` and ``sessions`` are recomputed per *window* of whole local days. A window
+``[d0, d1)`` starts and ends at local midnights that are **safe boundaries**: no session key
+(client session id, else device key) has two consecutive events across the boundary less than
+``session_gap`` apart. Sessions never cross a safe boundary (a gap starts a new run; max-length
+pieces are counted from a run's first event), so the sessions of a window computed from the
+window's events alone are exactly those a full refresh computes, and their days are exactly the
+window's days. An incremental run:
+
+1. diffs the data files of the current ``events`` snapshot against the snapshot recorded in the
+   model tables (``clicklake.models.events_snapshot`` in their snapshot summaries),
+2. takes the local days of the events in added files (and of the partitions of removed files),
+3. widens each run of days backwards and forwards to safe boundaries (the look-back a session
+   can span), reading events with one extra day on each side so that dedup picks the same copy
+   of an event as a full refresh,
+4. recomputes the window and replaces those days (an Iceberg overwrite filtered on the identity
+   date partition column, so a day that became empty is emptied too).
+
+``user_mapping``, ``users`` and ``daily_kpis`` depend on all history (latest identity, first
+session ever), so they are recomputed whole from ``events`` (two columns) and ``sessions``
+(small) at every run that changed something. With ``--full-refresh`` everything is recomputed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.table import Table
+
+from clicklake.config import Settings
+from clicklake.lakehouse.catalog import open_catalog, table_id
+from clicklake.models.render import ModelOptions, options_from_settings, render, template_values
+from clicklake.query.engine import (
+    DataFiles,
+    duck_type,
+    new_connection,
+    parquet_relation,
+    quote_ident,
+    quote_literal,
+    register_table,
+    snapshot_files,
+)
+
+log = logging.getLogger("clicklake.models")
+
+EVENTS_SNAPSHOT_KEY = "clicklake.models.events_snapshot"
+
+#: Model table -> its identity partition column (``None``: unpartitioned).
+MODEL_TABLES: dict[str, str | None] = {
+    "page_views": "page_view_date",
+    "sessions": "session_date",
+    "user_mapping": None,
+    "users": None,
+    "daily_kpis": "date",
+}
+
+#: Enrichment columns the models read; selected as NULL while ``events`` lacks them.
+OPTIONAL_EVENT_COLUMNS: dict[str, pa.DataType] = {
+    **{
+        name: pa.string()
+        for name in (
+            "page_urlhost",
+            "page_urlpath",
+            "page_urlquery",
+            "refr_urlhost",
+            "refr_medium",
+            "refr_source",
+            "refr_term",
+            "mkt_source",
+            "mkt_medium",
+            "mkt_campaign",
+            "mkt_term",
+            "mkt_content",
+            "mkt_clickid",
+            "mkt_network",
+            "default_channel_group",
+            "bot_reason",
+            "br_family",
+            "br_version",
+            "os_family",
+            "os_version",
+            "dvce_family",
+            "dvce_class",
+            "geo_country",
+            "geo_region",
+            "geo_city",
+            "event_fingerprint",
+        )
+    },
+    "is_bot": pa.bool_(),
+}
+
+_MAX_WIDEN_DAYS = 400
+_DAY_US = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class Window:
+    """Local days ``[start, end)`` recomputed together; ``end`` ``None`` means open-ended."""
+
+    start: date
+    end: date | None
+
+
+class _Events:
+    """The current snapshot of ``events`` as DuckDB relations, pruned by day partition."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, table: Table, files: DataFiles) -> None:
+        self.con = con
+        schema = table.schema().as_arrow()
+        self.schema = schema
+        self.files = files
+        self._day_index = _day_partition_index(table)
+        if files.has_deletes:
+            con.register("__events_arrow", table.scan().to_arrow())
+            self._arrow = True
+        else:
+            self._arrow = False
+        extra = [n for n in OPTIONAL_EVENT_COLUMNS if n not in schema.names]
+        self._extra = ", ".join(
+            f"CAST(NULL AS {duck_type(OPTIONAL_EVENT_COLUMNS[n])}) AS {quote_ident(n)}" for n in extra
+        )
+
+    def relation(self, lo_us: int | None = None, hi_us: int | None = None) -> str:
+        """SQL selecting the events with ``lo_us <= derived_tstamp < hi_us`` (epoch microseconds)."""
+        if self._arrow:
+            base = "SELECT * FROM __events_arrow"
+        else:
+            paths = self.files.paths
+            if self._day_index is not None and (lo_us is not None or hi_us is not None):
+                lo_day = -(10**9) if lo_us is None else lo_us // _DAY_US
+                hi_day = 10**9 if hi_us is None else hi_us // _DAY_US
+                paths = tuple(
+                    p
+                    for p, part in zip(self.files.paths, self.files.partitions, strict=True)
+                    if (d := _as_day(part[self._day_index])) is None or lo_day <= d <= hi_day
+                )
+            base = parquet_relation(self.con, paths, self.schema)
+        conds = []
+        if lo_us is not None:
+            conds.append(f"derived_tstamp >= {_ts_literal(lo_us)}")
+        if hi_us is not None:
+            conds.append(f"derived_tstamp < {_ts_literal(hi_us)}")
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        extra = f", {self._extra}" if self._extra else ""
+        return f"SELECT *{extra} FROM ({base}) AS ev{where}"
+
+
+def _as_day(value: object) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, date):
+        return (value - date(1970, 1, 1)).days
+    return None
+
+
+def _day_partition_index(table: Table) -> int | None:
+    source = table.schema().find_field("derived_tstamp").field_id
+    for i, field in enumerate(table.spec().fields):
+        if field.source_id == source and str(field.transform) == "day":
+            return i
+    return None
+
+
+def _ts_literal(us: int) -> str:
+    ts = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+    return f"CAST({quote_literal(ts.isoformat())} AS TIMESTAMPTZ)"
+
+
+def _midnight_us(day: date, tz: str) -> int:
+    local = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(tz))
+    delta = local.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _read_checkpoint(table: Table) -> int | None:
+    snap = table.current_snapshot()
+    if snap is None or snap.summary is None:
+        return None
+    raw = snap.summary.additional_properties.get(EVENTS_SNAPSHOT_KEY)
+    return int(raw) if raw else None
+
+
+def _ancestor_ids(table: Table) -> list[int]:
+    by_id = {s.snapshot_id: s for s in table.metadata.snapshots}
+    out: list[int] = []
+    sid = table.metadata.current_snapshot_id
+    while sid is not None and sid in by_id:
+        out.append(sid)
+        sid = by_id[sid].parent_snapshot_id
+    return out
+
+
+class _Builder:
+    def __init__(self, settings: Settings, catalog: Catalog, events: Table, opts: ModelOptions) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.events_table = events
+        self.opts = opts
+        self.con = new_connection()
+        snap = events.current_snapshot()
+        # -1: events has no snapshot yet (stored as such, so an empty build is up to date too).
+        self.snapshot_id: int = snap.snapshot_id if snap else -1
+        self.files = snapshot_files(events)
+        self.events = _Events(self.con, events, self.files)
+
+    # -- planning -------------------------------------------------------------------------
+
+    def plan(self, full_refresh: bool) -> list[Window] | None:
+        """Windows to recompute; ``None`` means a full refresh, ``[]`` nothing to do."""
+        if full_refresh or self.files.has_deletes:
+            return None
+        checkpoints = []
+        for name in MODEL_TABLES:
+            try:
+                table = self.catalog.load_table(table_id(self.settings, name))
+            except NoSuchTableError:
+                return None
+            checkpoints.append(_read_checkpoint(table))
+        ancestors = _ancestor_ids(self.events_table)
+        if all(cp == self.snapshot_id for cp in checkpoints):
+            return []
+        if any(cp is None or cp not in ancestors for cp in checkpoints):
+            return None
+        # The oldest checkpoint: a crash between model commits leaves some tables behind.
+        oldest = max(checkpoints, key=lambda cp: ancestors.index(cp))  # type: ignore[arg-type]
+        if oldest == self.snapshot_id:
+            return []
+        assert oldest is not None
+        old = snapshot_files(self.events_table, oldest)
+        if old.has_deletes:
+            return None
+        current = set(self.files.paths)
+        added = sorted(current - set(old.paths))
+        removed = [part for p, part in zip(old.paths, old.partitions, strict=True) if p not in current]
+        index = self.events._day_index
+        if removed and index is None:
+            return None
+        removed_days = {
+            d for part in removed if index is not None and (d := _as_day(part[index])) is not None
+        }
+        days: set[date] = set()
+        if added:
+            rel = parquet_relation(self.con, added, self.events.schema)
+            rows = self.con.execute(
+                f"SELECT DISTINCT CAST(derived_tstamp AT TIME ZONE {quote_literal(self.opts.timezone)} AS DATE) "
+                f"FROM ({rel}) WHERE derived_tstamp IS NOT NULL"
+            ).fetchall()
+            days.update(r[0] for r in rows)
+        epoch = date(1970, 1, 1)
+        for d in removed_days:
+            utc_day = epoch + timedelta(days=d)
+            days.update(utc_day + timedelta(days=k) for k in (-1, 0, 1))
+        return self._windows(days)
+
+    def _windows(self, days: set[date]) -> list[Window] | None:
+        runs: list[list[date]] = []
+        for d in sorted(days):
+            if runs and d - runs[-1][1] <= timedelta(days=1):
+                runs[-1][1] = d
+            else:
+                runs.append([d, d])
+        windows: list[Window] = []
+        for first, last in runs:
+            start = first
+            steps = 0
+            while not self._safe(start):
+                start -= timedelta(days=1)
+                steps += 1
+                if steps > _MAX_WIDEN_DAYS:
+                    return None
+            end: date | None = last + timedelta(days=1)
+            steps = 0
+            while end is not None and not self._safe(end):
+                end += timedelta(days=1)
+                steps += 1
+                if steps > _MAX_WIDEN_DAYS:
+                    end = None
+            if windows and (windows[-1].end is None or windows[-1].end >= start):
+                prev = windows.pop()
+                start = prev.start
+                end = None if prev.end is None or end is None else max(prev.end, end)
+            windows.append(Window(start, end))
+        return windows
+
+    def _safe(self, day: date) -> bool:
+        """Whether local midnight of ``day`` is a boundary no session crosses."""
+        if self.opts.split_at_midnight:
+            return True
+        t = _midnight_us(day, self.opts.timezone)
+        gap = self.opts.gap_us
+        rel = self.events.relation(t - gap, t + gap)
+        row = self.con.execute(
+            f"""
+            SELECT count(*) FROM (
+                SELECT
+                    epoch_us(derived_tstamp) AS ts,
+                    lag(epoch_us(derived_tstamp)) OVER (
+                        PARTITION BY app_id, k ORDER BY derived_tstamp, event_id
+                    ) AS prev
+                FROM (
+                    SELECT *,
+                        CASE WHEN session_id IS NOT NULL THEN 's:' || session_id
+                             ELSE 'd:' || coalesce(anonymous_id, user_id) END AS k
+                    FROM ({rel}) AS r
+                    WHERE event_type IN ('page', 'screen', 'track')
+                ) AS keyed
+            ) AS pairs
+            WHERE prev < {t} AND ts >= {t} AND ts - prev < {gap}
+            """
+        ).fetchone()
+        return row is not None and int(row[0]) == 0
+
+    # -- computing ------------------------------------------------------------------------
+
+    def _window_sql(
+        self, windows: Sequence[Window] | None, margin_days: int = 0
+    ) -> tuple[str, list[tuple[int | None, int | None]]]:
+        if windows is None:
+            return "true", [(None, None)]
+        tz = self.opts.timezone
+        ranges: list[tuple[int | None, int | None]] = []
+        conds = []
+        for w in windows:
+            lo = _midnight_us(w.start, tz)
+            hi = None if w.end is None else _midnight_us(w.end, tz)
+            conds.append(
+                f"(derived_tstamp >= {_ts_literal(lo)}"
+                + ("" if hi is None else f" AND derived_tstamp < {_ts_literal(hi)}")
+                + ")"
+            )
+            ranges.append((lo - margin_days * _DAY_US, None if hi is None else hi + margin_days * _DAY_US))
+        return " OR ".join(conds), ranges
+
+    def _create(self, name: str, sql: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {quote_ident(name)} AS {sql}")
+
+    def compute_windowed(self, windows: Sequence[Window] | None) -> dict[str, pa.Table]:
+        window, ranges = self._window_sql(windows, margin_days=1)
+        src = " UNION ALL ".join(self.events.relation(lo, hi) for lo, hi in ranges)
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW src_events AS {src}")
+        values = template_values(self.opts, window)
+        self._create("base_events", render("base_events", values))
+        self._create("sessionized", render("sessionized", values))
+        self._create("page_views_new", render("page_views", values))
+        self._create("sessions_new", render("sessions", values))
+        return {
+            "page_views": self.con.sql(
+                "SELECT * FROM page_views_new ORDER BY page_view_date, session_id, page_view_in_session_index"
+            ).to_arrow_table(),
+            "sessions": self.con.sql(
+                "SELECT * FROM sessions_new ORDER BY session_date, app_id, start_tstamp, session_id"
+            ).to_arrow_table(),
+        }
+
+    def compute_global(self, sessions: Table) -> dict[str, pa.Table]:
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW src_events AS {self.events.relation()}")
+        values = template_values(self.opts)
+        self._create("user_mapping_new", render("user_mapping", values))
+        register_table(self.con, sessions, "sessions_all")
+        out = {
+            "user_mapping": "SELECT * FROM user_mapping_new ORDER BY app_id, anonymous_id",
+            "users": f"SELECT * FROM ({render('users', values)}) AS u ORDER BY app_id, user_key",
+            "daily_kpis": f'SELECT * FROM ({render("daily_kpis", values)}) AS k ORDER BY "date", app_id',
+        }
+        return {name: self.con.sql(sql).to_arrow_table() for name, sql in out.items()}
+
+    # -- writing --------------------------------------------------------------------------
+
+    def table_for(self, name: str, df: pa.Table) -> Table:
+        ident = table_id(self.settings, name)
+        try:
+            table = self.catalog.load_table(ident)
+        except NoSuchTableError:
+            table = self.catalog.create_table(
+                ident, schema=df.schema, properties={"write.parquet.compression-codec": "zstd"}
+            )
+            part = MODEL_TABLES[name]
+            if part is not None:
+                with table.update_spec() as spec:
+                    spec.add_identity(part)
+            return table
+        if set(df.schema.names) - set(table.schema().column_names):
+            with table.update_schema() as update:
+                update.union_by_name(df.schema)
+        return table
+
+    def write(self, name: str, df: pa.Table, windows: Sequence[Window] | None) -> int:
+        table = self.table_for(name, df)
+        props = {EVENTS_SNAPSHOT_KEY: str(self.snapshot_id)}
+        part = MODEL_TABLES[name]
+        flt: BooleanExpression | str = AlwaysTrue()
+        if windows is not None and part is not None:
+            col = part
+            flt = " OR ".join(
+                f"({col} >= '{w.start.isoformat()}'"
+                + ("" if w.end is None else f" AND {col} < '{w.end.isoformat()}'")
+                + ")"
+                for w in windows
+            )
+        if table.current_snapshot() is None:
+            table.append(df, snapshot_properties=props)
+        else:
+            with warnings.catch_warnings():
+                # Replacing days that had no rows yet is normal here, not worth a warning.
+                warnings.filterwarnings("ignore", "Delete operation did not match any records")
+                table.overwrite(df, overwrite_filter=flt, snapshot_properties=props)
+        return int(df.num_rows)
+
+
+def build_models(settings: Settings, full_refresh: bool = False) -> dict[str, int]:
+    """Build or update ``page_views``, ``sessions``, ``user_mapping``, ``users`` and ``daily_kpis``.
+
+    Args:
+        settings: The settings (catalog, ``[models]`` options).
+        full_refresh: Recompute every table from all events instead of only the affected days.
+
+    Returns:
+        Rows written per model table in this run (0 for every table when nothing was new).
+
+    Raises:
+        ConfigError: A ``[models]`` option is invalid.
+    """
+    opts = options_from_settings(settings)
+    catalog = open_catalog(settings)
+    try:
+        events = catalog.load_table(table_id(settings, "events"))
+    except NoSuchTableError:
+        return dict.fromkeys(MODEL_TABLES, 0)
+    t0 = time.monotonic()
+    builder = _Builder(settings, catalog, events, opts)
+    try:
+        windows = builder.plan(full_refresh)
+        if windows == []:
+            log.info("event=models_up_to_date events_snapshot=%s", builder.snapshot_id)
+            return dict.fromkeys(MODEL_TABLES, 0)
+        counts: dict[str, int] = {}
+        windowed = builder.compute_windowed(windows)
+        for name in ("page_views", "sessions"):
+            counts[name] = builder.write(name, windowed[name], windows)
+        sessions = catalog.load_table(table_id(settings, "sessions"))
+        for name, df in builder.compute_global(sessions).items():
+            counts[name] = builder.write(name, df, None)
+    finally:
+        builder.con.close()
+    log.info(
+        "event=models_built mode=%s windows=%s events_snapshot=%s rows=%s seconds=%.3f",
+        "full" if windows is None else "incremental",
+        "all" if windows is None else ",".join(f"{w.start}..{w.end or ''}" for w in windows),
+        builder.snapshot_id,
+        ",".join(f"{k}:{v}" for k, v in counts.items()),
+        time.monotonic() - t0,
+    )
+    return counts
