@@ -209,3 +209,57 @@ def test_read_only_data_directory_fails_clearly_and_keeps_what_was_committed(tmp
             == 0
         )
         assert rows(data, tmp_path) == {"events": 60, "failed_events": 0}
+
+
+def test_demo_then_models_sql_and_funnel(tmp_path: Path) -> None:
+    res = clicklake("--data-dir", "d", "demo", "--events", "3000", "--no-serve", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "daily KPIs" in res.stdout and "built page_views" in res.stdout
+    res = clicklake(
+        "--data-dir",
+        "d",
+        "sql",
+        "SELECT sum(sessions) AS s FROM daily_kpis",
+        "--format",
+        "json",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    kpi_sessions = json.loads(res.stdout)[0]["s"]
+    res = clicklake(
+        "--data-dir",
+        "d",
+        "sql",
+        "SELECT count(*) AS s FROM sessions WHERE NOT is_bot",
+        "--format",
+        "csv",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ['"s"', str(kpi_sessions)] or res.stdout.splitlines() == [
+        "s",
+        str(kpi_sessions),
+    ]
+    res = clicklake(
+        "--data-dir",
+        "d",
+        "funnel",
+        "--step",
+        "Product Viewed",
+        "--step",
+        "Order Completed",
+        "--window",
+        "2h",
+        "--format",
+        "json",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    steps = json.loads(res.stdout)
+    assert [s["step_name"] for s in steps] == ["Product Viewed", "Order Completed"]
+    assert steps[0]["entities"] >= steps[1]["entities"] > 0
+    # Only reads are allowed, with a clear error
+    res = clicklake("--data-dir", "d", "sql", "DELETE FROM events", cwd=tmp_path)
+    assert res.returncode == 2 and "read-only" in res.stderr
+    res = clicklake("--data-dir", "d", "funnel", "--step", "X", "--window", "soon", cwd=tmp_path)
+    assert res.returncode == 2 and "--window" in res.stderr

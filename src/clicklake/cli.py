@@ -372,10 +372,173 @@ def demo(ctx: click.Context, n_events: int, days: int, seed: int, no_serve: bool
     )
     ctx.invoke(run, source="spool", engine="local", once=True, app_id=None, commit_interval=None, paths=())
     ctx.invoke(status, as_json=False)
+    ctx.invoke(models_build, full_refresh=False)
+    from clicklake.query import run_sql
+
+    stdout.print("\ndaily KPIs (bots excluded):")
+    _print_table(
+        run_sql(
+            ctx.obj.settings(),
+            "SELECT app_id, date, users, sessions, page_views, round(bounce_rate, 3) AS bounce_rate, "
+            "round(engagement_rate, 3) AS engagement_rate, conversions, round(conversion_rate, 4) AS conversion_rate, "
+            "round(revenue, 2) AS revenue FROM daily_kpis ORDER BY app_id, date",
+        ),
+        "table",
+    )
     if not no_serve:
         stdout.print(
             "The dashboard is not built yet (issue 6); query the tables with pyiceberg or DuckDB meanwhile."
         )
+
+
+@cli.group()
+def models() -> None:
+    """Page views, sessions, users and daily KPIs built from events."""
+
+
+@models.command("build")
+@click.option(
+    "--full-refresh", is_flag=True, help="Rebuild every day instead of the days new events touched."
+)
+@click.pass_obj
+def models_build(obj: _Ctx, full_refresh: bool) -> None:
+    """Build the model tables (incrementally by default)."""
+    from clicklake.models.runner import build_models
+
+    t0 = time.monotonic()
+    counts = build_models(obj.settings(), full_refresh=full_refresh)
+    stdout.print(
+        f"built {', '.join(f'{name} ({rows:,} rows)' for name, rows in counts.items()) or 'nothing: no new events'} "
+        f"in {time.monotonic() - t0:.1f} s"
+    )
+
+
+def _print_table(table: Any, fmt: str) -> None:
+    if fmt == "json":
+        stdout.print_json(json.dumps(table.to_pylist(), default=str))
+        return
+    if fmt == "csv":
+        import io
+
+        import pyarrow.csv as pacsv
+
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        sys.stdout.write(buf.getvalue().decode())
+        return
+    rich_table = RichTable(show_lines=False)
+    for name in table.column_names:
+        rich_table.add_column(name, overflow="fold")
+    for row in table.to_pylist():
+        rich_table.add_row(*(_cell(v) for v in row.values()))
+    stdout.print(rich_table)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+    return str(v)
+
+
+_FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+
+
+@cli.command()
+@click.argument("query")
+@_FORMAT
+@click.pass_obj
+def sql(obj: _Ctx, query: str, fmt: str) -> None:
+    """Run one read-only SQL statement (DuckDB) over the current snapshots of every table.
+
+    Tables are views named events, failed_events, page_views, sessions, users, user_mapping and
+    daily_kpis. Example: clicklake sql "SELECT date, sessions, bounce_rate FROM daily_kpis ORDER BY date"
+    """
+    from clicklake.query import run_sql
+
+    _print_table(run_sql(obj.settings(), query), fmt)
+
+
+@cli.command()
+@click.option(
+    "--step",
+    "steps",
+    multiple=True,
+    required=True,
+    metavar="EVENT[@PATH_REGEX]",
+    help="A step: an event name, '@regex' for a URL path, or both ('Product Viewed@^/p/'). Repeat, in order.",
+)
+@click.option(
+    "--window",
+    default="1h",
+    show_default=True,
+    help="Conversion window: seconds, or with a unit (30m, 2h, 7d).",
+)
+@click.option("--order", type=click.Choice(["strict", "any"]), default="strict", show_default=True)
+@click.option(
+    "--breakdown", help="Split by an events column, e.g. default_channel_group, dvce_class, geo_country."
+)
+@click.option("--start", type=click.DateTime(), help="Only funnels starting at or after (UTC).")
+@click.option("--end", type=click.DateTime(), help="Only events before (UTC).")
+@click.option("--app-id", help="Only this app.")
+@_FORMAT
+@click.pass_obj
+def funnel(
+    obj: _Ctx,
+    steps: tuple[str, ...],
+    window: str,
+    order: str,
+    breakdown: str | None,
+    start: Any,
+    end: Any,
+    app_id: str | None,
+    fmt: str,
+) -> None:
+    """Count how many visitors reach each step of a funnel, with drop-off."""
+    from datetime import UTC
+
+    from clicklake.models.funnel import Step
+    from clicklake.models.funnel import funnel as run_funnel
+
+    parsed = []
+    for raw in steps:
+        event, _, path = raw.partition("@")
+        parsed.append(Step(event=event or None, path=path or None))
+    result = run_funnel(
+        obj.settings(),
+        parsed,
+        _duration(window),
+        order=order,
+        breakdown=breakdown,
+        start=start.replace(tzinfo=UTC) if start else None,
+        end=end.replace(tzinfo=UTC) if end else None,
+        app_id=app_id,
+    )
+    _print_table(result, fmt)
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise InputError(
+            f"--window {text!r}: give seconds or a number with s, m, h or d (e.g. 30m)"
+        ) from None
 
 
 def main() -> None:
