@@ -263,3 +263,15 @@ def test_demo_then_models_sql_and_funnel(tmp_path: Path) -> None:
     assert res.returncode == 2 and "read-only" in res.stderr
     res = clicklake("--data-dir", "d", "funnel", "--step", "X", "--window", "soon", cwd=tmp_path)
     assert res.returncode == 2 and "--window" in res.stderr
+
+
+def test_the_pipeline_builds_models_every_n_commits_when_asked(tmp_path: Path) -> None:
+    f = write_events(tmp_path / "a.ndjson", 40)
+    env = {"CLICKLAKE_MODELS__BUILD_EVERY_COMMITS": "1"}
+    res = clicklake("--data-dir", "d", "run", "--source", "files", "--once", str(f), cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    res = clicklake(
+        "--data-dir", "d", "sql", "SELECT sum(events) AS n FROM sessions", "--format", "json", cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == [{"n": 40}]

@@ -130,6 +130,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicklake-commit")
         self._inflight: Future[None] | None = None
+        self._rounds = 0
         catalog = open_catalog(settings)
         tables = ensure_tables(catalog, settings, ingest_tables(settings))
         self.steps = build_chain(settings)
@@ -275,8 +276,24 @@ class Pipeline:
         if jobs:
             self.stats.commits += len(jobs)
             self._inflight = self._committer.submit(self._commit_jobs, jobs, dict(position))
+            self._rounds += 1
+            every = self.settings.models.build_every_commits
+            if every and self._rounds % every == 0:
+                self._wait_commit()
+                self._build_models()
         if wait:
             self._wait_commit()
+
+    def _build_models(self) -> None:
+        from clicklake.models.runner import build_models
+
+        t0 = time.monotonic()
+        counts = build_models(self.settings)
+        log.info(
+            "event=models_built seconds=%.2f %s",
+            time.monotonic() - t0,
+            " ".join(f"{k}={v}" for k, v in counts.items()),
+        )
 
     def _commit_jobs(self, jobs: list[tuple[TableSink, pa.Table | None]], position: Position) -> None:
         while jobs:
