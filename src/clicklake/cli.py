@@ -415,7 +415,7 @@ def models_build(obj: _Ctx, full_refresh: bool) -> None:
 
 def _print_table(table: Any, fmt: str) -> None:
     if fmt == "json":
-        stdout.print_json(json.dumps(table.to_pylist(), default=str))
+        sys.stdout.write(json.dumps(table.to_pylist(), default=_json_default) + "\n")
         return
     if fmt == "csv":
         import io
@@ -432,6 +432,16 @@ def _print_table(table: Any, fmt: str) -> None:
     for row in table.to_pylist():
         rich_table.add_row(*(_cell(v) for v in row.values()))
     stdout.print(rich_table)
+
+
+def _json_default(v: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(v, Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v)
 
 
 def _cell(v: Any) -> str:
