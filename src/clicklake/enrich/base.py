@@ -8,14 +8,16 @@ computes per unique value (user agent, IP, URL) rather than per row.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import pyarrow as pa
 
 from clicklake.events.schema import Column
 
 EnrichFn = Callable[[pa.RecordBatch], pa.RecordBatch]
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -81,3 +83,42 @@ def unique_map(
         dict_values = pa.array([r[i] for r in results], type=t)
         out.append(pc.take(dict_values, encoded.indices))
     return out
+
+
+class BoundedCache(Generic[V]):
+    """Results per distinct value, kept across batches, at most ``size`` of them.
+
+    When it would outgrow ``size`` it forgets its oldest entries (at least a quarter at once, so
+    the cost of forgetting is spread over many batches).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: dict[str, V] = {}
+
+    def get_many(self, values: Sequence[str], compute: Callable[[list[str]], Sequence[V]]) -> list[V]:
+        """The result for each of ``values`` (distinct), computing the missing ones in one call.
+
+        Args:
+            values: Distinct keys.
+            compute: Given the keys not cached yet, returns their results in the same order.
+
+        Returns:
+            One result per value, in order.
+        """
+        data = self._data
+        missing = [v for v in values if v not in data]
+        if not missing:
+            return [data[v] for v in values]
+        found = dict(zip(missing, compute(missing), strict=True))
+        out = [data[v] if v in data else found[v] for v in values]
+        overflow = len(data) + len(found) - self.size
+        if overflow > 0:
+            for key in list(data)[: max(overflow, self.size // 4)]:
+                del data[key]
+        if len(found) <= self.size:
+            data.update(found)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._data)

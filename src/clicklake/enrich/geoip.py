@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.enrich.base import Step, append_columns
+from clicklake.enrich.base import BoundedCache, Step, append_columns
 from clicklake.events.schema import Column
 from clicklake.exceptions import ConfigError
 
@@ -111,17 +111,6 @@ def _mmdb_row(record: Any) -> GeoRow | None:
     )
 
 
-def _remember(cache: dict[str, GeoRow], found: dict[str, GeoRow], limit: int) -> None:
-    """Add ``found`` to ``cache``, first forgetting the oldest entries if it would outgrow ``limit``."""
-    overflow = len(cache) + len(found) - limit
-    if overflow > 0:
-        # Dicts keep insertion order: drop the oldest, at least a quarter to amortize the cost.
-        for key in list(cache)[: max(overflow, limit // 4)]:
-            del cache[key]
-    if len(found) <= limit:
-        cache.update(found)
-
-
 class GeoLookup:
     """Bulk geolocation with a bounded cache; the state behind the ``geoip`` step.
 
@@ -135,8 +124,7 @@ class GeoLookup:
 
     def __init__(self, mmdb: str = "", cache_size: int = CACHE_SIZE) -> None:
         self._country = _country_lookup()
-        self._cache: dict[str, GeoRow] = {}
-        self._cache_size = cache_size
+        self._cache: BoundedCache[GeoRow] = BoundedCache(cache_size)
         self._reader: Any = None
         if mmdb:
             path = Path(mmdb).expanduser()
@@ -186,14 +174,7 @@ class GeoLookup:
         Returns:
             One ``geo_*`` tuple per address, in order (all ``None`` for an unknown address).
         """
-        cache = self._cache
-        missing = [ip for ip in ips if ip not in cache]
-        if not missing:
-            return [cache[ip] for ip in ips]
-        found = dict(zip(missing, self._compute([ip.strip() for ip in missing]), strict=True))
-        out = [cache.get(ip) or found[ip] for ip in ips]
-        _remember(cache, found, self._cache_size)
-        return out
+        return self._cache.get_many(ips, lambda missing: self._compute([ip.strip() for ip in missing]))
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Append the ``geo_*`` columns to ``batch``."""

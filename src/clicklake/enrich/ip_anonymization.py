@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.enrich.base import Step, append_columns
+from clicklake.enrich.base import BoundedCache, Step, append_columns
 
 IP_COLUMN = "user_ipaddress"
 
@@ -86,8 +86,7 @@ class IpAnonymizer:
     def __init__(self, ipv4_octets: int, ipv6_segments: int, cache_size: int = CACHE_SIZE) -> None:
         self._anonymize = anonymizer(ipv4_octets, ipv6_segments)
         self._ipv4_octets = ipv4_octets
-        self._cache: dict[str, str | None] = {}
-        self._cache_size = cache_size
+        self._cache: BoundedCache[str | None] = BoundedCache(cache_size)
 
     def anonymize_many(self, values: list[str]) -> list[str | None]:
         """Truncate distinct values, from the cache where possible.
@@ -98,20 +97,7 @@ class IpAnonymizer:
         Returns:
             The truncated addresses (``None`` for invalid ones), in order.
         """
-        cache = self._cache
-        missing = [v for v in values if v not in cache]
-        if not missing:
-            return [cache[v] for v in values]
-        found = {v: self._anonymize(v) for v in missing}
-        out = [cache[v] if v in cache else found[v] for v in values]
-        overflow = len(cache) + len(found) - self._cache_size
-        if overflow > 0:
-            # Dicts keep insertion order: drop the oldest, at least a quarter to amortize the cost.
-            for key in list(cache)[: max(overflow, self._cache_size // 4)]:
-                del cache[key]
-        if len(found) <= self._cache_size:
-            cache.update(found)
-        return out
+        return self._cache.get_many(values, lambda missing: [self._anonymize(v) for v in missing])
 
     def _truncate_ipv4(self, values: pa.Array) -> pa.Array:
         """Truncate values already known to be dotted-quad IPv4 addresses, in Arrow."""

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.enrich.base import Step, append_columns
+from clicklake.enrich.base import BoundedCache, Step, append_columns
 from clicklake.events.schema import EVENTS_ARROW
 from clicklake.exceptions import ConfigError
 
@@ -140,8 +140,7 @@ class PiiHasher:
             raise ConfigError(f"enrich.pii is enabled but its salt is empty; {_SALT_HINT}")
         self._key = salt
         self.fields = tuple(fields)
-        self._cache: dict[str, str] = {}
-        self._cache_size = cache_size
+        self._cache: BoundedCache[str] = BoundedCache(cache_size)
         self._con: Any = None
         self._lock = threading.Lock()
 
@@ -161,20 +160,7 @@ class PiiHasher:
         Returns:
             Their hashes, in order.
         """
-        cache = self._cache
-        missing = [v for v in values if v not in cache]
-        if not missing:
-            return [cache[v] for v in values]
-        found = {v: self.digest(v) for v in missing}
-        out = [cache.get(v) or found[v] for v in values]
-        overflow = len(cache) + len(found) - self._cache_size
-        if overflow > 0:
-            # Dicts keep insertion order: drop the oldest, at least a quarter to amortize the cost.
-            for key in list(cache)[: max(overflow, self._cache_size // 4)]:
-                del cache[key]
-        if len(found) <= self._cache_size:
-            cache.update(found)
-        return out
+        return self._cache.get_many(values, lambda missing: [self.digest(v) for v in missing])
 
     def hash_column(self, values: pa.Array) -> pa.Array:
         """Every non-null value of a string column replaced by its hash (nulls stay null)."""
