@@ -29,13 +29,14 @@ from clicklake.events.schema import Column
 
 log = logging.getLogger("clicklake.enrich.dedup")
 
-FINGERPRINT = Column("event_fingerprint", "string", "MD5 of the event without send-time fields")
+FINGERPRINT = Column("event_fingerprint", "string", "hash of the event without send-time fields")
 VERDICT = "dedup_verdict"  # transient column: "dup" rows are dropped, "conflict" rows fail
 
 # What a resend changes: when it was sent and received, and from where. Everything else a
 # client sent is the same in a true resend.
-_FINGERPRINT_SQL = """md5(concat_ws(chr(31), app_id, event_id, event_type, event_name, user_id, anonymous_id,
-    session_id, group_id, previous_id, CAST(dvce_created_tstamp AS VARCHAR), page_url, page_referrer,
+# A 64-bit hash is plenty: fingerprints are only ever compared between events with the same id.
+_FINGERPRINT_SQL = """printf('%016x', hash(app_id, event_id, event_type, event_name, user_id, anonymous_id,
+    session_id, group_id, previous_id, dvce_created_tstamp, page_url, page_referrer,
     page_title, properties, traits, context))"""
 
 
@@ -49,7 +50,8 @@ class DedupState:
     @classmethod
     def empty(cls, window_hours: float) -> DedupState:
         con = duckdb.connect(config={"threads": 1, "memory_limit": "256MB"})
-        con.execute("CREATE TABLE seen (k VARCHAR PRIMARY KEY, fp VARCHAR, ts BIGINT)").fetchall()
+        # No key constraint: only ids new to both the table and the batch are inserted.
+        con.execute("CREATE TABLE seen (k VARCHAR, fp VARCHAR, ts BIGINT)").fetchall()
         return cls(int(window_hours * 3_600_000_000), con)
 
     def load(self, committed: pa.Table) -> None:
@@ -57,10 +59,13 @@ class DedupState:
         self.con.register("committed_in", committed)
         try:
             self.con.execute(
-                """INSERT OR IGNORE INTO seen
-                   SELECT app_id || chr(31) || event_id, event_fingerprint, epoch_us(collector_tstamp)
-                   FROM committed_in WHERE event_id IS NOT NULL
-                   QUALIFY row_number() OVER (PARTITION BY app_id, event_id ORDER BY collector_tstamp) = 1"""
+                """INSERT INTO seen
+                   SELECT c.k, c.fp, c.ts FROM (
+                     SELECT app_id || chr(31) || event_id AS k, event_fingerprint AS fp,
+                            epoch_us(collector_tstamp) AS ts
+                     FROM committed_in WHERE event_id IS NOT NULL
+                     QUALIFY row_number() OVER (PARTITION BY app_id, event_id ORDER BY collector_tstamp) = 1
+                   ) c ANTI JOIN seen s ON s.k = c.k"""
             ).fetchall()
         finally:
             self.con.unregister("committed_in")
@@ -92,7 +97,7 @@ class DedupState:
             ).to_arrow_table()
             self.con.register("judged", out)
             self.con.execute(
-                "INSERT OR IGNORE INTO seen SELECT k, fp, ts FROM judged WHERE verdict = 'new' AND k IS NOT NULL"
+                "INSERT INTO seen SELECT k, fp, ts FROM judged WHERE verdict = 'new' AND k IS NOT NULL"
             ).fetchall()
             self.con.unregister("judged")
         finally:

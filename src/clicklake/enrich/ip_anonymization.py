@@ -15,6 +15,7 @@ Dotted-quad IPv4 addresses are recognized and truncated by Arrow regular express
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Callable
 
 import duckdb
@@ -132,9 +133,9 @@ class IpAnonymizer:
 def _scrub_context(context: pa.Array, original: pa.Array, anonymized: pa.Array) -> pa.Array:
     """The context JSON with the original address (``context.ip``) replaced by the anonymized
     one, so the full address does not survive in the JSON beside the truncated column."""
-    con = duckdb.connect(config={"threads": 1})
+    con = _connection()
+    con.register("t", pa.table({"c": context, "o": original, "a": anonymized}))
     try:
-        con.register("t", pa.table({"c": context, "o": original, "a": anonymized}))
         result = con.sql(
             """SELECT CASE WHEN c IS NULL OR o IS NULL OR o IS NOT DISTINCT FROM a
                                 OR NOT contains(c, '"' || o || '"') THEN c
@@ -142,8 +143,19 @@ def _scrub_context(context: pa.Array, original: pa.Array, anonymized: pa.Array) 
                FROM t"""
         ).to_arrow_table()
     finally:
-        con.close()
+        con.unregister("t")
     return result.column("c").combine_chunks().cast(context.type)
+
+
+_local = threading.local()
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
+    if con is None:
+        con = duckdb.connect(config={"threads": 1})
+        _local.con = con
+    return con
 
 
 def build(settings: Settings) -> Step:
