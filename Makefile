@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= clicklake-demo
 DEMO_EVENTS ?= 50000
 
-.PHONY: help install demo test test-fast bench lint format clean
+.PHONY: help install demo test test-fast bench bench-models lint format clean
 
 help:
 	@echo "make demo   - install, generate a clickstream, run the pipeline into Iceberg, print the summary"
 	@echo "make test   - install and run every test (unit, end-to-end, crash tests)"
-	@echo "make bench  - run the benchmarks in bench/ and update bench/RESULTS.md"
+	@echo "make bench  - run the pipeline and enrichment benchmarks and update bench/RESULTS.md"
+	@echo "make bench-models - the 10M-event model build against Spark local (long)"
 	@echo "make lint   - ruff and mypy"
 
 $(STAMP): pyproject.toml
@@ -35,6 +36,12 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/pipeline_throughput.py
+	$(BIN)/python bench/enrich_throughput.py
+	$(BIN)/python bench/enrich_geo_privacy.py
+
+# The 10M-event model build takes a while (generation and ingest first); run it on its own.
+bench-models: install
+	$(BIN)/python bench/models_build.py
 
 lint: install
 	$(BIN)/ruff check src tests bench
