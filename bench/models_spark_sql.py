@@ -104,4 +104,3 @@ def spark_statements(opts: ModelOptions) -> list[SparkStatement]:
     """All model statements of a full build, in order, as Spark SQL."""
     values = template_values(opts)  # full refresh: the window condition is ``true``
     return [to_spark(name, render(model, values)) for name, model in STATEMENTS.items()]
-

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from clicklake.config import Settings
 from clicklake.enrich.chain import build_chain, run_chain
-from clicklake.enrich.dedup import VERDICT
+from clicklake.enrich.dedup import VERDICT, DedupState
 from clicklake.events.decode import DecodeOptions, decode, lines_of, split
 from clicklake.events.failures import rows_to_failures
 from clicklake.events.schema import EVENT_COLUMNS, FAILED_ARROW
@@ -136,7 +136,8 @@ class Pipeline:
         self.steps = build_chain(settings)
         added = tuple(col for step in self.steps for col in step.columns)
         tables[EVENTS] = evolve_schema(tables[EVENTS], (*EVENT_COLUMNS, *added))
-        self._dedup = next((getattr(s, "state", None) for s in self.steps if s.name == "dedup"), None)
+        dedup = next((s.state for s in self.steps if isinstance(s.state, DedupState)), None)
+        self._dedup: DedupState | None = dedup
         pid = settings.pipeline.pipeline_id
         retries = settings.pipeline.commit_retries
         self.sinks = {

@@ -28,11 +28,14 @@ class Step:
         name: The config name (``url``, ``bots``, ...).
         fn: The function; pure, no I/O per batch (load lookup data when the step is built).
         columns: The columns it appends, in order.
+        state: What the step keeps between batches, for the engine to restore after a restart
+            (the dedup window); ``None`` for stateless steps.
     """
 
     name: str
     fn: EnrichFn
     columns: tuple[Column, ...] = ()
+    state: object = None
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         return self.fn(batch)

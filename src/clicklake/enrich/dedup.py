@@ -133,6 +133,4 @@ def build(settings: Settings, state: DedupState | None = None) -> Step:
             {FINGERPRINT.name: pc.cast(fp, pa.large_string()), VERDICT: pc.cast(verdict, pa.large_string())},
         )
 
-    step = Step("dedup", dedup, (FINGERPRINT,))
-    object.__setattr__(step, "state", st)
-    return step
+    return Step("dedup", dedup, (FINGERPRINT,), state=st)
