@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clicklake.config import Settings
-from clicklake.lakehouse.catalog import EVENTS, FAILED_EVENTS, load_existing, open_catalog
+from clicklake.lakehouse.catalog import load_existing, open_catalog
 from clicklake.lakehouse.checkpoint import CHECKPOINT_KEY, PIPELINE_KEY
+from clicklake.query.engine import ALL_TABLES
 from clicklake.sources.base import min_position
 from clicklake.sources.spool import list_segments
 
@@ -19,7 +20,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     checkpoints_all = []
     fresh = not settings.storage.catalog_uri and not settings.storage.catalog_db.exists()
     catalog = None if fresh else open_catalog(settings, write=False)
-    for name in (EVENTS, FAILED_EVENTS):
+    for name in ALL_TABLES:
         t = load_existing(catalog, settings, name) if catalog is not None else None
         if t is None:
             continue
