@@ -8,6 +8,10 @@ is listed in :data:`FIXUPS` and reported per statement, so the bench can say exa
 transpiled and what was hand-ported. A statement that cannot be saved by a local fix would get a
 whole hand-written Spark version in :data:`OVERRIDES` (none is needed today).
 
+Identifiers are always quoted (``identify=True``): ``page_views.sql`` names a CTE ``stream``, which
+Spark 4 parses as the ``STREAM`` keyword (``FROM stream AS s`` fails with "table or view `AS`
+cannot be found").
+
 Fixes in use:
 
 - ``epoch_us(ts)``: DuckDB's microseconds since the epoch; sqlglot has no mapping and emits
@@ -95,7 +99,7 @@ def to_spark(name: str, duckdb_sql: str) -> SparkStatement:
     needed = _fixes_needed(tree)
     for label in needed:
         tree = tree.transform(FIXUPS[label])
-    sql = tree.sql(dialect="spark", comments=False)
+    sql = tree.sql(dialect="spark", comments=False, identify=True)
     how = "transpiled" + (f" + fix: {'; '.join(needed)}" if needed else "")
     return SparkStatement(name, model, sql, how)
 

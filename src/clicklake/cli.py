@@ -391,6 +391,33 @@ def demo(ctx: click.Context, n_events: int, days: int, seed: int, no_serve: bool
         )
 
 
+@cli.command()
+@click.option("--host", help="Override collector.host.")
+@click.option("--port", type=int, help="Override collector.port.")
+@click.option(
+    "--no-pipeline", is_flag=True, help="Only collect into the spool; do not run the pipeline loop."
+)
+@click.option("--commit-interval", type=float, help="Override pipeline.commit_interval_s.")
+@click.pass_obj
+def serve(
+    obj: _Ctx, host: str | None, port: int | None, no_pipeline: bool, commit_interval: float | None
+) -> None:
+    """Run the HTTP collector (Segment Tracking API) and the pipeline loop until SIGTERM or Ctrl-C.
+
+    On SIGTERM it stops accepting, writes what it acknowledged, lets the pipeline read the spool
+    to its end and commit, then exits. Metrics at /metrics, health at /healthz and /readyz.
+    """
+    from clicklake.collector.server import serve as run_server
+
+    settings = obj.settings(
+        collector={"host": host, "port": port}, pipeline={"commit_interval_s": commit_interval}
+    )
+    stdout.print(
+        f"collector listening on http://{settings.collector.host}:{settings.collector.port}/v1/batch"
+    )
+    run_server(settings, with_pipeline=not no_pipeline)
+
+
 @cli.group()
 def models() -> None:
     """Page views, sessions, users and daily KPIs built from events."""

@@ -62,6 +62,12 @@ class CollectorSettings(_Section):
     write_keys: dict[str, str] = Field(default_factory=lambda: {"wk_demo": "demo-shop"})
     max_event_bytes: int = Field(default=32 * 1024, gt=0)
     max_request_bytes: int = Field(default=500 * 1024, gt=0)
+    cors_origins: list[str] = Field(default_factory=list)
+    max_queue_lines: int = Field(default=20_000, ge=0)
+    max_queue_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    group_commit_max_lines: int = Field(default=5_000, gt=0)
+    group_commit_max_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    retry_after_s: int = Field(default=1, ge=0)
 
 
 class KafkaSettings(_Section):

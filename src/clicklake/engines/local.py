@@ -127,7 +127,8 @@ class Pipeline:
         self.options = decode_options(settings, app_id)
         self.progress = progress
         self.stats = RunStats()
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # leave the loop (after a last pass when draining)
+        self._halt = threading.Event()  # leave it now, after the current chunk
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicklake-commit")
         self._inflight: Future[None] | None = None
         self._rounds = 0
@@ -164,8 +165,15 @@ class Pipeline:
         self._dedup.load(seen)
         log.info("event=dedup_window_loaded ids=%d", self._dedup.size())
 
-    def stop(self) -> None:
-        """Ask the loop to finish: it commits what it holds and returns."""
+    def stop(self, drain: bool = False) -> None:
+        """Ask the loop to finish: it commits what it holds and returns.
+
+        Args:
+            drain: First read the source to its current end (``clicklake serve`` on SIGTERM,
+                after the collector stopped accepting); otherwise stop after the current chunk.
+        """
+        if not drain:
+            self._halt.set()
         self._stop.set()
 
     def resume_position(self) -> Position:
@@ -181,20 +189,22 @@ class Pipeline:
         )
         last_commit = time.monotonic()
         while True:
-            for chunk, lines, bad_utf8 in _prefetched(self.source.chunks(position), _split_lines, self._stop):
+            stopping = self._stop.is_set()  # a pass that starts after the stop is the last
+            for chunk, lines, bad_utf8 in _prefetched(self.source.chunks(position), _split_lines, self._halt):
                 self._process(chunk, lines, bad_utf8)
                 position[chunk.stream] = chunk.end
                 if self._due(last_commit):
                     self._commit(position)
                     last_commit = time.monotonic()
-                if self._stop.is_set():
+                if self._halt.is_set():
                     break
-            if once or self._stop.is_set():
+            if once or self._halt.is_set() or stopping:
                 break
             if time.monotonic() - last_commit >= cfg.commit_interval_s:
                 self._commit(position)
                 last_commit = time.monotonic()
-            self._stop.wait(poll_s)
+            if not self._stop.is_set():
+                self._stop.wait(poll_s)
         self._commit(position, wait=True)
         log.info(
             "event=finish events=%d failed=%d skipped=%d commits=%d",
@@ -372,12 +382,13 @@ def _short(position: Position) -> str:
     return f"{len(position)} streams"
 
 
-def install_signal_handlers(pipeline: Pipeline) -> None:
-    """SIGTERM and SIGINT finish the current chunk, commit and exit."""
+def install_signal_handlers(pipeline: Pipeline, drain: bool = False) -> None:
+    """SIGTERM and SIGINT finish the current chunk (or, with ``drain``, the whole source as it
+    is now), commit and exit."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         log.info("event=signal signal=%d", signum)
-        pipeline.stop()
+        pipeline.stop(drain=drain)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,145 @@
+"""Run the collector on uvicorn, optionally with the embedded pipeline loop (``clicklake serve``).
+
+Shutdown on SIGTERM or SIGINT: uvicorn stops accepting, finishes in-flight requests, and the
+app's lifespan shutdown writes every queued group commit and closes the spool writer. Then the
+pipeline loop is asked to stop, commits what it holds, and ``serve`` returns.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+import socket
+import threading
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from clicklake.collector.app import CollectorApp
+from clicklake.collector.options import CollectorOptions
+from clicklake.config import Settings
+
+log = logging.getLogger("clicklake.collector")
+
+
+def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0 picks a free one).
+
+    Args:
+        host: The address to bind.
+        port: The port (0 for any free one).
+        backlog: The listen backlog.
+
+    Returns:
+        The bound, listening socket.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def uvicorn_config(app: CollectorApp, host: str, port: int, **overrides: Any) -> uvicorn.Config:
+    """The uvicorn configuration the collector runs with (httptools and uvloop when installed).
+
+    Args:
+        app: The collector app.
+        host: The address to bind.
+        port: The port.
+        **overrides: Other ``uvicorn.Config`` arguments.
+
+    Returns:
+        The configuration.
+    """
+    kwargs: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "ws": "none",
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,
+        "server_header": False,
+        "timeout_graceful_shutdown": 30,
+        "backlog": 2048,
+    }
+    kwargs.update(overrides)
+    return uvicorn.Config(app, **kwargs)
+
+
+def serve(
+    settings: Settings,
+    *,
+    with_pipeline: bool = False,
+    sock: socket.socket | None = None,
+    options: CollectorOptions | None = None,
+) -> None:
+    """Run the collector until SIGTERM or SIGINT (``clicklake serve``).
+
+    Args:
+        settings: The settings (``collector.*`` for the server, the rest for the pipeline).
+        with_pipeline: Also run the embedded pipeline over the spool in a background thread,
+            stopped with a final commit on shutdown.
+        sock: An already bound socket to serve on (tests); default binds
+            ``collector.host:collector.port``.
+        options: Collector options (default: from ``settings``).
+
+    Raises:
+        StorageError: The spool directory cannot be created.
+        ClickLakeError: The pipeline failed (after the collector has shut down cleanly).
+    """
+    opts = options or CollectorOptions.from_settings(settings)
+    app = CollectorApp(opts)
+    host, port = settings.collector.host, settings.collector.port
+    server = uvicorn.Server(uvicorn_config(app, host, port))
+    sock = sock or bind_socket(host, port)
+    log.info("event=collector_listen address=%s:%d pipeline=%s", host, sock.getsockname()[1], with_pipeline)
+    if not with_pipeline:
+        # uvicorn re-raises the signal it caught once it has shut down; exit quietly instead.
+        _install_quiet_handlers()
+        server.run(sockets=[sock])
+        return
+
+    from clicklake.engines.local import Pipeline, PipelineLock, install_signal_handlers
+    from clicklake.sources.spool import SpoolSource
+
+    errors: list[BaseException] = []
+    with PipelineLock(settings):
+        pipeline = Pipeline(settings, SpoolSource(settings.storage.spool_dir))
+        # These handlers are what uvicorn restores and re-raises into after its own shutdown:
+        # the pipeline then stops with a final commit.
+        install_signal_handlers(pipeline, drain=True)
+
+        def run_pipeline() -> None:
+            try:
+                pipeline.run()
+            except BaseException as exc:  # reported after the collector has shut down
+                log.exception("event=pipeline_failed")
+                errors.append(exc)
+                server.should_exit = True
+
+        thread = threading.Thread(target=run_pipeline, name="clicklake-pipeline", daemon=True)
+        thread.start()
+        try:
+            server.run(sockets=[sock])
+        finally:
+            # The collector has stopped accepting and flushed its last group commit: the
+            # pipeline reads the spool to its end, commits, and only then returns.
+            pipeline.stop(drain=True)
+            thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _install_quiet_handlers() -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("event=collector_stopped signal=%d", signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
