@@ -49,7 +49,7 @@ _TYPES: tuple[pa.DataType, ...] = tuple(
     pa.float64() if c.kind == "double" else pa.large_string() for c in COLUMNS
 )
 
-CACHE_SIZE = 500_000
+CACHE_SIZE = 100_000
 """Distinct addresses remembered across batches (about 100 MB at most)."""
 
 GeoRow = tuple[Any, ...]

@@ -31,7 +31,7 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = rf"^{_OCTET}(?:\.{_OCTET}){{3}}$"
 """A dotted-quad IPv4 address exactly as ``ipaddress`` accepts it (no leading zeros)."""
 
-CACHE_SIZE = 500_000
+CACHE_SIZE = 100_000
 """Distinct addresses remembered across batches."""
 
 

@@ -50,7 +50,7 @@ JSON_COLUMNS = ("properties", "traits", "context")
 KEY_SOURCES = ("user_id", "anonymous_id")
 """The columns ``user_key`` is derived from."""
 
-CACHE_SIZE = 500_000
+CACHE_SIZE = 100_000
 """Distinct values whose hash is remembered across batches."""
 
 _SALT_HINT = "set CLICKLAKE_ENRICH__PII__SALT (or enrich.pii.salt) to a long random secret"
