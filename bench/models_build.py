@@ -514,8 +514,12 @@ def report(
             "`page_views_new`, `sessions_new`, `user_mapping_new`) are cached and counted like the runner's "
             "temp tables; the five model tables are written sorted as the runner sorts them, as zstd Parquet "
             "(plain Parquet, no Iceberg commit). Spark's seconds include JVM and session start.",
-            "- How each statement reached Spark:",
+            "- How each statement reached Spark (every one from the rendered DuckDB SQL through sqlglot; "
+            "identifiers always quoted, `identify=True`, because Spark 4 reads the CTE name `stream` in "
+            "`page_views.sql` as a keyword; no statement is hand-ported whole):",
             *how_lines,
+            "- Not fixed: `x / 1000000.0` is DECIMAL in Spark and DOUBLE in DuckDB, so Spark's `duration_s`, "
+            "`absolute_time_s` and `avg_session_duration_s` are decimals; the values agree (see below).",
             f"- Spark steps: {step_line}." if steps else "- Spark steps: -",
             "- Seconds are wall time of each process from start to exit (interpreter start-up included); peak "
             "RSS is the summed RSS of the process tree (the JVM included for Spark), sampled every 50 ms. "

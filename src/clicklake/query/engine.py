@@ -12,8 +12,11 @@ selected as typed ``NULL``. A snapshot with delete files falls back to a PyIcebe
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -127,10 +130,18 @@ def register_table(con: duckdb.DuckDBPyConnection, table: Table, view: str) -> N
     con.execute(f"CREATE OR REPLACE VIEW {quote_ident(view)} AS {parquet_relation(con, files.paths, schema)}")
 
 
+# Bounded, so a large model build spills to disk instead of taking the machine's memory.
+MEMORY_LIMIT = "4GB"
+
+
 def new_connection() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with clicklake's session settings (UTC)."""
-    con = duckdb.connect(":memory:")
-    con.execute("SET TimeZone = 'UTC'")
+    """An in-memory DuckDB connection with clicklake's session settings (UTC, bounded memory)."""
+    spill = Path(tempfile.gettempdir()) / "clicklake-duckdb"
+    con = duckdb.connect(
+        ":memory:",
+        config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(spill), "threads": os.cpu_count() or 2},
+    )
+    con.execute("SET TimeZone = 'UTC'").fetchall()
     return con
 
 
