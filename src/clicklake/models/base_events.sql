@@ -24,7 +24,11 @@ WITH narrowed AS (
         CAST(derived_tstamp AT TIME ZONE {{tz}} AS DATE) AS local_date,
         event_type IN ('page', 'screen') AS is_page_view,
         (event_type = 'track' AND event_name = 'Page Ping') AS is_ping,
-        coalesce(TRY_CAST(json_extract_string(properties, '$.heartbeat') AS DOUBLE), {{heartbeat_s}}) AS heartbeat_s,
+        coalesce(
+            CASE WHEN event_type = 'track' AND event_name = 'Page Ping'
+                 THEN TRY_CAST(json_extract_string(properties, '$.heartbeat') AS DOUBLE) END,
+            {{heartbeat_s}}
+        ) AS heartbeat_s,
         coalesce(
             TRY_CAST(json_extract_string(properties, '$.percent_scrolled') AS DOUBLE),
             TRY_CAST(json_extract_string(properties, '$.scroll_depth') AS DOUBLE)

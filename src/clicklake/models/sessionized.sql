@@ -6,12 +6,17 @@
 -- pieces of that length counted from the run's first event. One piece is one session; its id is
 -- md5(app_id | session_key | first event time in microseconds). Sessions made only of page pings
 -- are dropped (a tab left open is not a visit).
-WITH ordered AS (
+-- The window passes run over the few columns sessions are cut by; the wide rows join back at
+-- the end (event_id is unique in base_events), so no pass sorts URLs, referrers or JSON.
+WITH narrow AS (
+    SELECT event_id, app_id, session_key, tstamp_us, local_date, is_ping FROM base_events
+),
+ordered AS (
     SELECT
         b.*,
         lag(tstamp_us) OVER w AS prev_us,
         lag(local_date) OVER w AS prev_date
-    FROM base_events AS b
+    FROM narrow AS b
     WINDOW w AS (PARTITION BY app_id, session_key ORDER BY tstamp_us, event_id)
 ),
 flagged AS (
@@ -52,7 +57,15 @@ keyed AS (
     FROM pieces AS p
 )
 SELECT
-    k.*,
-    md5(app_id || '|' || session_key || '|' || CAST(session_start_us AS VARCHAR)) AS session_id
+    b.*,
+    k.prev_us,
+    k.prev_date,
+    k.is_new_run,
+    k.run_no,
+    k.piece_no,
+    k.session_start_us,
+    k.non_ping_events,
+    md5(b.app_id || '|' || b.session_key || '|' || CAST(k.session_start_us AS VARCHAR)) AS session_id
 FROM keyed AS k
-WHERE non_ping_events > 0
+JOIN base_events AS b ON b.event_id = k.event_id
+WHERE k.non_ping_events > 0
