@@ -131,7 +131,7 @@ def register_table(con: duckdb.DuckDBPyConnection, table: Table, view: str) -> N
 
 
 # Bounded, so a large model build spills to disk instead of taking the machine's memory.
-MEMORY_LIMIT = "4GB"
+MEMORY_LIMIT = "10GB"
 
 
 def new_connection() -> duckdb.DuckDBPyConnection:
