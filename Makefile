@@ -42,6 +42,7 @@ bench: install
 
 # The 10M-event model build takes a while (generation and ingest first); run it on its own.
 bench-models: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/models_build.py
 
 lint: install
