@@ -479,7 +479,8 @@ def _cell(v: Any) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+        # rates keep four significant digits, amounts their cents
+        return f"{v:.4g}" if abs(v) < 1 else f"{v:,.2f}"
     return str(v)
 
 
