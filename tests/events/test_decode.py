@@ -380,3 +380,48 @@ def test_the_fast_path_decodes_typical_lines_on_its_own(monkeypatch: pytest.Monk
         ]
     )
     assert [r["event_id"] for r in good] == ["1", "2"] and bad == []
+
+
+SDK_LINES: list[dict[str, Any]] = [
+    {
+        "type": "page",
+        "anonymousId": "a",
+        "messageId": "s1",
+        "integrations": {},
+        "_metadata": {"bundled": ["Segment.io"]},
+        "context": {"page": {"path": "/"}},
+    },
+    {"type": "track", "event": "E", "userId": "u", "messageId": "s2", "integrations": {"All": True}},
+    {
+        "batch": [
+            {"type": "track", "event": "F", "userId": "u", "messageId": "s3", "integrations": {"X": False}}
+        ],
+        "sentAt": "2026-11-26T11:00:00Z",
+    },
+    {"type": "track", "event": "G", "userId": "u", "messageId": "s4", "integrations": None},
+]
+
+
+def test_sdk_extras_are_kept_under_unmapped() -> None:
+    good, bad = run(SDK_LINES)
+    assert bad == []
+    unmapped = [orjson.loads(r["context"] or "{}").get("_unmapped") for r in good]
+    assert unmapped == [
+        {"integrations": {}, "_metadata": {"bundled": ["Segment.io"]}},
+        {"integrations": {"All": True}},
+        {"integrations": {"X": False}},
+        None,  # a null carries nothing
+    ]
+
+
+def test_both_paths_give_the_same_bytes_for_sdk_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dedup fingerprint hashes the context text: a resend decoded by the other path must match."""
+    _current["opts"] = dataclasses.replace(OPTS, fast_path=True)
+    fast_good, _ = run(SDK_LINES)
+    _current["opts"] = dataclasses.replace(OPTS, fast_path=False)
+    exact_good, _ = run(SDK_LINES)
+    assert [r["context"] for r in fast_good] == [r["context"] for r in exact_good]
+    # and the fast path really took them
+    _current["opts"] = dataclasses.replace(OPTS, fast_path=True)
+    monkeypatch.setattr(decode_module, "_SQL", {})
+    assert len(run(SDK_LINES)[0]) == 4

@@ -98,9 +98,28 @@ _MAPPED = (
     "traits",
     "context",
 )
-_EVENT_STRUCT = "{" + ",".join(f'"{k}":"JSON"' for k in (*_MAPPED, "batch")) + "}"
-_KNOWN_KEYS = "[" + ",".join(f"'{k}'" for k in (*_MAPPED, "batch")) + "]"
-_DROP_MAPPED = "'{" + ",".join(f'"{k}":null' for k in (*_MAPPED, "batch")) + "}'"
+# Top-level fields SDKs commonly send that map to no column: kept under context._unmapped like
+# any other, but read as fields so that typical lines carrying them stay on the fast path.
+_EXTRAS = ("integrations", "_metadata")
+_FIELDS = (*_MAPPED, *_EXTRAS)
+_EVENT_STRUCT = "{" + ",".join(f'"{k}":"JSON"' for k in (*_FIELDS, "batch")) + "}"
+_KNOWN_KEYS = "[" + ",".join(f"'{k}'" for k in (*_FIELDS, "batch")) + "]"
+_DROP_MAPPED = "'{" + ",".join(f'"{k}":null' for k in (*_FIELDS, "batch")) + "}'"
+_HAS_EXTRAS = " OR ".join(f'(ev."{k}" IS NOT NULL AND json_type(ev."{k}") <> \'NULL\')' for k in _EXTRAS)
+_EXTRAS_OBJ = "json_merge_patch('{}', json_object(" + ", ".join(f"'{k}', ev.\"{k}\"" for k in _EXTRAS) + "))"
+
+
+def _context_sql(rest: str, has_other: str) -> str:
+    """SQL: ``context`` with what maps to no column under ``_unmapped``; the same expression
+    in both paths, so a line gives the same bytes whichever path decodes it (the dedup
+    fingerprint hashes them)."""
+    return f"""CASE WHEN err IS NULL AND ({has_other} OR {_HAS_EXTRAS})
+                 THEN json_merge_patch(COALESCE(ctx_json, '{{}}'), json_object('_unmapped', json_merge_patch(
+                        json_merge_patch({rest}, {_EXTRAS_OBJ}),
+                        CASE WHEN b_unmapped IS NOT NULL THEN json_object('_batch', b_unmapped) ELSE '{{}}' END)))::VARCHAR
+                 ELSE ctx_json::VARCHAR END AS context"""
+
+
 _BATCH_FIELDS = ("batch", "sentAt", "context", "writeKey", "receivedAt")
 _BATCH_KEYS = "[" + ",".join(f"'{k}'" for k in _BATCH_FIELDS) + "]"
 _DROP_BATCH = "'{" + ",".join(f'"{k}":null' for k in _BATCH_FIELDS) + "}'"
@@ -230,11 +249,10 @@ _EXACT_EV_TEXT_CHECKS = """
               WHEN ev_text IS NULL OR NOT starts_with(ltrim(ev_text), '{') THEN 'invalid_envelope'
               WHEN strlen(ev_text) > $max_event THEN 'event_too_large'
 """
-_EXACT_CONTEXT = f"""CASE WHEN err IS NULL AND (b_unmapped IS NOT NULL OR NOT list_has_all({_KNOWN_KEYS}, json_keys(ev_text)))
-                 THEN json_merge_patch(COALESCE(ctx_json, '{{}}'), json_object('_unmapped', json_merge_patch(
-                        json_merge_patch(ev_text, {_DROP_MAPPED}),
-                        CASE WHEN b_unmapped IS NOT NULL THEN json_object('_batch', b_unmapped) ELSE '{{}}' END)))::VARCHAR
-                 ELSE ctx_json::VARCHAR END AS context"""
+_EXACT_CONTEXT = _context_sql(
+    f"json_merge_patch(ev_text, {_DROP_MAPPED})",
+    f"b_unmapped IS NOT NULL OR NOT list_has_all({_KNOWN_KEYS}, json_keys(ev_text))",
+)
 
 
 def _exact_sql(mode: EnvelopeMode) -> str:
@@ -469,13 +487,13 @@ def _ts_us(expr: str) -> str:
 # an event without ``messageId`` (both need the exact raw text), is decoded again by the exact
 # path, so both paths give the same rows; the tests run the golden cases through each.
 
-_EV_FIELDS_SQL = ", ".join(f'"{k}" JSON' for k in _MAPPED)
+_EV_FIELDS_SQL = ", ".join(f'"{k}" JSON' for k in _FIELDS)
 _EV_STRUCT_TYPE = f"STRUCT({_EV_FIELDS_SQL})"
-_EV_COLUMNS = ", ".join(f"\"{k}\": 'JSON'" for k in _MAPPED)
+_EV_COLUMNS = ", ".join(f"\"{k}\": 'JSON'" for k in _FIELDS)
 
 
 def _pack(prefix: str) -> str:
-    return "{" + ", ".join(f"'{k}': {prefix}\"{k}\"" for k in _MAPPED) + "}"
+    return "{" + ", ".join(f"'{k}': {prefix}\"{k}\"" for k in _FIELDS) + "}"
 
 
 def _in_list(names: tuple[str, ...]) -> str:
@@ -527,11 +545,11 @@ def _fast_sql(mode: EnvelopeMode) -> str:
         is_sentinel = f'l."type" = \'"{_SENTINEL}"\''
     type_col = f'{where}."type"'
     nulls = ", ".join(["NULL"] * (len(EVENT_COLUMNS) - 1 + len(DECODED_EXTRA)))  # no load_tstamp yet
-    elem_len = _object_len("e", _MAPPED)
+    elem_len = _object_len("e", _FIELDS)
     batch_text_len = (
         f"(2 + list_sum(list_transform({batch}, lambda e: {elem_len})) + greatest(len({batch}) - 1, 0))"
     )
-    single_len = _object_len(where, _MAPPED)
+    single_len = _object_len(where, _FIELDS)
     batch_line_len = _object_len(where, _BATCH_LEVEL, [("1", f"{len('batch') + 3} + {batch_text_len}")])
     payload_len = f"(CASE WHEN {batch} IS NULL THEN {single_len} ELSE {batch_line_len} END)"
     if mode == "spool":
@@ -561,10 +579,10 @@ def _fast_sql(mode: EnvelopeMode) -> str:
     else:
         line_len = payload_len
     keys_exact = f"""CASE WHEN {batch} IS NULL
-                   THEN len(list_filter(TRY(json_keys(l.line{keys_path})), lambda x: x NOT IN {_in_list(_MAPPED)})) = 0
+                   THEN len(list_filter(TRY(json_keys(l.line{keys_path})), lambda x: x NOT IN {_in_list(_FIELDS)})) = 0
                    ELSE len(list_filter(TRY(json_keys(l.line{keys_path})), lambda x: x NOT IN {_in_list(_BATCH_FIELDS)})) = 0
                         AND list_bool_and(list_transform(TRY(json_keys(l.line, '{elem_path}')),
-                            lambda kk: len(list_filter(kk, lambda x: x NOT IN {_in_list(_MAPPED)})) = 0))
+                            lambda kk: len(list_filter(kk, lambda x: x NOT IN {_in_list(_FIELDS)})) = 0))
               END"""
     type_ok = f"""CASE WHEN {batch} IS NULL THEN {type_col} IS NOT NULL
                      ELSE NOT list_bool_or(list_transform({batch}, lambda e: e."type" IS NULL)) END"""
@@ -611,7 +629,7 @@ def _fast_sql(mode: EnvelopeMode) -> str:
         _tail(
             ev_text_checks="",
             event_id="ev.messageId ->> '$' AS event_id",
-            context="ctx_json::VARCHAR AS context",
+            context=_context_sql("'{}'", "false"),
             raw="NULL::BLOB AS raw",
         )
     }
