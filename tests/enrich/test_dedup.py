@@ -67,3 +67,16 @@ def test_ids_older_than_the_window_are_forgotten() -> None:
     assert st.size() == 1
     _, verdict = st.judge(batch(["old", "recent"], ["x", "x"]))
     assert verdict.to_pylist() == ["new", "dup"]
+
+
+def test_the_window_follows_event_time_so_backfills_dedup_too() -> None:
+    week_ago = NOW_US - 7 * 24 * 3_600_000_000
+    st = DedupState.empty(24)
+    st.judge(batch(["old"], ["x"], at_us=week_ago))
+    st.expire()  # counted back from the newest collector time seen, not from the wall clock
+    _, verdict = st.judge(batch(["old"], ["x"], at_us=week_ago + 60_000_000))
+    assert verdict.to_pylist() == ["dup"]
+    st.judge(batch(["later"], ["x"], at_us=week_ago + 2 * 24 * 3_600_000_000))
+    st.expire()
+    _, verdict = st.judge(batch(["old"], ["x"], at_us=week_ago + 2 * 24 * 3_600_000_000))
+    assert verdict.to_pylist() == ["new"]

@@ -25,6 +25,7 @@ from typing import IO, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg.table import Table
 
 from clicklake.config import Settings
 from clicklake.enrich.chain import build_chain, run_chain
@@ -153,7 +154,8 @@ class Pipeline:
         table = self.sinks[EVENTS].table
         if table.current_snapshot() is None:
             return
-        since = datetime.now(UTC) - timedelta(hours=self.settings.enrich.dedup.window_hours)
+        newest = _newest_collector_time(table) or datetime.now(UTC)
+        since = newest - timedelta(hours=self.settings.enrich.dedup.window_hours)
         cols = ["app_id", "event_id", "collector_tstamp"]
         if "event_fingerprint" in table.schema().column_names:
             cols.append("event_fingerprint")
@@ -318,6 +320,19 @@ class Pipeline:
         if self._inflight is not None:
             inflight, self._inflight = self._inflight, None
             inflight.result()
+
+
+def _newest_collector_time(table: Table) -> datetime | None:
+    """The newest ``collector_tstamp`` in ``table``, from the data files' column statistics
+    (manifests only, no data read)."""
+    field_id = table.schema().find_field("collector_tstamp").field_id
+    newest: int | None = None
+    for bounds in table.inspect.files().column("upper_bounds").to_pylist():
+        for fid, raw in bounds or ():
+            if fid == field_id and raw is not None and len(raw) == 8:
+                value = int.from_bytes(raw, "little", signed=True)
+                newest = value if newest is None else max(newest, value)
+    return None if newest is None else datetime.fromtimestamp(newest / 1_000_000, UTC)
 
 
 def _split_lines(chunk: Chunk) -> tuple[Chunk, pa.RecordBatch, pa.Table | None]:

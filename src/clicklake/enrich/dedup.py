@@ -8,7 +8,8 @@ latter is not dropped silently but marked ``duplicate_id_conflict`` and goes to
 ``failed_events``.
 
 The window is a DuckDB table (bounded: it spills past its memory limit and forgets ids older
-than the window). It is rebuilt from ``events`` when the pipeline starts, so it holds exactly
+than the window, counted in event time: back from the newest collector time seen, so a backfill
+of old data dedups like live traffic). It is rebuilt from ``events`` when the pipeline starts, so it holds exactly
 what is committed; anything processed but not committed before a crash is processed again in
 the same order and gets the same verdict.
 """
@@ -16,7 +17,6 @@ the same order and gets the same verdict.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 import duckdb
@@ -46,6 +46,9 @@ class DedupState:
 
     window_us: int
     con: duckdb.DuckDBPyConnection
+    # The window follows event time (the newest collector time seen), not the wall clock, so
+    # backfills and replays of old data dedup like live traffic.
+    high_us: int = 0
 
     @classmethod
     def empty(cls, window_hours: float) -> DedupState:
@@ -56,6 +59,7 @@ class DedupState:
 
     def load(self, committed: pa.Table) -> None:
         """Add committed events (``app_id``, ``event_id``, ``event_fingerprint``, ``collector_tstamp``)."""
+        self._advance(committed.column("collector_tstamp"))
         self.con.register("committed_in", committed)
         try:
             self.con.execute(
@@ -70,8 +74,16 @@ class DedupState:
         finally:
             self.con.unregister("committed_in")
 
+    def _advance(self, ts: pa.Array | pa.ChunkedArray) -> None:
+        import pyarrow.compute as pc
+
+        newest = pc.max(ts).as_py()
+        if newest is not None:
+            self.high_us = max(self.high_us, int(newest.timestamp() * 1_000_000))
+
     def judge(self, batch: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
         """Fingerprint each row and say ``new``, ``dup`` or ``conflict``; remember the new ones."""
+        self._advance(batch.column("collector_tstamp"))
         self.con.register("b", pa.Table.from_batches([batch]))
         try:
             out = self.con.sql(
@@ -105,7 +117,9 @@ class DedupState:
         return out.column("fp").combine_chunks(), out.column("verdict").combine_chunks()
 
     def expire(self, now_us: int | None = None) -> None:
-        now_us = now_us if now_us is not None else int(time.time() * 1_000_000)
+        """Forget ids older than the window, counted back from ``now_us`` (default: the newest
+        collector time seen)."""
+        now_us = now_us if now_us is not None else self.high_us
         self.con.execute("DELETE FROM seen WHERE ts < ?", [now_us - self.window_us]).fetchall()
 
     def size(self) -> int:
