@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= clicklake-demo
 DEMO_EVENTS ?= 50000
 
-.PHONY: help install demo test test-fast bench bench-models lint format clean
+.PHONY: help install test-deps demo test test-fast bench bench-models lint format clean
 
 help:
 	@echo "make demo   - install, generate a clickstream, run the pipeline into Iceberg, print the summary"
@@ -24,14 +24,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's Chromium for the browser tests (Playwright drives it with executable_path; no browser download).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test-deps: install $(CHROMIUM)
+
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/clicklake --data-dir $(DEMO_DIR) demo --events $(DEMO_EVENTS) --no-serve
 
-test: install
+test: test-deps
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: test-deps
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
