@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= clicklake-demo
 DEMO_EVENTS ?= 50000
 
-.PHONY: help install test-deps demo test test-fast bench bench-models lint format clean
+.PHONY: help install spark-jars spark-install postgresql test-deps demo test test-fast bench bench-models lint format clean
 
 help:
 	@echo "make demo   - install, generate a clickstream, run the pipeline into Iceberg, print the summary"
@@ -29,7 +29,30 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test-deps: install $(CHROMIUM)
+# The Spark engine: PySpark (the `spark` extra) and its JVM jars from Maven Central (deploy/spark/pom.xml).
+SPARK_JARS  := .cache/jars/spark/.stamp
+SPARK_STAMP := $(VENV)/.spark-stamp
+$(SPARK_JARS): deploy/spark/pom.xml
+	@command -v mvn >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven openjdk-17-jre-headless; }
+	rm -rf .cache/jars/spark
+	mvn -q -s deploy/spark/settings.xml -f deploy/spark/pom.xml dependency:copy-dependencies \
+		-DoutputDirectory=$(CURDIR)/.cache/jars/spark -DincludeScope=runtime
+	@touch $@
+
+spark-jars: $(SPARK_JARS)
+
+$(SPARK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
+	@touch $@
+
+spark-install: $(SPARK_STAMP) $(SPARK_JARS)
+
+# Debian's PostgreSQL for the shared-catalog tests (the tests start their own server on a free port).
+PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
+postgresql:
+	@test -n "$(PG_CTL)" || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+test-deps: install $(CHROMIUM) spark-install postgresql
 
 demo: install
 	rm -rf $(DEMO_DIR)
