@@ -206,6 +206,19 @@ class EnrichSettings(_Section):
     plugins: list[PluginSettings] = Field(default_factory=list)
 
 
+class SparkSettings(_Section):
+    """The Spark engine (``--engine spark``, ``models build --engine spark``)."""
+
+    master: str = "local[2]"
+    remote: str = ""  # a Spark Connect URL (sc://host:15002); used instead of master when set
+    conf: dict[str, str] = Field(default_factory=dict)  # passed to the session as is
+    jars_dir: str = ""  # empty: .cache/jars/spark of the source tree (make spark-jars), if present
+    checkpoint_dir: str = ""  # empty: data_dir/spark-checkpoints/<pipeline_id>-<source>
+    trigger_interval_s: float = Field(default=10.0, gt=0)
+    max_files_per_trigger: int = Field(default=0, ge=0)  # 0: no limit
+    max_offsets_per_trigger: int = Field(default=0, ge=0)  # Kafka; 0: no limit
+
+
 class Settings(BaseSettings):
     """Every setting of clicklake, grouped by section as in ``clicklake.toml``."""
 
@@ -225,6 +238,7 @@ class Settings(BaseSettings):
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     enrich: EnrichSettings = Field(default_factory=EnrichSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
 
     @field_validator("storage")
     @classmethod

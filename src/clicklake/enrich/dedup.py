@@ -127,6 +127,17 @@ class DedupState:
         return int(rows[0][0])
 
 
+def fingerprints(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> pa.Array:
+    """The ``event_fingerprint`` of each row, exactly as :meth:`DedupState.judge` computes it
+    (the Spark engine fingerprints on its workers and judges on the driver)."""
+    con.register("fp_in", pa.Table.from_batches([batch]))
+    try:
+        out = con.sql(f"SELECT {_FINGERPRINT_SQL} AS fp FROM fp_in").to_arrow_table()
+    finally:
+        con.unregister("fp_in")
+    return pc.cast(out.column("fp").combine_chunks(), pa.large_string())
+
+
 def build(settings: Settings, state: DedupState | None = None) -> Step:
     """The dedup step; ``state`` is the window (the pipeline rebuilds it from ``events``)."""
     st = state or DedupState.empty(settings.enrich.dedup.window_hours)
