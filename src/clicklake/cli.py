@@ -107,14 +107,14 @@ def _progress(total: int | None, label: str) -> Iterator[Callable[[int], None]]:
 @cli.command()
 @click.option(
     "--source",
-    type=click.Choice(["spool", "files"]),
+    type=click.Choice(["spool", "files", "kafka"]),
     default="spool",
     show_default=True,
     help="Where events come from.",
 )
 @click.option(
     "--engine",
-    type=click.Choice(["local"]),
+    type=click.Choice(["local", "spark"]),
     default="local",
     show_default=True,
     help="Which engine runs the pipeline.",
@@ -145,6 +145,9 @@ def run(
     from clicklake.engines import load_engine
 
     settings = obj.settings(pipeline={"commit_interval_s": commit_interval})
+    if engine == "spark":
+        _run_spark(settings, source, paths, once, app_id)
+        return
     src = _make_source(settings, source, paths)
     local = load_engine(engine)
     with local.PipelineLock(settings), _progress(src.total_bytes() if once else None, "ingest") as advance:
@@ -152,6 +155,17 @@ def run(
         local.install_signal_handlers(pipeline)
         t0 = time.monotonic()
         stats = pipeline.run(once=once)
+    _print_run_summary(stats, time.monotonic() - t0)
+
+
+def _run_spark(settings: Settings, source: str, paths: tuple[str, ...], once: bool, app_id: str | None) -> None:
+    from clicklake.engines import load_engine
+
+    spark = load_engine("spark")
+    pipeline = spark.SparkPipeline(settings, source, paths, app_id=app_id)
+    spark.install_signal_handlers(pipeline)
+    t0 = time.monotonic()
+    stats = pipeline.run(once=once)
     _print_run_summary(stats, time.monotonic() - t0)
 
 
@@ -427,12 +441,21 @@ def models() -> None:
 @click.option(
     "--full-refresh", is_flag=True, help="Rebuild every day instead of the days new events touched."
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="local: DuckDB; spark: the same SQL transpiled to Spark (always a full rebuild).",
+)
 @click.pass_obj
-def models_build(obj: _Ctx, full_refresh: bool) -> None:
+def models_build(obj: _Ctx, full_refresh: bool, engine: str = "local") -> None:
     """Build the model tables (incrementally by default)."""
     from clicklake.models.runner import build_models
 
     t0 = time.monotonic()
+    if engine == "spark":
+        from clicklake.models.spark import build_models_spark as build_models  # type: ignore[assignment]
     counts = build_models(obj.settings(), full_refresh=full_refresh)
     stdout.print(
         f"built {', '.join(f'{name} ({rows:,} rows)' for name, rows in counts.items()) or 'nothing: no new events'} "

@@ -523,7 +523,7 @@ class SparkPipeline:
             window_us = int(self.settings.enrich.dedup.window_hours * 3_600_000_000)
             since = F.timestamp_micros(F.lit(int(newest.timestamp() * 1_000_000) - window_us))
             seen = (
-                self.spark.read.option("snapshot-id", seen_at)
+                self.spark.read.option("versionAsOf", seen_at)
                 .table(table_name(self.settings, EVENTS))
                 .where(F.col("collector_tstamp") >= since)
                 .where(F.col("app_id").isNotNull() & F.col("event_id").isNotNull())
