@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= clicklake-demo
 DEMO_EVENTS ?= 50000
 
-.PHONY: help install spark-jars spark-install postgresql test-deps demo test test-fast bench bench-models lint format clean
+.PHONY: help install spark-jars spark-install postgresql test-deps demo test test-fast bench bench-models bench-spark lint format clean
 
 help:
 	@echo "make demo   - install, generate a clickstream, run the pipeline into Iceberg, print the summary"
@@ -74,6 +74,10 @@ bench: install
 bench-models: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/models_build.py
+
+# The Spark engine against the local engine on 1M events (long; --events N for a quick check).
+bench-spark: spark-install
+	$(BIN)/python bench/spark_vs_local.py
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -455,7 +455,7 @@ def models_build(obj: _Ctx, full_refresh: bool, engine: str = "local") -> None:
 
     t0 = time.monotonic()
     if engine == "spark":
-        from clicklake.models.spark import build_models_spark as build_models  # type: ignore[assignment]
+        from clicklake.models.spark import build_models_spark as build_models
     counts = build_models(obj.settings(), full_refresh=full_refresh)
     stdout.print(
         f"built {', '.join(f'{name} ({rows:,} rows)' for name, rows in counts.items()) or 'nothing: no new events'} "

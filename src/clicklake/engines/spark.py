@@ -29,7 +29,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -188,10 +188,10 @@ def stream_of(path: str) -> str:
     return unquote(path.removeprefix("file://").removeprefix("file:"))
 
 
-def decode_files(plan: WorkerPlan) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def decode_files(plan: WorkerPlan) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function of the files source: ``(path, content)`` rows, one per file."""
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         worker = _worker(plan)
         for batch in batches:
             paths = batch.column("path").to_pylist()
@@ -223,7 +223,7 @@ def _chunks(stream: str, data: bytes, size: int) -> Iterator[Chunk]:
         start = end
 
 
-def decode_kafka(plan: WorkerPlan) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def decode_kafka(plan: WorkerPlan) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function of the Kafka source: ``(value, topic, partition, offset)`` rows.
 
     Each message is one line (a collector envelope, or a bare Segment call with
@@ -231,7 +231,7 @@ def decode_kafka(plan: WorkerPlan) -> Callable[[Iterator[pa.RecordBatch]], Itera
     message offset, as the local Kafka source writes them.
     """
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def run(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         worker = _worker(plan)
         for batch in batches:
             table = pa.Table.from_batches([batch])
@@ -239,7 +239,9 @@ def decode_kafka(plan: WorkerPlan) -> Callable[[Iterator[pa.RecordBatch]], Itera
             for topic, part in zip(
                 keys.column("topic").to_pylist(), keys.column("partition").to_pylist(), strict=True
             ):
-                mask = pc.and_(pc.equal(table.column("topic"), topic), pc.equal(table.column("partition"), part))
+                mask = pc.and_(
+                    pc.equal(table.column("topic"), topic), pc.equal(table.column("partition"), part)
+                )
                 sub = table.filter(mask).sort_by("offset")
                 values = [v if v is not None else b"" for v in sub.column("value").to_pylist()]
                 offsets = np.asarray(sub.column("offset").to_numpy(), dtype=np.int64)
@@ -272,11 +274,13 @@ def _message_lines(
     return lines, bad_utf8
 
 
-def failures_of_conflicts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def failures_of_conflicts(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """``mapInArrow``: enriched rows whose id a different event already used -> failures."""
     for batch in batches:
         if batch.num_rows:
-            yield from rows_to_failures(batch, "enrich", "duplicate_id_conflict", _CONFLICT_MESSAGE).to_batches()
+            yield from rows_to_failures(
+                batch, "enrich", "duplicate_id_conflict", _CONFLICT_MESSAGE
+            ).to_batches()
 
 
 # --- the driver -------------------------------------------------------------------------------
@@ -330,7 +334,9 @@ class SparkPipeline:
         app_id: App id of file events without a known write key.
     """
 
-    def __init__(self, settings: Settings, source: str, paths: tuple[str, ...] = (), app_id: str | None = None):
+    def __init__(
+        self, settings: Settings, source: str, paths: tuple[str, ...] = (), app_id: str | None = None
+    ):
         if source not in ("files", "kafka"):
             raise ConfigError(
                 f"the Spark engine reads --source files or kafka, not {source!r} "
@@ -370,7 +376,11 @@ class SparkPipeline:
         cfg = self.settings.spark
         if cfg.checkpoint_dir:
             return cfg.checkpoint_dir
-        return str((self.settings.storage.data_dir / "spark-checkpoints" / f"{self.pipeline_id}-{self.source}").resolve())
+        return str(
+            (
+                self.settings.storage.data_dir / "spark-checkpoints" / f"{self.pipeline_id}-{self.source}"
+            ).resolve()
+        )
 
     def _input(self) -> DataFrame:
         spark = self.spark
@@ -466,10 +476,11 @@ class SparkPipeline:
             bad = df.where(F.col("error_type").isNotNull())
             if self.dedup:
                 # On a replay whose events commit landed, judge against events as it was before.
+                current = events_t.current_snapshot()
                 seen_at = (
                     events_done.parent_snapshot_id
                     if events_done is not None
-                    else (events_t.current_snapshot().snapshot_id if events_t.current_snapshot() else None)
+                    else (current.snapshot_id if current is not None else None)
                 )
                 new, conflicts, dups = self._dedup(good, seen_at)
             else:

@@ -127,9 +127,10 @@ def build_models_spark(settings: Settings, full_refresh: bool = True) -> dict[st
     opts = options_from_settings(settings)
     catalog = open_catalog(settings)
     events = load_existing(catalog, settings, "events")
-    if events is None or events.current_snapshot() is None:
+    current = events.current_snapshot() if events is not None else None
+    if current is None:
         return dict.fromkeys(MODEL_TABLES, 0)
-    snapshot_id = events.current_snapshot().snapshot_id
+    snapshot_id = current.snapshot_id
     statements = {s.name: s for s in spark_statements(opts)}
     spark = spark_session(settings, "clicklake-models")
     from pyspark.sql import functions as F
@@ -138,7 +139,9 @@ def build_models_spark(settings: Settings, full_refresh: bool = True) -> dict[st
     src = spark.read.option("versionAsOf", snapshot_id).table(table_name(settings, "events"))
     for name, typ in OPTIONAL_EVENT_COLUMNS.items():
         if name not in src.columns:
-            src = src.withColumn(name, F.lit(None).cast(_SPARK_TYPES["bool" if str(typ) == "bool" else "string"]))
+            src = src.withColumn(
+                name, F.lit(None).cast(_SPARK_TYPES["bool" if str(typ) == "bool" else "string"])
+            )
     src.createOrReplaceTempView("src_events")
     cached = []
     counts: dict[str, int] = {}
