@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 
 from pyiceberg.catalog import Catalog
@@ -76,11 +77,15 @@ def open_catalog(settings: Settings, write: bool = True) -> Catalog:
                 "fix its permissions or point storage.data_dir at a writable folder"
             )
     try:
-        return SqlCatalog(
+        catalog = SqlCatalog(
             storage.catalog_name,
             uri=storage.resolved_catalog_uri(),
             warehouse=storage.resolved_warehouse(),
         )
+        # Pooled connections to a server (PostgreSQL) are closed when the catalog goes away,
+        # not left to the garbage collector.
+        weakref.finalize(catalog, catalog.engine.dispose)
+        return catalog
     except (SQLAlchemyError, OSError) as exc:
         raise StorageError(
             f"cannot open the Iceberg catalog at {storage.resolved_catalog_uri()}: {exc}"
