@@ -158,7 +158,9 @@ def run(
     _print_run_summary(stats, time.monotonic() - t0)
 
 
-def _run_spark(settings: Settings, source: str, paths: tuple[str, ...], once: bool, app_id: str | None) -> None:
+def _run_spark(
+    settings: Settings, source: str, paths: tuple[str, ...], once: bool, app_id: str | None
+) -> None:
     from clicklake.engines import load_engine
 
     spark = load_engine("spark")
