@@ -106,3 +106,6 @@ def test_files_are_cut_into_line_aligned_chunks() -> None:
     assert b"".join(c.data for c in chunks) == data
     assert all(c.data.endswith(b"\n") for c in chunks[:-1])
     assert [c.start for c in chunks] == [0, 5, 8, 15]
+    # a line longer than a read carries over into the next read, as FilesSource does
+    long = list(_chunks("/x", b"aaaaaaaaaa\nb\nccc\n", 6))
+    assert [(c.start, c.data) for c in long] == [(0, b"aaaaaaaaaa\n"), (11, b"b\nccc\n")]

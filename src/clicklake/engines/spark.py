@@ -70,6 +70,10 @@ QUERY_KEY = "clicklake.spark-query"
 #: The columns of a failure that an event row does not have; with the event columns, the
 #: schema of what the workers send to the driver.
 _FAILURE_ONLY = ("stage", "error_type", "error_message", "raw")
+#: Where a row left the decoder: the start of its chunk and its place in the decoder's output.
+#: The local dedup step takes the first copy of an id in that order (fast-path rows come before
+#: exact-path rows of the same chunk), so the driver orders by it too.
+ORDER_COLUMNS = (pa.field("_chunk", pa.int64()), pa.field("_row", pa.int64()))
 _CONFLICT_MESSAGE = "this messageId was already used by a different event within the dedup window"
 _FILE_GLOB = "{*.ndjson,*.jsonl,*.json,*.ndjson.gz,*.jsonl.gz,*.json.gz,*.gz}"
 
@@ -143,7 +147,9 @@ class _Worker:
         # Same place, same column as the dedup step; the verdict is the driver's.
         return Step("dedup", fingerprint, (FINGERPRINT,))
 
-    def process(self, lines: pa.RecordBatch, bad_utf8: pa.Table | None, mode: EnvelopeMode) -> pa.Table:
+    def process(
+        self, lines: pa.RecordBatch, bad_utf8: pa.Table | None, mode: EnvelopeMode, chunk_start: int
+    ) -> pa.Table:
         decoded = decode(lines, mode, self.plan.options, int(time.time() * 1_000_000))
         if bad_utf8 is not None:
             decoded = pa.concat_tables([decoded, bad_utf8])
@@ -154,7 +160,14 @@ class _Worker:
             enriched, failures = run_chain(self.steps, batch)
             parts.extend(rows_to_failures(f.batch, f.stage, f.error_type, f.message) for f in failures)
             good = pa.Table.from_batches([enriched])
-        return pa.concat_tables([_conform(t, self.plan.out_schema) for t in (good, *parts)])
+        out = pa.concat_tables([_conform(t, self.plan.out_schema) for t in (good, *parts)])
+        n = out.num_rows
+        out = out.set_column(
+            out.schema.get_field_index("_chunk"),
+            ORDER_COLUMNS[0],
+            pa.array(np.full(n, chunk_start, np.int64)),
+        )
+        return out.set_column(out.schema.get_field_index("_row"), ORDER_COLUMNS[1], pa.array(np.arange(n)))
 
 
 _WORKERS: dict[int, _Worker] = {}
@@ -206,21 +219,25 @@ def decode_files(plan: WorkerPlan) -> Callable[[Iterable[pa.RecordBatch]], Itera
                 stream = stream_of(path)
                 for chunk in _chunks(stream, raw, plan.chunk_bytes):
                     lines, bad_utf8 = lines_of(chunk)
-                    yield from worker.process(lines, bad_utf8, "segment").to_batches()
+                    yield from worker.process(lines, bad_utf8, "segment", chunk.start).to_batches()
 
     return run
 
 
 def _chunks(stream: str, data: bytes, size: int) -> Iterator[Chunk]:
-    """Line-aligned chunks of ``data`` of about ``size`` bytes (as the files source reads)."""
-    start = 0
-    while start < len(data):
-        end = min(len(data), start + size)
-        if end < len(data):
-            cut = data.rfind(b"\n", start, end)
-            end = cut + 1 if cut >= start else (data.find(b"\n", end) + 1 or len(data))
-        yield Chunk(stream, start, data[start:end], "segment")
-        start = end
+    """The chunks the files source reads from ``data``: reads of ``size`` bytes, each cut after
+    its last newline (the rest carried into the next read), the last line even without one."""
+    n = len(data)
+    start = read_to = 0
+    while read_to < n:
+        read_to = min(n, read_to + size)
+        cut = data.rfind(b"\n", start, read_to)
+        if cut < 0:
+            continue
+        yield Chunk(stream, start, data[start : cut + 1], "segment")
+        start = cut + 1
+    if start < n:
+        yield Chunk(stream, start, data[start:n], "segment")
 
 
 def decode_kafka(plan: WorkerPlan) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
@@ -246,7 +263,7 @@ def decode_kafka(plan: WorkerPlan) -> Callable[[Iterable[pa.RecordBatch]], Itera
                 values = [v if v is not None else b"" for v in sub.column("value").to_pylist()]
                 offsets = np.asarray(sub.column("offset").to_numpy(), dtype=np.int64)
                 lines, bad_utf8 = _message_lines(f"{topic}/{part}", values, offsets, plan.envelope)
-                yield from worker.process(lines, bad_utf8, plan.envelope).to_batches()
+                yield from worker.process(lines, bad_utf8, plan.envelope, int(offsets[0])).to_batches()
 
     return run
 
@@ -362,6 +379,8 @@ class SparkPipeline:
         out = self.events_arrow
         for name in _FAILURE_ONLY:
             out = out.append(FAILED_ARROW.field(name))
+        for f in ORDER_COLUMNS:
+            out = out.append(f)
         self.plan = WorkerPlan(
             settings=settings,
             options=decode_options(settings, app_id),
@@ -526,7 +545,7 @@ class SparkPipeline:
         hi = good.agg(F.max("collector_tstamp")).first()
         newest = hi[0] if hi is not None else None
         key = ["app_id", "event_id"]
-        order = Window.partitionBy(*key).orderBy("source_stream", "source_offset", "source_index")
+        order = Window.partitionBy(*key).orderBy("source_stream", "_chunk", "_row")
         judged = good.withColumn("_nth", F.row_number().over(order)).withColumn(
             "_first_fp", F.first("event_fingerprint").over(order)
         )
