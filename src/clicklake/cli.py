@@ -164,10 +164,12 @@ def _run_spark(
     from clicklake.engines import load_engine
 
     spark = load_engine("spark")
-    pipeline = spark.SparkPipeline(settings, source, paths, app_id=app_id)
-    spark.install_signal_handlers(pipeline)
-    t0 = time.monotonic()
-    stats = pipeline.run(once=once)
+    # One process per pipeline id, as for the local engine: both would write the same tables.
+    with load_engine("local").PipelineLock(settings):
+        pipeline = spark.SparkPipeline(settings, source, paths, app_id=app_id)
+        spark.install_signal_handlers(pipeline)
+        t0 = time.monotonic()
+        stats = pipeline.run(once=once)
     _print_run_summary(stats, time.monotonic() - t0)
 
 
