@@ -111,7 +111,11 @@ def serve(
 
     errors: list[BaseException] = []
     with PipelineLock(settings):
-        pipeline = Pipeline(settings, SpoolSource(settings.storage.spool_dir))
+        from clicklake.metrics import PipelineMetrics
+
+        # The pipeline's metrics join the collector's registry: one GET /metrics shows both.
+        metrics = PipelineMetrics(app.metrics.registry)
+        pipeline = Pipeline(settings, SpoolSource(settings.storage.spool_dir), metrics=metrics)
         # These handlers are what uvicorn restores and re-raises into after its own shutdown:
         # the pipeline then stops with a final commit.
         install_signal_handlers(pipeline, drain=True)
