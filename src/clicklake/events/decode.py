@@ -43,6 +43,7 @@ JSON, so a resent copy gets the same id. Top-level fields the decoder does not m
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 import threading
@@ -679,14 +680,14 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
         A table of :data:`DECODED_ARROW`: good events have ``error_type`` NULL.
     """
     if not options.fast_path or lines.num_rows == 0:
-        return _run(_SQL[mode], lines, options, now_us)
+        return _run_exact(mode, lines, options, now_us)
     out = _run(_FAST_SQL[mode], lines, options, now_us, scratch=_write_scratch(lines, _SENTINEL_LINE[mode]))
     marker = out.column("slow_rn")
     is_marker = pc.is_valid(marker)
     if pc.min(marker).as_py() != -1:
         # Rows and lines came out misaligned (a line that held two JSON values, say): only
         # the exact path can tell them apart.
-        return _run(_SQL[mode], lines, options, now_us)
+        return _run_exact(mode, lines, options, now_us)
     slow_rns = pc.filter(marker, pc.and_(is_marker, pc.greater_equal(marker, 0)))
     fast = out.filter(pc.invert(is_marker)).drop_columns(["slow_rn"])
     # Failures need their raw text and events without messageId an id derived from it:
@@ -701,7 +702,24 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
     slow_lines = lines.filter(slow_mask)
     if slow_lines.num_rows == 0:
         return fast
-    return pa.concat_tables([fast, _run(_SQL[mode], slow_lines, options, now_us)])
+    return pa.concat_tables([fast, _run_exact(mode, slow_lines, options, now_us)])
+
+
+# The exact path parses and re-serializes each line several times: big batch lines (SDKs send up
+# to 500 KB) would take it past the connection's memory limit in one go, so it runs on slices.
+_EXACT_SLICE_BYTES = 4 << 20
+
+
+def _run_exact(mode: EnvelopeMode, lines: pa.RecordBatch, options: DecodeOptions, now_us: int) -> pa.Table:
+    """The exact path over ``lines``, in slices of about ``_EXACT_SLICE_BYTES`` of text."""
+    sizes = pc.binary_length(lines.column("line")).to_numpy(zero_copy_only=False)
+    if lines.num_rows <= 1 or int(sizes.sum()) <= _EXACT_SLICE_BYTES:
+        return _run(_SQL[mode], lines, options, now_us)
+    # A new slice starts wherever the running size enters the next multiple of the slice size.
+    group = (np.cumsum(sizes) - sizes) // _EXACT_SLICE_BYTES
+    bounds = [0, *(np.flatnonzero(np.diff(group)) + 1).tolist(), lines.num_rows]
+    parts = [_run(_SQL[mode], lines.slice(a, b - a), options, now_us) for a, b in itertools.pairwise(bounds)]
+    return pa.concat_tables(parts)
 
 
 def _write_scratch(lines: pa.RecordBatch, sentinel: bytes) -> str:
