@@ -307,15 +307,23 @@ def _exact_sql(mode: EnvelopeMode) -> str:
                NULL::JSON AS b_wk, NULL::JSON AS b_recv, NULL::JSON AS b_unmapped
         FROM lines3 WHERE lerr2 IS NULL AND s.batch IS NULL
     ),
-    -- batch envelopes: one row per element
-    elems AS (
+    -- batch envelopes: one row per element. The line's small fields and its elements are taken
+    -- out first: unnested next to the line's text, each element row would carry the whole
+    -- request along (500 KB for hundreds of events), and memory would grow with its square.
+    batch_lines AS MATERIALIZED (
         SELECT source_stream, source_offset, line_app, line_ip, line_ua, line_rt_us,
                s.context AS b_context, s.sentAt AS b_sent, s.writeKey AS b_wk, s.receivedAt AS b_recv,
                CASE WHEN NOT list_has_all({_BATCH_KEYS}, json_keys(p_text_lazy))
                     THEN json_merge_patch(p_text_lazy, {_DROP_BATCH}) END AS b_unmapped,
-               e.elem AS ev_text, (e.idx - 1)::INTEGER AS source_index
-        FROM lines3, unnest(json_extract(s.batch, '$[*]')) WITH ORDINALITY AS e(elem, idx)
+               json_extract(s.batch, '$[*]') AS elems_list
+        FROM lines3
         WHERE lerr2 IS NULL AND s.batch IS NOT NULL
+    ),
+    elems AS (
+        SELECT source_stream, source_offset, line_app, line_ip, line_ua, line_rt_us,
+               b_context, b_sent, b_wk, b_recv, b_unmapped,
+               e.elem AS ev_text, (e.idx - 1)::INTEGER AS source_index
+        FROM batch_lines, unnest(elems_list) WITH ORDINALITY AS e(elem, idx)
     ),
     batched AS MATERIALIZED (
         SELECT source_stream, source_offset, source_index, line_app, line_ip, line_ua, line_rt_us,
