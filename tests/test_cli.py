@@ -333,3 +333,10 @@ def test_demo_sends_through_the_http_collector_and_reconciles_with_the_manifest(
     assert json.loads(res.stdout) == [
         {"days": True, "received_now": True, "historical": True, "client_ips": True}
     ]
+
+
+def test_demo_refuses_more_days_than_validation_accepts(tmp_path: Path) -> None:
+    res = clicklake("--data-dir", "d", "demo", "--days", "400", "--no-serve", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "pipeline.max_age_days" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "d" / "spool").exists()
