@@ -54,6 +54,16 @@ postgresql:
 
 test-deps: install $(CHROMIUM) spark-install postgresql
 
+# Segment's browser SDK from npm, for the browser test (its standalone bundle is dist/umd/index.js).
+SEGMENT_SDK_VERSION := 1.84.3
+SEGMENT_SDK := .cache/npm/node_modules/@segment/analytics-next/dist/umd/index.js
+$(SEGMENT_SDK):
+	command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+	npm install --prefix .cache/npm --no-save --no-audit --no-fund --ignore-scripts --loglevel=error @segment/analytics-next@$(SEGMENT_SDK_VERSION)
+	@test -f $@ && touch $@
+
+test-deps: $(SEGMENT_SDK)
+
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/clicklake --data-dir $(DEMO_DIR) demo --events $(DEMO_EVENTS) --no-serve

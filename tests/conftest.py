@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures", "tests.engines.spark_fixtures"]
+pytest_plugins = ["tests.fixtures", "tests.collector.browser.fixtures", "tests.engines.spark_fixtures"]

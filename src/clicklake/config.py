@@ -12,7 +12,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -186,8 +194,21 @@ class PiiEnrichSettings(_Step):
 
 
 class PluginSettings(_Section):
-    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """A user enricher: a dotted ``function = "pkg.mod:fn"``, or an installed package's
+    ``entry_point`` (group ``clicklake.enrichers``); exactly one of the two."""
+
+    function: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    entry_point: str | None = Field(default=None, min_length=1)
     after: str = "pii"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PluginSettings:
+        if (self.function is None) == (self.entry_point is None):
+            raise ValueError(
+                'set exactly one of function = "pkg.module:fn" or entry_point = "<name>" '
+                "(an entry point in the clicklake.enrichers group)"
+            )
+        return self
 
 
 class EnrichSettings(_Section):

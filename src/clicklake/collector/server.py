@@ -20,6 +20,7 @@ import uvicorn
 from clicklake.collector.app import CollectorApp
 from clicklake.collector.options import CollectorOptions
 from clicklake.config import Settings
+from clicklake.exceptions import ClickLakeError
 
 log = logging.getLogger("clicklake.collector")
 
@@ -111,7 +112,11 @@ def serve(
 
     errors: list[BaseException] = []
     with PipelineLock(settings):
-        pipeline = Pipeline(settings, SpoolSource(settings.storage.spool_dir))
+        from clicklake.metrics import PipelineMetrics
+
+        # The pipeline's metrics join the collector's registry: one GET /metrics shows both.
+        metrics = PipelineMetrics(app.metrics.registry)
+        pipeline = Pipeline(settings, SpoolSource(settings.storage.spool_dir), metrics=metrics)
         # These handlers are what uvicorn restores and re-raises into after its own shutdown:
         # the pipeline then stops with a final commit.
         install_signal_handlers(pipeline, drain=True)
@@ -143,3 +148,38 @@ def _install_quiet_handlers() -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+class BackgroundCollector:
+    """The collector on a free port of ``host``, in a background thread of this process.
+
+    ``clicklake demo`` sends its generated events through one. Leaving the ``with`` block stops
+    it gracefully: every acknowledged request is in the spool.
+
+    Args:
+        options: The collector options.
+        host: The address to bind (a free port is picked).
+    """
+
+    def __init__(self, options: CollectorOptions, host: str = "127.0.0.1"):
+        self.app = CollectorApp(options)
+        self.sock = bind_socket(host, 0)
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn_config(self.app, host, self.sock.getsockname()[1]))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="clicklake-collector", daemon=True
+        )
+
+    def __enter__(self) -> BackgroundCollector:
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                self.sock.close()
+                raise ClickLakeError("the collector did not start (see the log)")
+            self.thread.join(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join()
+        self.sock.close()

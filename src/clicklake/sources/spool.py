@@ -214,6 +214,16 @@ class SpoolSource:
                 continue
         return total
 
+    def lag(self, position: Mapping[str, int]) -> int:
+        """Bytes of the spool beyond ``position`` (what is not yet committed, for the lag metric)."""
+        total = 0
+        for name in list_segments(self.spool_dir):
+            try:
+                total += max(0, (self.spool_dir / name).stat().st_size - position.get(name, 0))
+            except FileNotFoundError:
+                continue
+        return total
+
     def prune(self, position: Mapping[str, int]) -> dict[str, int]:
         existing = set(list_segments(self.spool_dir))
         return {k: v for k, v in position.items() if k in existing}
