@@ -98,15 +98,15 @@ def main(argv: list[str] | None = None) -> int:
                 work / "gen",
                 "generate",
                 "--events",
-                args.events,
+                str(args.events),
                 "--format",
                 "ndjson",
                 "--out",
                 inp,
                 "--files",
-                args.files,
+                str(args.files),
                 "--seed",
-                args.seed,
+                str(args.seed),
             ]
         )
         if not gen.ok:

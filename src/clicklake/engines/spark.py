@@ -593,6 +593,7 @@ class SparkPipeline:
                 writer = writer.option(f"snapshot-property.{k}", v)
             t0 = time.monotonic()
             writer.append()
+            self.stats.commits += 1
             log.info(
                 "event=commit engine=spark table=%s batch=%s rows=%d seconds=%.3f",
                 table,
