@@ -91,6 +91,9 @@ class PipelineSettings(_Section):
     max_age_days: float = Field(default=365.0, gt=0)
     event_buckets: int = Field(default=16, ge=1, le=4096)
     commit_retries: int = Field(default=8, ge=0)
+    promote_properties: dict[str, Literal["string", "long", "int", "double", "bool", "ts"]] = Field(
+        default_factory=dict
+    )
 
 
 class ConversionSettings(_Section):
@@ -206,6 +209,26 @@ class EnrichSettings(_Section):
     plugins: list[PluginSettings] = Field(default_factory=list)
 
 
+class MaintenanceSettings(_Section):
+    """``clicklake maintain`` and its schedule inside ``clicklake serve``."""
+
+    small_file_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    target_file_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    min_input_files: int = Field(default=5, ge=2)
+    manifest_merge_count: int = Field(default=100, ge=2)
+    snapshot_max_age_hours: float = Field(default=120.0, ge=0)
+    keep_last_snapshots: int = Field(default=10, ge=1)
+    orphan_min_age_hours: float = Field(default=72.0, ge=0)
+    retention_events_days: int = Field(default=0, ge=0)
+    retention_failed_events_days: int = Field(default=0, ge=0)
+    retention_models_days: int = Field(default=0, ge=0)
+    commit_retries: int = Field(default=4, ge=0)
+    compact_every_s: float = Field(default=3600.0, ge=0)
+    expire_every_s: float = Field(default=3600.0, ge=0)
+    orphans_every_s: float = Field(default=86400.0, ge=0)
+    retention_every_s: float = Field(default=86400.0, ge=0)
+
+
 class Settings(BaseSettings):
     """Every setting of clicklake, grouped by section as in ``clicklake.toml``."""
 
@@ -225,6 +248,7 @@ class Settings(BaseSettings):
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     enrich: EnrichSettings = Field(default_factory=EnrichSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
 
     @field_validator("storage")
     @classmethod

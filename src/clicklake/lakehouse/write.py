@@ -20,12 +20,14 @@ from pyiceberg.table import Table, TableProperties, WriteTask
 from pyiceberg.utils.properties import property_as_int
 
 
-def write_data_files(table: Table, df: pa.Table) -> list[DataFile]:
+def write_data_files(table: Table, df: pa.Table, target_bytes: int | None = None) -> list[DataFile]:
     """Write ``df`` as Parquet data files of ``table`` (not committed).
 
     Args:
         table: The Iceberg table (its current schema and default partition spec are used).
         df: Rows matching the table's Arrow schema.
+        target_bytes: In-memory (Arrow) bytes per file; default the table's
+            ``write.target-file-size-bytes``. Compaction passes its own.
 
     Returns:
         The data files, ready for a fast append.
@@ -33,7 +35,7 @@ def write_data_files(table: Table, df: pa.Table) -> list[DataFile]:
     meta = table.metadata
     schema = meta.schema()
     spec = meta.spec()
-    target = property_as_int(
+    target = target_bytes or property_as_int(
         meta.properties,
         TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
         TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
