@@ -440,6 +440,121 @@ def models_build(obj: _Ctx, full_refresh: bool) -> None:
     )
 
 
+@cli.group()
+def maintain() -> None:
+    """Table maintenance: compact small files, expire snapshots, remove orphans, apply retention.
+
+    Each action runs over events, failed_events and the model tables (or --table ...), is safe
+    while the pipeline writes, and never touches a snapshot a pipeline checkpoint still needs.
+    Thresholds are the [maintenance] settings; `clicklake serve` also runs them on a schedule.
+    """
+
+
+_TABLES = click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    help="Only this table (repeat for several; default: every clicklake table).",
+)
+
+
+def _maintain(obj: _Ctx, action: str, tables: tuple[str, ...], dry_run: bool = False) -> list[Any]:
+    from clicklake.lakehouse.maintenance import input_bytes, run_action
+
+    settings = obj.settings()
+    t0 = time.monotonic()
+    total = input_bytes(settings, action, tables or None) if action == "compact" else None
+    with _progress(total, action) if action == "compact" else _count_progress(action) as advance:
+        results = run_action(settings, action, tables or None, dry_run=dry_run, progress=advance)
+    rich_table = RichTable(title=f"maintain {action} ({time.monotonic() - t0:.1f} s)")
+    skip = ("table", "snapshots", "paths", "snapshot_id", "manifests_before")
+    fields = [f for f in vars(results[0]) if f not in skip] if results else []
+    rich_table.add_column("table")
+    for f in fields:
+        rich_table.add_column(f.replace("_", " "))
+    for r in results:
+        rich_table.add_row(r.table.split(".")[-1], *(_cell(getattr(r, f)) for f in fields))
+    stdout.print(rich_table)
+    return results
+
+
+@contextmanager
+def _count_progress(label: str) -> Iterator[Callable[[int], None]]:
+    if not console.is_terminal:
+        yield lambda n: None
+        return
+    from rich.progress import MofNCompleteColumn, SpinnerColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn(f"[bold]{label}"),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda n: bar.advance(task, n)
+
+
+@maintain.command("compact")
+@_TABLES
+@click.pass_obj
+def maintain_compact(obj: _Ctx, tables: tuple[str, ...]) -> None:
+    """Rewrite small files into target-size files, one replace snapshot per partition.
+
+    Files under maintenance.small_file_bytes are bin-packed by their real Parquet size into
+    files of up to maintenance.target_file_bytes, in partitions with at least
+    maintenance.min_input_files of them; manifests are merged once there are
+    maintenance.manifest_merge_count of them. A commit that loses a race with the pipeline is
+    retried; a partition whose files changed meanwhile is skipped. No row is lost or doubled.
+    """
+    _maintain(obj, "compact", tables)
+
+
+@maintain.command("expire")
+@_TABLES
+@click.pass_obj
+def maintain_expire(obj: _Ctx, tables: tuple[str, ...]) -> None:
+    """Expire old snapshots, then delete the files no remaining snapshot references.
+
+    Keeps snapshots younger than maintenance.snapshot_max_age_hours, the last
+    maintenance.keep_last_snapshots, the newest checkpoint of every pipeline (and the snapshots
+    between it and the current one) and the events snapshots the models were built from.
+    """
+    _maintain(obj, "expire", tables)
+
+
+@maintain.command("orphans")
+@_TABLES
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.pass_obj
+def maintain_orphans(obj: _Ctx, tables: tuple[str, ...], dry_run: bool) -> None:
+    """Remove files under each table's location that no snapshot references.
+
+    Only files older than maintenance.orphan_min_age_hours go (younger ones may belong to a
+    commit still in flight): typically data files of a crashed write or compaction.
+    """
+    results = _maintain(obj, "orphans", tables, dry_run=dry_run)
+    if dry_run:
+        for r in results:
+            for path in r.paths:
+                stdout.print(path, highlight=False)
+
+
+@maintain.command("retention")
+@_TABLES
+@click.pass_obj
+def maintain_retention(obj: _Ctx, tables: tuple[str, ...]) -> None:
+    """Drop whole day partitions older than the retention of each table.
+
+    maintenance.retention_events_days, .retention_failed_events_days and .retention_models_days
+    (0 keeps everything): partitions whose day is before today (UTC) minus that many days.
+    Whole data files are removed, never rewritten; expire then frees the space.
+    """
+    _maintain(obj, "retention", tables)
+
+
 def _print_table(table: Any, fmt: str) -> None:
     if fmt == "json":
         sys.stdout.write(json.dumps(table.to_pylist(), default=_json_default) + "\n")

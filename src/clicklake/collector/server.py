@@ -126,9 +126,15 @@ def serve(
 
         thread = threading.Thread(target=run_pipeline, name="clicklake-pipeline", daemon=True)
         thread.start()
+        from clicklake.lakehouse.scheduler import MaintenanceMetrics, MaintenanceScheduler
+
+        # Maintenance on its schedule, counted on the collector's /metrics.
+        maintenance = MaintenanceScheduler(settings, MaintenanceMetrics(app.metrics.registry))
+        maintenance.start()
         try:
             server.run(sockets=[sock])
         finally:
+            maintenance.stop()
             # The collector has stopped accepting and flushed its last group commit: the
             # pipeline reads the spool to its end, commits, and only then returns.
             pipeline.stop(drain=True)
