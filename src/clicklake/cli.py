@@ -469,11 +469,12 @@ def _maintain(obj: _Ctx, action: str, tables: tuple[str, ...], dry_run: bool = F
     rich_table = RichTable(title=f"maintain {action} ({time.monotonic() - t0:.1f} s)")
     skip = ("table", "snapshots", "paths", "snapshot_id", "manifests_before")
     fields = [f for f in vars(results[0]) if f not in skip] if results else []
-    rich_table.add_column("table")
-    for f in fields:
-        rich_table.add_column(f.replace("_", " "))
+    # One column per table: the tables are few, the figures many.
+    rich_table.add_column("")
     for r in results:
-        rich_table.add_row(r.table.split(".")[-1], *(_cell(getattr(r, f)) for f in fields))
+        rich_table.add_column(r.table.split(".")[-1], justify="right")
+    for f in fields:
+        rich_table.add_row(f.replace("_", " "), *(_cell(getattr(r, f)) for r in results))
     stdout.print(rich_table)
     return results
 
