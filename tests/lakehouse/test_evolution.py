@@ -72,7 +72,13 @@ def test_promoted_properties_fill_new_rows_and_read_null_in_old_ones(tmp_path: P
     _run(_settings(data), _file(tmp_path / "a.ndjson", 0, 5, {"revenue": 10.5, "order": {"id": "o1"}}))
     promote = {"revenue": "double", "order.id": "string", "qty": "int", "paid_at": "ts", "gift": "bool"}
     settings = _settings(data, promote_properties=promote)
-    props = {"revenue": "12.25", "order": {"id": "o2"}, "qty": "abc", "paid_at": "2026-11-20T10:00:01Z", "gift": True}
+    props = {
+        "revenue": "12.25",
+        "order": {"id": "o2"},
+        "qty": "abc",
+        "paid_at": "2026-11-20T10:00:01Z",
+        "gift": True,
+    }
     _run(settings, _file(tmp_path / "b.ndjson", 5, 5, props))
 
     rows = _events(settings)
@@ -176,5 +182,7 @@ def test_a_partition_source_change_is_refused(settings: Settings) -> None:
         )
     )
     catalog.create_table("clicklake.events", schema=EVENTS_SCHEMA, partition_spec=other)
-    with pytest.raises(SchemaEvolutionError, match=r"partitioned by day\(collector_tstamp\).*storage.namespace"):
+    with pytest.raises(
+        SchemaEvolutionError, match=r"partitioned by day\(collector_tstamp\).*storage.namespace"
+    ):
         ensure_tables(catalog, settings, ingest_tables(settings))
