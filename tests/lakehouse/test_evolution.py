@@ -106,10 +106,10 @@ def test_incompatible_promotions_are_refused_and_widening_is_applied(tmp_path: P
     first = _settings(data, promote_properties={"n": "long", "m": "int", "s": "string"})
     _run(first, _file(tmp_path / "a.ndjson", 0, 3, {"n": 1, "m": 2, "s": "x"}))
 
-    with pytest.raises(SchemaEvolutionError, match="prop_n .* narrowing") as narrowing:
+    with pytest.raises(SchemaEvolutionError, match=r"prop_n .* narrowing") as narrowing:
         Pipeline(_settings(data, promote_properties={"n": "int"}), _nothing(tmp_path))
     assert "new column name" in str(narrowing.value)
-    with pytest.raises(SchemaEvolutionError, match="prop_s .* incompatible"):
+    with pytest.raises(SchemaEvolutionError, match=r"prop_s .* incompatible"):
         Pipeline(_settings(data, promote_properties={"s": "double"}), _nothing(tmp_path))
     assert isinstance(narrowing.value, ConfigError)  # exit code 2 on the CLI, like any config mistake
 
@@ -124,7 +124,7 @@ def test_required_columns_are_refused(settings: Settings) -> None:
     table = ensure_tables(open_catalog(settings), settings, ingest_tables(settings))["events"]
     with pytest.raises(SchemaEvolutionError, match="cannot add required column extra"):
         evolve_columns(table, [NestedField(-1, "extra", StringType(), required=True)])
-    with pytest.raises(SchemaEvolutionError, match="cannot make column user_id .* required"):
+    with pytest.raises(SchemaEvolutionError, match=r"cannot make column user_id .* required"):
         evolve_columns(table, [NestedField(-1, "user_id", StringType(), required=True)])
     assert "extra" not in table.refresh().schema().column_names
 
