@@ -215,6 +215,7 @@ class MaintenanceSettings(_Section):
     small_file_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     target_file_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     min_input_files: int = Field(default=5, ge=2)
+    compact_commit_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     manifest_merge_count: int = Field(default=100, ge=2)
     snapshot_max_age_hours: float = Field(default=120.0, ge=0)
     keep_last_snapshots: int = Field(default=10, ge=1)

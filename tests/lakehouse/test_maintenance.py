@@ -57,7 +57,7 @@ def _every_snapshot_reads_in_full(sf: SmallFiles) -> None:
 def test_compaction_replaces_small_files_one_snapshot_per_partition(
     small_files: Callable[..., SmallFiles],
 ) -> None:
-    sf = small_files(batches=6)
+    sf = small_files(batches=6, compact_commit_bytes=1)
     table = sf.table()
     before = row_multiset(table)
     files_before = _live_files(table)
@@ -106,9 +106,12 @@ def test_target_size_splits_a_partition_by_real_file_sizes(small_files: Callable
     plan = plan_compaction(table, opts)
     assert [len(bins) for bins in plan] == [3, 3, 3]
     assert all(sum(f.file_size_in_bytes for f in b) <= target for bins in plan for b in bins)
+    snapshots = len(table.metadata.snapshots)
     result = compact(table, opts)
     assert result.files_added == 9
     assert row_multiset(sf.table()) == before
+    # The three partitions (far below compact_commit_bytes) are replaced in one commit.
+    assert result.groups == 1 and len(sf.table().metadata.snapshots) == snapshots + 1
 
 
 def test_a_lost_race_is_retried_and_a_vanished_file_skips_the_group(

@@ -1,12 +1,13 @@
 """Table maintenance: compaction, manifest rewrites, snapshot expiry, orphan files, retention.
 
 PyIceberg has no rewrite action, so compaction is built from its snapshot producer: the small
-data files of one partition are read (through the table's own schema projection, so files of
+data files of a partition are read (through the table's own schema projection, so files of
 older schemas read with nulls), written again as target-size Parquet files, and committed as
-**one ``replace`` snapshot per partition** that deletes exactly those files and adds the new
-ones. The pipeline only appends, so a lost race is retried on the refreshed table (the same new
+**one ``replace`` snapshot per group of partitions** (up to ``maintenance.compact_commit_bytes``
+of input; 1 gives one per partition) that deletes exactly those files and adds the new ones.
+The pipeline only appends, so a lost race is retried on the refreshed table (the same new
 files committed again); if an input file is gone meanwhile (another compaction, retention) the
-partition is skipped and its new files deleted. Rows are never lost nor doubled: a snapshot
+group is skipped and its new files deleted. Rows are never lost nor doubled: a snapshot
 either swaps the whole set or nothing.
 
 The pipeline's exactly-once checkpoint lives in the summaries of its own snapshots, and the
@@ -348,14 +349,35 @@ def plan_compaction(table: Table, opts: MaintenanceSettings) -> list[list[list[D
     return plan
 
 
+def _commit_groups(plan: list[list[list[DataFile]]], limit: int) -> list[list[list[DataFile]]]:
+    """Partitions' bins grouped into commits of about ``limit`` input bytes (whole partitions)."""
+    out: list[list[list[DataFile]]] = []
+    current: list[list[DataFile]] = []
+    size = 0
+    for bins in plan:
+        current.extend(bins)
+        size += sum(f.file_size_in_bytes for b in bins for f in b)
+        if size >= limit:
+            out.append(current)
+            current, size = [], 0
+    if current:
+        out.append(current)
+    return out
+
+
 def compact(table: Table, opts: MaintenanceSettings, progress: Progress | None = None) -> CompactResult:
-    """Compact the small files of ``table``, one ``replace`` snapshot per partition group.
+    """Compact the small files of ``table``: one ``replace`` snapshot per group of partitions.
+
+    Whole partitions are grouped into one commit up to ``compact_commit_bytes`` of input (one
+    per partition when that is 1): fewer commits cost less (each rewrites the manifests that
+    list replaced files), smaller ones lose less work to a conflict.
 
     Args:
         table: The table (refreshed first).
         opts: ``[maintenance]`` settings (``small_file_bytes``, ``target_file_bytes``,
-            ``min_input_files``, ``manifest_merge_count``, ``commit_retries``).
-        progress: Called with the bytes of input files done after each group.
+            ``min_input_files``, ``compact_commit_bytes``, ``manifest_merge_count``,
+            ``commit_retries``).
+        progress: Called with the bytes of input files done after each new file.
 
     Returns:
         What was rewritten; groups skipped because of conflicts are counted, not raised.
@@ -365,7 +387,7 @@ def compact(table: Table, opts: MaintenanceSettings, progress: Progress | None =
     result = CompactResult(_name(table))
     result.manifests_before = _manifest_count(table)
     meta = table.metadata
-    for bins in plan_compaction(table, opts):
+    for bins in _commit_groups(plan_compaction(table, opts), opts.compact_commit_bytes):
         inputs = [f for b in bins for f in b]
         new_files: list[DataFile] = []
         rows = 0
@@ -379,6 +401,8 @@ def compact(table: Table, opts: MaintenanceSettings, progress: Progress | None =
                 # is split by the current one: compaction also migrates partition specs).
                 new_files.extend(write_data_files(table, df, target_bytes=_NO_SPLIT))
                 del df
+                if progress:
+                    progress(sum(f.file_size_in_bytes for f in b))
         except FileNotFoundError:
             # An input file vanished (another maintenance run): skip the group.
             _delete_paths(table, [f.file_path for f in new_files])
@@ -421,8 +445,6 @@ def compact(table: Table, opts: MaintenanceSettings, progress: Progress | None =
                 sum(f.file_size_in_bytes for f in new_files),
                 rows,
             )
-        if progress:
-            progress(sum(f.file_size_in_bytes for f in inputs))
     table, merged = rewrite_manifests(table, opts)
     if merged is not None:
         result.snapshots.append(merged)
