@@ -147,7 +147,7 @@ class MaintenanceScheduler:
             if due is None or due > now or self._stop.is_set():
                 continue
             self.run(action)
-            self.next_due[action] = time.monotonic() + self.intervals[action]
+            self.next_due[action] = now + self.intervals[action]
             ran.append(action)
         return ran
 
