@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 from prometheus_client import CollectorRegistry, generate_latest
 
 from clicklake.lakehouse.maintenance import _live_files
@@ -50,3 +57,65 @@ def test_a_failing_run_is_counted_not_raised(small_files: Callable[..., SmallFil
     scheduler = MaintenanceScheduler(sf.settings, MaintenanceMetrics(registry))
     scheduler.run("defragment")  # not an action: run_action refuses it
     assert _value(registry, "clicklake_maintenance_runs_total", action="defragment", outcome="error") == 1
+
+
+def test_serve_runs_maintenance_and_shows_it_on_metrics(tmp_path: Path) -> None:
+    """`clicklake serve` (collector + pipeline) compacts what its pipeline wrote, on schedule."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKLAKE_")}
+    env.update(
+        {
+            "CLICKLAKE_STORAGE__DATA_DIR": str(tmp_path / "data"),
+            "CLICKLAKE_PIPELINE__COMMIT_INTERVAL_S": "0.3",
+            "CLICKLAKE_MAINTENANCE__MIN_INPUT_FILES": "2",
+            "CLICKLAKE_MAINTENANCE__COMPACT_EVERY_S": "2",
+            "CLICKLAKE_MAINTENANCE__EXPIRE_EVERY_S": "0",
+            "CLICKLAKE_MAINTENANCE__ORPHANS_EVERY_S": "0",
+            "CLICKLAKE_MAINTENANCE__RETENTION_EVERY_S": "0",
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clicklake", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        sent = 0
+        compacted = False
+        while time.monotonic() < deadline and not compacted:
+            try:
+                # Several small requests, several pipeline commits: small files in one partition.
+                body = {"type": "track", "event": "E", "userId": "u1", "messageId": f"m{sent}"}
+                if (
+                    httpx.post(url + "/v1/track", json=body, auth=("wk_demo", ""), timeout=5).status_code
+                    == 200
+                ):
+                    sent += 1
+                text = httpx.get(url + "/metrics", timeout=5).text
+            except httpx.TransportError:
+                time.sleep(0.2)
+                continue
+            compacted = any(
+                line.startswith('clicklake_maintenance_files_rewritten_total{table="events"}')
+                and float(line.split()[-1]) >= 2
+                for line in text.splitlines()
+            )
+            time.sleep(0.2)
+        assert compacted, "no compaction showed up on /metrics"
+        assert 'clicklake_maintenance_runs_total{action="compact",outcome="ok"}' in text
+        assert "clicklake_maintenance_last_run_timestamp_seconds" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    from clicklake.config import load_settings
+    from clicklake.lakehouse.catalog import open_catalog
+
+    settings = load_settings(environ={}, storage={"data_dir": str(tmp_path / "data")})
+    table = open_catalog(settings).load_table("clicklake.events")
+    assert sum(row_multiset(table).values()) == sent  # every acknowledged event, once
