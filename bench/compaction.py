@@ -118,7 +118,7 @@ def build_table(data_dir: Path, events: int, files: int, days: int, buckets: int
         maintenance={"min_input_files": 2},
     )
     table = ensure_tables(open_catalog(settings), settings, ingest_tables(settings))[EVENTS]
-    appends = max(1, files // (days * buckets))
+    appends = max(1, -(-files // (days * buckets)))  # at least ``files`` files
     per_append = events // appends
     rng = np.random.default_rng(7)
     t0 = time.perf_counter()
@@ -225,7 +225,7 @@ def main() -> None:
             f"- Input: `events` with {args.events:,} synthetic events in {len(inputs):,} small files "
             f"({args.days} days x {args.buckets} user buckets = {len(groups)} partitions, "
             f"{in_bytes / MB / len(inputs):.2f} MB per file on average), written by "
-            f"{args.files // (args.days * args.buckets)} Iceberg appends in {build_s:.0f} s (not counted).",
+            f"{-(-args.files // (args.days * args.buckets))} Iceberg appends in {build_s:.0f} s (not counted).",
             "- Floor: pyarrow reads each partition's files and writes one zstd Parquet file. clicklake: "
             "`clicklake maintain compact` (plan from manifests, PyIceberg read, one file per partition, "
             f"one `replace` commit per partition: {result.groups} commits, then a manifest merge). "

@@ -186,3 +186,46 @@ def test_a_partition_source_change_is_refused(settings: Settings) -> None:
         SchemaEvolutionError, match=r"partitioned by day\(collector_tstamp\).*storage.namespace"
     ):
         ensure_tables(catalog, settings, ingest_tables(settings))
+
+
+def test_events_retention_keeps_model_days_until_their_own_retention(tmp_path: Path) -> None:
+    from datetime import date, timedelta
+
+    from clicklake.lakehouse.maintenance import apply_retention
+    from clicklake.models.runner import build_models
+    from clicklake.query import run_sql
+
+    settings = _settings(tmp_path / "d")
+    lines = [
+        orjson.dumps(
+            {
+                "type": "page",
+                "anonymousId": f"a{i}",
+                "messageId": f"m{i}",
+                "timestamp": f"2026-11-{18 + i % 5}T10:00:00Z",
+                "properties": {"path": "/"},
+            }
+        )
+        for i in range(25)
+    ]
+    (tmp_path / "e.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    _run(settings, tmp_path / "e.ndjson")
+    build_models(settings)
+    per_day = "SELECT session_date, count(*) AS n FROM sessions GROUP BY 1 ORDER BY 1"
+    before = run_sql(settings, per_day).to_pylist()
+    assert len(before) == 5
+
+    events = open_catalog(settings).load_table("clicklake.events")
+    today = date(2026, 11, 23)  # keep 2026-11-21 and later
+    assert apply_retention(events, 2, settings.maintenance, today=today).rows_deleted == 15
+    build_models(settings)  # incremental: the dropped event days are not recomputed away
+    assert run_sql(settings, per_day).to_pylist() == before
+    assert run_sql(settings, "SELECT count(*) AS n FROM events").to_pylist() == [{"n": 10}]
+
+    sessions = open_catalog(settings).load_table("clicklake.sessions")
+    # Models' own retention: 1 day before 2026-11-23 is kept, 18th to 21st go.
+    assert apply_retention(sessions, 1, settings.maintenance, today=today).partitions_dropped == 4
+    assert run_sql(settings, per_day).to_pylist() == before[4:]
+    assert before[4]["session_date"] == today - timedelta(days=1)
+    build_models(settings)  # nothing new: up to date, the marker survived the retention commit
+    assert run_sql(settings, per_day).to_pylist() == before[4:]
