@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python bench/enrich_throughput.py
 	$(BIN)/python bench/enrich_geo_privacy.py
 	$(BIN)/python bench/collector_load.py
+	$(BIN)/python bench/compaction.py
 
 # The 10M-event model build takes a while (generation and ingest first); run it on its own.
 bench-models: install
