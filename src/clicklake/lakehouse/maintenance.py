@@ -27,10 +27,12 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
 from pyarrow.fs import FileSelector, FileSystem, FileType
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysTrue
@@ -46,6 +48,7 @@ from pyiceberg.utils.properties import property_as_int
 from sqlalchemy.exc import SQLAlchemyError
 
 from clicklake.config import MaintenanceSettings, Settings
+from clicklake.exceptions import ClickLakeError
 from clicklake.lakehouse.checkpoint import CHECKPOINT_KEY, PIPELINE_KEY
 from clicklake.lakehouse.write import write_data_files
 
@@ -349,6 +352,23 @@ def plan_compaction(table: Table, opts: MaintenanceSettings) -> list[list[list[D
     return plan
 
 
+def _prefetched_bins(
+    scan: ArrowScan, bins: list[list[DataFile]]
+) -> Iterator[tuple[list[DataFile], pa.Table]]:
+    """Each bin with its rows, the next bin read on a second thread while the caller writes
+    this one (Parquet decoding and encoding both release the GIL)."""
+    if not bins:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicklake-compact-read") as pool:
+        ahead = pool.submit(scan.to_table, [FileScanTask(f) for f in bins[0]])
+        for i, b in enumerate(bins):
+            df = ahead.result()
+            if i + 1 < len(bins):
+                ahead = pool.submit(scan.to_table, [FileScanTask(f) for f in bins[i + 1]])
+            yield b, df
+            del df
+
+
 def _commit_groups(plan: list[list[list[DataFile]]], limit: int) -> list[list[list[DataFile]]]:
     """Partitions' bins grouped into commits of about ``limit`` input bytes (whole partitions)."""
     out: list[list[list[DataFile]]] = []
@@ -391,11 +411,9 @@ def compact(table: Table, opts: MaintenanceSettings, progress: Progress | None =
         inputs = [f for b in bins for f in b]
         new_files: list[DataFile] = []
         rows = 0
+        scan = ArrowScan(meta, table.io, meta.schema(), AlwaysTrue())
         try:
-            for b in bins:
-                df = ArrowScan(meta, table.io, meta.schema(), AlwaysTrue()).to_table(
-                    [FileScanTask(f) for f in b]
-                )
+            for b, df in _prefetched_bins(scan, bins):
                 rows += df.num_rows
                 # One bin, one file per partition of the current spec (an older spec's group
                 # is split by the current one: compaction also migrates partition specs).
@@ -411,8 +429,11 @@ def compact(table: Table, opts: MaintenanceSettings, progress: Progress | None =
             meta = table.metadata
             continue
         if rows != sum(f.record_count for f in inputs):
-            raise AssertionError(
-                f"compaction read {rows} rows from files holding {sum(f.record_count for f in inputs)}"
+            # Never commit a rewrite that does not hold exactly the rows it replaces.
+            _delete_paths(table, [f.file_path for f in new_files])
+            raise ClickLakeError(
+                f"compaction of {result.table} read {rows} rows from files whose manifests list "
+                f"{sum(f.record_count for f in inputs)}; nothing was committed"
             )
         props = {
             MAINTENANCE_KEY: "compact",
