@@ -217,7 +217,7 @@ class MaintenanceSettings(_Section):
     min_input_files: int = Field(default=5, ge=2)
     compact_commit_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     manifest_merge_count: int = Field(default=100, ge=2)
-    snapshot_max_age_hours: float = Field(default=120.0, ge=0)
+    snapshot_max_age_hours: float = Field(default=24.0, ge=0)
     keep_last_snapshots: int = Field(default=10, ge=1)
     orphan_min_age_hours: float = Field(default=72.0, ge=0)
     retention_events_days: int = Field(default=0, ge=0)

@@ -333,5 +333,9 @@ def test_cli_maintain_runs_over_the_tables(small_files: Callable[..., SmallFiles
     assert res.exit_code == 0, res.output
     assert "events" in res.output and "failed_events" in res.output
     assert row_multiset(sf.table()) == before
+    bad = CliRunner().invoke(
+        cli, ["--data-dir", str(sf.settings.storage.data_dir), "maintain", action, "--table", "nope"]
+    )
+    assert bad.exit_code == 2 and "unknown table 'nope'" in bad.output
     if action == "compact":
         assert len(_live_files(sf.table())) == len(_partitions(_live_files(sf.table())))
