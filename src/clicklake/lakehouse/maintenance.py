@@ -574,14 +574,25 @@ def expire(
     t0 = time.monotonic()
     table = table.refresh()
     result = ExpireResult(_name(table))
-    keep = protected_snapshots(table, opts, now, extra_protected)
-    doomed = [s for s in table.metadata.snapshots if s.snapshot_id not in keep]
-    result.snapshots_kept = len(table.metadata.snapshots) - len(doomed)
-    if not doomed:
-        result.seconds = time.monotonic() - t0
-        return result
+    attempt = 0
+    while True:
+        keep = protected_snapshots(table, opts, now, extra_protected)
+        doomed = [s for s in table.metadata.snapshots if s.snapshot_id not in keep]
+        result.snapshots_kept = len(table.metadata.snapshots) - len(doomed)
+        if not doomed:
+            result.seconds = time.monotonic() - t0
+            return result
+        try:
+            table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in doomed]).commit()
+            break
+        except CommitFailedException:
+            # A writer committed meanwhile: decide again on the refreshed table.
+            attempt += 1
+            if attempt > opts.commit_retries:
+                raise
+            time.sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+            table = table.refresh()
     doomed_meta, doomed_data, sizes = _files_of(table, doomed, live_only=False)
-    table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in doomed]).commit()
     table = table.refresh()
     remaining = table.metadata.snapshots
     kept_meta, kept_data, _ = _files_of(table, remaining, live_only=True)
