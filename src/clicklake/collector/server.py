@@ -111,7 +111,12 @@ def serve(
 
     errors: list[BaseException] = []
     with PipelineLock(settings):
-        pipeline = Pipeline(settings, SpoolSource(settings.storage.spool_dir))
+        source: Any = SpoolSource(settings.storage.spool_dir)
+        if settings.collector.log == "kafka":
+            from clicklake.sources.kafka import KafkaSource
+
+            source = KafkaSource(settings.kafka, settings.pipeline.pipeline_id)
+        pipeline = Pipeline(settings, source)
         # These handlers are what uvicorn restores and re-raises into after its own shutdown:
         # the pipeline then stops with a final commit.
         install_signal_handlers(pipeline, drain=True)
@@ -133,6 +138,8 @@ def serve(
             # pipeline reads the spool to its end, commits, and only then returns.
             pipeline.stop(drain=True)
             thread.join()
+            if hasattr(source, "close"):
+                source.close()
     if errors:
         raise errors[0]
 
