@@ -1,1 +1,4 @@
-pytest_plugins = ["tests.fixtures"]
+pytest_plugins = [
+    "tests.fixtures",
+    "tests.sources.fixtures",
+]
