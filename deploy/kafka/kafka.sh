@@ -25,8 +25,14 @@ free_port() {
 
 jars() {
   if compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then return 0; fi
-  command -v java >/dev/null || die "java (17+) is needed: apt-get install -y openjdk-17-jre-headless"
-  command -v "${MVN:-mvn}" >/dev/null || die "maven is needed: apt-get install -y maven"
+  if ! command -v java >/dev/null || ! command -v "${MVN:-mvn}" >/dev/null; then
+    # A bare Debian machine: Java (17+) and Maven from Debian, when we may install them.
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless maven >&2
+    fi
+    command -v java >/dev/null || die "java (17+) is needed: apt-get install -y default-jre-headless"
+    command -v "${MVN:-mvn}" >/dev/null || die "maven is needed: apt-get install -y maven"
+  fi
   mkdir -p "$LIBS"
   "${MVN:-mvn}" -q -B -f "$HERE/pom.xml" -Dmaven.repo.local="$ROOT/.cache/m2" \
     -Dlibs.dir="$LIBS" dependency:copy-dependencies >&2

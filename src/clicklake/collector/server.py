@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from prometheus_client import Gauge
 
 from clicklake.collector.app import CollectorApp
 from clicklake.collector.options import CollectorOptions
@@ -115,7 +116,14 @@ def serve(
         if settings.collector.log == "kafka":
             from clicklake.sources.kafka import KafkaSource
 
-            source = KafkaSource(settings.kafka, settings.pipeline.pipeline_id)
+            kafka_source = KafkaSource(settings.kafka, settings.pipeline.pipeline_id)
+            source = kafka_source
+            lag = Gauge(
+                "clicklake_pipeline_kafka_lag_messages",
+                "Messages between the pipeline's position and the partitions' ends (at its last pass).",
+                registry=app.metrics.registry,
+            )
+            lag.set_function(lambda: float(kafka_source.lag() or 0))
         pipeline = Pipeline(settings, source)
         # These handlers are what uvicorn restores and re-raises into after its own shutdown:
         # the pipeline then stops with a final commit.
