@@ -77,8 +77,8 @@ def test_acknowledged_means_in_kafka_and_a_stopped_broker_gives_503(
     )
     accepted: list[str] = []
     refused: list[str] = []
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         deadline = time.monotonic() + 90
         while True:
             assert proc.poll() is None, log_path.read_text()[-3000:]
@@ -124,6 +124,7 @@ def test_acknowledged_means_in_kafka_and_a_stopped_broker_gives_503(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         log.close()
+        client.close()
 
     final = subprocess.run(
         [*CLI, "run", "--source", "kafka", "--once"], env=env, capture_output=True, text=True
