@@ -18,7 +18,7 @@ from clicklake.events.envelope import encode_line
 from clicklake.lakehouse.catalog import EVENTS, FAILED_EVENTS, open_catalog, table_id
 from clicklake.lakehouse.checkpoint import read_checkpoint
 from clicklake.sources.base import Chunk
-from clicklake.sources.kafka import KafkaSource
+from clicklake.sources.kafka import KafkaSource, partition_key
 from tests.sources.fixtures import KafkaBroker
 
 
@@ -31,6 +31,19 @@ def test_lines_of_takes_message_offsets_from_the_chunk() -> None:
     assert chunk.end == 46
     with pytest.raises(ValueError, match="2 message offsets"):
         lines_of(Chunk("t/0", 0, b"x\ny\nz\n", "spool", np.array([0, 1], np.int64), 2))
+
+
+def test_messages_are_keyed_by_the_user_of_their_first_event() -> None:
+    def line(body: bytes) -> bytes:
+        return encode_line(body, app_id="a", received_ms=1)[:-1]
+
+    assert partition_key(line(b'{"batch":[{"userId":7},{"userId":"other"}]}')) == b"7"
+    assert partition_key(line(b'{"type":"page","anonymousId":"anon-1"}')) == b"anon-1"
+    assert partition_key(line(b'{"type":"page","userId":"u","anonymousId":"anon-1"}')) == b"u"
+    # No user, no envelope, an empty batch: any partition.
+    for body in (b'{"batch":[]}', b"[1]", b'{"userId":{"a":1}}'):
+        assert partition_key(line(body)) is None
+    assert partition_key(b"{not json") is None
 
 
 def _line(i: int, *, pretty: bool = False) -> bytes:

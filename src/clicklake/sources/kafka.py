@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from clicklake.config import KafkaSettings
 from clicklake.exceptions import ConfigError, StorageError, TransientError
@@ -87,6 +88,27 @@ def ensure_topic(cfg: KafkaSettings, timeout_s: float = 30.0) -> int:
             time.sleep(0.5)
 
 
+def partition_key(line: bytes) -> bytes | None:
+    """The message key of a collector line: the user of its (first) event.
+
+    One user's requests go to one partition, in order, so a client's resend follows its original
+    in the same partition and the dedup step sees them in the order they were sent, as with the
+    spool. ``None`` (any partition) when the line names no user or is not an envelope.
+    """
+    try:
+        payload = orjson.loads(line).get("p")
+        if isinstance(payload, dict) and isinstance(payload.get("batch"), list):
+            payload = payload["batch"][0] if payload["batch"] else None
+        if not isinstance(payload, dict):
+            return None
+        user = payload.get("userId") or payload.get("anonymousId")
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return None
+    if user is None or isinstance(user, dict | list):
+        return None
+    return str(user).encode("utf-8", "replace")
+
+
 def _common(extra: Mapping[str, str]) -> dict[str, str]:
     """Connection properties shared by admin, producer and consumer (security, client id)."""
     keys = ("security.", "sasl.", "ssl.", "client.")
@@ -95,6 +117,8 @@ def _common(extra: Mapping[str, str]) -> dict[str, str]:
 
 class KafkaWriter:
     """Produces collector lines to the topic; ``append`` returns once all are acknowledged.
+
+    Messages are keyed by user (:func:`partition_key`), so one user's events stay in order.
 
     The producer is idempotent with ``acks=all``: a message the broker acknowledged is on every
     in-sync replica, and retries inside librdkafka never write it twice. A message not
@@ -158,7 +182,7 @@ class KafkaWriter:
                 value = line[:-1] if line.endswith(b"\n") else line
                 while True:
                     try:
-                        produce(self.topic, value, on_delivery=on_delivery)
+                        produce(self.topic, value, partition_key(value), on_delivery=on_delivery)
                         break
                     except BufferError:
                         # The local queue is full: serve delivery reports to make room.
