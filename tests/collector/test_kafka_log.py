@@ -25,6 +25,7 @@ import pytest
 
 from clicklake.config import load_settings
 from clicklake.lakehouse.catalog import EVENTS, open_catalog, table_id
+from clicklake.lakehouse.checkpoint import read_checkpoint
 from tests.sources.fixtures import KafkaBroker
 
 CLI = [sys.executable, "-m", "clicklake"]
@@ -140,3 +141,57 @@ def test_acknowledged_means_in_kafka_and_a_stopped_broker_gives_503(
     # Every acknowledged event, once (the refused batch was resent with its ids: dedup keeps one).
     assert sorted(events["event_id"].to_pylist()) == sorted(accepted)
     assert pc.all(pc.equal(events["app_id"], "test-app")).as_py()
+
+
+@pytest.mark.integration
+def test_sigterm_drains_kafka_and_commits_before_exit(tmp_path: Path, kafka_broker: KafkaBroker) -> None:
+    """``clicklake serve`` on Kafka: after SIGTERM every acknowledged event is committed, with no
+    further run, and the checkpoint is at the end of every partition."""
+    topic = kafka_broker.new_topic(3)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKLAKE_")}
+    env.update(
+        {
+            "CLICKLAKE_STORAGE__DATA_DIR": str(tmp_path / "data"),
+            "CLICKLAKE_COLLECTOR__LOG": "kafka",
+            "CLICKLAKE_COLLECTOR__WRITE_KEYS": '{"wk_test": "test-app"}',
+            "CLICKLAKE_KAFKA__BOOTSTRAP_SERVERS": kafka_broker.bootstrap,
+            "CLICKLAKE_KAFKA__TOPIC": topic,
+            "CLICKLAKE_KAFKA__GROUP_ID": f"g-{topic}",
+            # Long enough that nothing is committed on the interval before the SIGTERM.
+            "CLICKLAKE_PIPELINE__COMMIT_INTERVAL_S": "600",
+        }
+    )
+    log_path = tmp_path / "serve.log"
+    accepted: list[str] = []
+    with log_path.open("wb") as log, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        proc = subprocess.Popen(
+            [*CLI, "--log-level", "info", "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            for _ in range(30):
+                ids = [str(uuid.uuid4()) for _ in range(5)]
+                assert _post(client, ids).status_code == 200
+                accepted += ids
+            assert "clicklake_pipeline_kafka_lag_messages" in client.get("/metrics").text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=120)
+    assert rc == 0, log_path.read_text()[-3000:]
+    settings = load_settings(environ={}, storage={"data_dir": str(tmp_path / "data")})
+    table = open_catalog(settings, write=False).load_table(table_id(settings, EVENTS))
+    assert sorted(table.scan(selected_fields=("event_id",)).to_arrow()["event_id"].to_pylist()) == sorted(
+        accepted
+    )
+    cp = read_checkpoint(table, settings.pipeline.pipeline_id)
+    assert cp is not None and cp.positions == kafka_broker.high_watermarks(topic)
