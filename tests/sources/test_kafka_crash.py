@@ -3,9 +3,9 @@
 A generated clickstream (collector envelopes, with malformed events and client resends) is
 produced to a 3-partition topic on a real broker. ``clicklake run --source kafka --once`` is
 killed at least ten times: at random moments, inside commits, and between the commits of the
-two tables. Then a continuous ``clicklake run --source kafka`` runs while the broker is stopped
-and started again, and the rest of the stream is produced after the restart; it must carry on
-by itself and take everything in. In the end every valid event is in ``events`` once, every
+two tables. Then a continuous ``clicklake run --source kafka`` is given a backlog, the broker is
+stopped and started again after its first commit, and the end of the stream is produced after
+the restart; it must carry on by itself and take everything in. In the end every valid event is in ``events`` once, every
 malformed one in ``failed_events`` once, as the generator's manifest says, no Kafka offset is
 used twice, and both tables' checkpoints equal the partitions' high watermarks.
 """
@@ -142,7 +142,9 @@ def test_sigkills_and_a_broker_restart_lose_and_duplicate_nothing(
             break
     assert kills >= KILLS, f"only {kills} kills landed before the input ran out"
 
-    # A continuous pipeline across a broker restart; the rest of the stream comes afterwards.
+    # A continuous pipeline across a broker restart: it is in the middle of a backlog when the
+    # broker goes away, and the end of the stream is produced after the broker is back.
+    kafka_broker.produce(topic, rest[: len(rest) // 2])
     log_path = tmp_path / "continuous.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -155,7 +157,7 @@ def test_sigkills_and_a_broker_restart_lose_and_duplicate_nothing(
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.2)
             kafka_broker.restart()
-            kafka_broker.produce(topic, rest)
+            kafka_broker.produce(topic, rest[len(rest) // 2 :])
             want = (manifest["valid_unique"], manifest["expected_failed_rows"])
             deadline = time.monotonic() + 240
             while _counts(data_dir) != want:

@@ -230,6 +230,7 @@ class KafkaSource:
         batch_messages: Most messages per poll.
         poll_timeout_s: How long one poll waits for messages.
         assign_timeout_s: How long a pass waits for the group to assign partitions.
+        idle_end_s: How long a pass waits for messages below the high watermarks before it ends.
 
     Raises:
         ConfigError: confluent-kafka is not installed.
@@ -246,6 +247,7 @@ class KafkaSource:
         batch_messages: int = 20_000,
         poll_timeout_s: float = 0.5,
         assign_timeout_s: float = 30.0,
+        idle_end_s: float = 5.0,
     ):
         self._ck = kafka_client()
         self.cfg = cfg
@@ -253,6 +255,7 @@ class KafkaSource:
         self.batch_messages = batch_messages
         self.poll_timeout_s = poll_timeout_s
         self.assign_timeout_s = assign_timeout_s
+        self.idle_end_s = idle_end_s
         ensure_topic(cfg)
         conf: dict[str, Any] = {
             "bootstrap.servers": cfg.bootstrap_servers,
@@ -345,9 +348,9 @@ class KafkaSource:
                 if targets is None and time.monotonic() < assign_deadline:
                     continue
                 idle += 1
-                # Offsets below the watermark that never come (compacted, or the broker went
-                # away): end the pass; the next one carries on.
-                if targets is None or idle >= 2:
+                # Offsets below the watermark that do not come for a while (compacted away, or
+                # the broker went away): end the pass; the next one carries on from here.
+                if targets is None or idle * self.poll_timeout_s >= self.idle_end_s:
                     return
                 continue
             idle = 0
