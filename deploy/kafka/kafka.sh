@@ -53,8 +53,10 @@ start() {
   if running "$dir"; then echo "kafka.sh: already running (pid $(cat "$dir/broker.pid"))" >&2; status "$dir"; return 0; fi
   local props="$dir/server.properties"
   if [[ ! -f "$props" ]]; then
+    if [[ -z "$ctrl" ]]; then
+      if [[ "$port" == 0 ]]; then ctrl=0; else ctrl=$((port + 1)); fi
+    fi
     [[ "$port" == 0 ]] && port="$(free_port)"
-    [[ -z "$ctrl" ]] && ctrl=$((port + 1))
     [[ "$ctrl" == 0 ]] && ctrl="$(free_port)"
     cat >"$props" <<PROPS
 process.roles=broker,controller
