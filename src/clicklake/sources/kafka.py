@@ -278,6 +278,7 @@ class KafkaSource:
         self._lock = threading.Lock()
         self._subscribed = False
         self._lag: int | None = None
+        self._broker_down = False
 
     # -- group membership -----------------------------------------------------------------------
 
@@ -313,15 +314,23 @@ class KafkaSource:
 
     def _high_watermarks(self) -> dict[str, int] | None:
         try:
-            return {
+            marks = {
                 stream: self._consumer.get_watermark_offsets(
                     self._ck.TopicPartition(self.topic, part), timeout=5.0, cached=False
                 )[1]
                 for stream, part in list(self._assigned.items())
             }
         except self._ck.KafkaException as exc:
-            log.warning("event=kafka_watermarks_failed error=%r", str(exc))
+            # Once per outage, not once per poll.
+            (log.debug if self._broker_down else log.warning)(
+                "event=kafka_watermarks_failed error=%r", str(exc)
+            )
+            self._broker_down = True
             return None
+        if self._broker_down:
+            log.info("event=kafka_watermarks_ok")
+            self._broker_down = False
+        return marks
 
     # -- Source ---------------------------------------------------------------------------------
 
