@@ -1,1 +1,5 @@
-pytest_plugins = ["tests.fixtures", "tests.collector.browser.fixtures"]
+pytest_plugins = [
+    "tests.fixtures",
+    "tests.collector.browser.fixtures",
+    "tests.sources.fixtures",
+]

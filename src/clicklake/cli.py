@@ -107,7 +107,7 @@ def _progress(total: int | None, label: str) -> Iterator[Callable[[int], None]]:
 @cli.command()
 @click.option(
     "--source",
-    type=click.Choice(["spool", "files"]),
+    type=click.Choice(["spool", "files", "kafka"]),
     default="spool",
     show_default=True,
     help="Where events come from.",
@@ -151,7 +151,11 @@ def run(
         pipeline = local.Pipeline(settings, src, app_id=app_id, progress=advance)
         local.install_signal_handlers(pipeline)
         t0 = time.monotonic()
-        stats = pipeline.run(once=once)
+        try:
+            stats = pipeline.run(once=once)
+        finally:
+            if hasattr(src, "close"):
+                src.close()
     _print_run_summary(stats, time.monotonic() - t0)
 
 
@@ -162,6 +166,10 @@ def _make_source(settings: Settings, source: str, paths: tuple[str, ...]) -> Any
         return FilesSource(paths, chunk_bytes=settings.pipeline.read_chunk_bytes)
     if paths:
         raise InputError("PATHS are only for --source files; the spool is storage.data_dir/spool")
+    if source == "kafka":
+        from clicklake.sources.kafka import KafkaSource
+
+        return KafkaSource(settings.kafka, settings.pipeline.pipeline_id)
     from clicklake.sources.spool import SpoolSource
 
     return SpoolSource(settings.storage.spool_dir, chunk_bytes=settings.pipeline.read_chunk_bytes)

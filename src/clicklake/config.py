@@ -80,7 +80,19 @@ class CollectorSettings(_Section):
 
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "clicklake.events"
+    topic: str = Field(default="clicklake.events", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    # Created with these when missing (by the collector or the Kafka source).
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    group_id: str = Field(default="clicklake", min_length=1)
+    # "spool": each message is a collector envelope; "segment": a bare Segment call or batch.
+    envelope: Literal["spool", "segment"] = "spool"
+    # The collector answers 503 when a message is not acknowledged (acks=all) within this.
+    produce_timeout_s: float = Field(default=5.0, gt=0)
+    linger_ms: float = Field(default=2.0, ge=0)
+    # Extra librdkafka properties, e.g. {"security.protocol" = "SASL_SSL"}.
+    producer: dict[str, str] = Field(default_factory=dict)
+    consumer: dict[str, str] = Field(default_factory=dict)
 
 
 class SpoolSettings(_Section):

@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from prometheus_client import Gauge
 
 from clicklake.collector.app import CollectorApp
 from clicklake.collector.options import CollectorOptions
@@ -116,7 +117,19 @@ def serve(
 
         # The pipeline's metrics join the collector's registry: one GET /metrics shows both.
         metrics = PipelineMetrics(app.metrics.registry)
-        pipeline = Pipeline(settings, SpoolSource(settings.storage.spool_dir), metrics=metrics)
+        source: Any = SpoolSource(settings.storage.spool_dir)
+        if settings.collector.log == "kafka":
+            from clicklake.sources.kafka import KafkaSource
+
+            kafka_source = KafkaSource(settings.kafka, settings.pipeline.pipeline_id)
+            source = kafka_source
+            lag = Gauge(
+                "clicklake_pipeline_kafka_lag_messages",
+                "Messages between the pipeline's position and the partitions' ends (at its last pass).",
+                registry=app.metrics.registry,
+            )
+            lag.set_function(lambda: float(kafka_source.lag_messages() or 0))
+        pipeline = Pipeline(settings, source, metrics=metrics)
         # These handlers are what uvicorn restores and re-raises into after its own shutdown:
         # the pipeline then stops with a final commit.
         install_signal_handlers(pipeline, drain=True)
@@ -138,6 +151,8 @@ def serve(
             # pipeline reads the spool to its end, commits, and only then returns.
             pipeline.stop(drain=True)
             thread.join()
+            if hasattr(source, "close"):
+                source.close()
     if errors:
         raise errors[0]
 
