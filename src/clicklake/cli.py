@@ -558,13 +558,14 @@ def _count_progress(label: str) -> Iterator[Callable[[int], None]]:
 @_TABLES
 @click.pass_obj
 def maintain_compact(obj: _Ctx, tables: tuple[str, ...]) -> None:
-    """Rewrite small files into target-size files, one replace snapshot per partition.
+    """Rewrite small files into target-size files, as Iceberg replace snapshots.
 
     Files under maintenance.small_file_bytes are bin-packed by their real Parquet size into
     files of up to maintenance.target_file_bytes, in partitions with at least
-    maintenance.min_input_files of them; manifests are merged once there are
+    maintenance.min_input_files of them; whole partitions are replaced together up to
+    maintenance.compact_commit_bytes of input per commit. Manifests are merged once there are
     maintenance.manifest_merge_count of them. A commit that loses a race with the pipeline is
-    retried; a partition whose files changed meanwhile is skipped. No row is lost or doubled.
+    retried; a group whose files changed meanwhile is skipped. No row is lost or doubled.
     """
     _maintain(obj, "compact", tables)
 
