@@ -1,0 +1,532 @@
+"""Locked-down DuckDB for the API and ``clicklake sql``: a role sees only its rows, masked.
+
+For each role the only relations a statement can name are views over the current Iceberg
+snapshots with the role's ``app_id`` row filter and PII masks applied. Whatever the SQL says
+(``UNION``, subqueries, CTEs, catalog functions), it cannot reach anything else:
+
+1. **One read-only statement**: DuckDB's own parser splits and types the text
+   (``extract_statements``); only ``SELECT`` passes.
+2. **Only the role's views**: the statement's syntax tree (``json_serialize_sql``) is walked;
+   every table reference must be a role view or a CTE of the statement (and a CTE may not
+   shadow a system relation), qualified names (``information_schema.tables``,
+   ``main.x``), time travel, table functions (``read_csv``, ``duckdb_views()``, ``query``...)
+   and functions that read settings or files are refused.
+3. **No file or network access**: the database may read only the warehouse folder
+   (``allowed_directories``), then ``enable_external_access = false``, extension
+   auto-install/auto-load off, and ``lock_configuration`` so no ``SET``/``PRAGMA`` can undo it.
+4. **Bounded**: a memory limit, a thread count, a statement timeout (the statement is
+   interrupted from a timer), and at most ``api.max_rows`` rows returned.
+
+Databases are cached per role scope (apps, PII, admin) and snapshot set; requests use cursors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+
+from clicklake.config import Settings
+from clicklake.exceptions import InputError, StorageError
+from clicklake.lakehouse.audit import AUDIT_LOG
+from clicklake.lakehouse.catalog import open_catalog
+from clicklake.query.access import AccessDenied, Role
+from clicklake.query.engine import (
+    ALL_TABLES,
+    load_tables,
+    local_path,
+    parquet_relation,
+    quote_ident,
+    quote_literal,
+    snapshot_files,
+)
+
+log = logging.getLogger("clicklake.query")
+
+#: Columns replaced by a salted hash for roles without ``pii`` (VARCHAR), else NULL.
+HASHED_COLUMNS = frozenset(
+    {
+        "user_id",
+        "anonymous_id",
+        "user_key",
+        "device_key",
+        "previous_id",
+        "stitched_user_key",
+        "user_ipaddress",
+        "client_session_id",
+    }
+)
+#: Columns that hold free-form PII (traits, the raw payload, the context with the IP): NULL.
+NULLED_COLUMNS = frozenset({"traits", "context", "raw"})
+
+#: Table functions a statement may use (they read nothing outside the statement).
+SAFE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
+#: Scalar functions refused: they read settings, the catalog, files, or run other SQL.
+_DENIED_FUNCTION = re.compile(
+    r"^(duckdb_|pragma_|read_|sniff_|parquet_|iceberg_|delta_|glob$|query$|query_table$|current_setting$|"
+    r"getvariable$|getenv$|which_secret$|json_serialize|json_deserialize|sql_auto_complete$|"
+    r"current_schemas?$|current_database$|current_catalog$|checkpoint$|force_checkpoint$|"
+    r"icu_|install|load|enable_|disable_|has_.*privilege$|pg_|col_description$|obj_description$|"
+    r"shobj_description$|format_pg_type$|map_type_id|set_|txid_)",
+)
+_ALLOWED_REF_TYPES = frozenset({"BASE_TABLE", "JOIN", "SUBQUERY", "EMPTY", "EXPRESSION_LIST", "PIVOT"})
+
+
+class QueryTimeout(InputError):
+    """The statement ran longer than ``api.statement_timeout_s`` and was interrupted."""
+
+
+def _is_pii(name: str) -> bool:
+    return (
+        name in HASHED_COLUMNS
+        or name in NULLED_COLUMNS
+        or name.endswith(("_user_id", "_anonymous_id", "_user_key", "_ipaddress"))
+        or (name.startswith("user_") and name != "user_agent")
+    )
+
+
+@dataclass(frozen=True)
+class TableState:
+    """One table's current snapshot as DuckDB reads it.
+
+    Attributes:
+        name: The table name (the view name).
+        snapshot_id: The snapshot read (``None``: no snapshot yet).
+        relation: A ``SELECT`` over the snapshot's data files (or over ``arrow``).
+        columns: ``(name, DuckDB type)`` of each column.
+        arrow: The snapshot's rows, when delete files force a PyIceberg scan.
+    """
+
+    name: str
+    snapshot_id: int | None
+    relation: str
+    columns: tuple[tuple[str, str], ...]
+    arrow: pa.Table | None = None
+
+
+class SnapshotCache:
+    """The current snapshot of every clicklake table, re-read at most every ``api.refresh_s``.
+
+    Args:
+        settings: The settings.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._catalog: Catalog | None = None
+        self._states: dict[str, TableState] = {}
+        self._checked = 0.0
+
+    def states(self, force: bool = False) -> dict[str, TableState]:
+        """The tables that exist, by name, as of at most ``api.refresh_s`` ago."""
+        with self._lock:
+            now = time.monotonic()
+            if force or not self._states or now - self._checked >= self.settings.api.refresh_s:
+                self._refresh()
+                self._checked = now
+            return dict(self._states)
+
+    def _refresh(self) -> None:
+        fresh = not self.settings.storage.catalog_uri and not self.settings.storage.catalog_db.exists()
+        if fresh:
+            self._states = {}
+            return
+        if self._catalog is None:
+            self._catalog = open_catalog(self.settings, write=False)
+        tables = load_tables(self._catalog, self.settings, (*ALL_TABLES, AUDIT_LOG))
+        states: dict[str, TableState] = {}
+        scratch: duckdb.DuckDBPyConnection | None = None
+        try:
+            for name, table in tables.items():
+                snap = table.current_snapshot()
+                snap_id = snap.snapshot_id if snap else None
+                old = self._states.get(name)
+                if old is not None and old.snapshot_id == snap_id and snap_id is not None:
+                    states[name] = old
+                    continue
+                scratch = scratch or duckdb.connect(":memory:")
+                states[name] = _table_state(scratch, name, table, snap_id)
+        finally:
+            if scratch is not None:
+                scratch.close()
+        self._states = states
+
+
+def _table_state(con: duckdb.DuckDBPyConnection, name: str, table: Any, snap_id: int | None) -> TableState:
+    schema = table.schema().as_arrow()
+    files = snapshot_files(table)
+    arrow: pa.Table | None = None
+    if files.has_deletes:
+        arrow = table.scan().to_arrow()
+        con.register("__state", arrow)
+        relation = "SELECT * FROM {arrow}"
+        cols = con.execute("DESCRIBE SELECT * FROM __state").fetchall()
+        con.unregister("__state")
+    else:
+        relation = parquet_relation(con, files.paths, schema)
+        cols = con.execute(f"DESCRIBE {relation}").fetchall()
+    return TableState(name, snap_id, relation, tuple((str(c[0]), str(c[1])) for c in cols), arrow)
+
+
+def _masked(col: str, duck_type: str, salt: str) -> str:
+    q = quote_ident(col)
+    if col in NULLED_COLUMNS or duck_type.upper() != "VARCHAR":
+        return f"CAST(NULL AS {duck_type}) AS {q}"
+    # A keyed hash: equal values stay equal (counts and joins work), values cannot be read back.
+    return f"CASE WHEN {q} IS NULL THEN NULL ELSE 'h:' || left(sha256({quote_literal(salt)} || {q}), 16) END AS {q}"
+
+
+def view_sql(state: TableState, role: Role, salt: str, source: str) -> str | None:
+    """The ``SELECT`` of the role's view of a table, or ``None`` when the role may not see it.
+
+    Args:
+        state: The table's snapshot.
+        role: The role.
+        salt: The key of the PII hash.
+        source: The relation to select from (the snapshot's files or registered rows).
+    """
+    names = [c[0] for c in state.columns]
+    if state.name == AUDIT_LOG:
+        if not role.admin:
+            return None
+        filters = ["true"]
+    elif "app_id" not in names:
+        if role.apps is not None:
+            return None
+        filters = ["true"]
+    elif role.apps is None:
+        filters = ["true"]
+    elif not role.apps:
+        filters = ["false"]
+    else:
+        filters = [f"app_id IN ({', '.join(quote_literal(a) for a in role.apps)})"]
+    cols = ", ".join(
+        quote_ident(c) if role.pii or state.name == AUDIT_LOG or not _is_pii(c) else _masked(c, t, salt)
+        for c, t in state.columns
+    )
+    return f"SELECT {cols} FROM ({source}) AS src WHERE {' AND '.join(filters)}"
+
+
+@dataclass
+class RoleDatabase:
+    """A locked DuckDB database holding one role scope's views over one set of snapshots."""
+
+    con: duckdb.DuckDBPyConnection
+    views: frozenset[str]
+    system_relations: frozenset[str]
+    key: tuple[Any, ...] = field(default=())
+
+
+def _warehouse_dir(settings: Settings) -> str | None:
+    warehouse = settings.storage.resolved_warehouse()
+    if warehouse.startswith("file://") or "://" not in warehouse:
+        return str(Path(local_path(warehouse)).resolve()) + "/"
+    return None
+
+
+def build_database(settings: Settings, role: Role, states: dict[str, TableState]) -> RoleDatabase:
+    """A new locked database with the role's views over ``states``.
+
+    Raises:
+        StorageError: The warehouse is not a local folder (the lockdown cannot allow it).
+    """
+    api = settings.api
+    spill = Path(settings.storage.data_dir).resolve() / "tmp-duckdb"
+    con = duckdb.connect(
+        ":memory:",
+        config={
+            "memory_limit": api.memory_limit,
+            "threads": api.threads,
+            "temp_directory": str(spill),
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        },
+    )
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET parquet_metadata_cache = true")
+        warehouse = _warehouse_dir(settings)
+        if warehouse is None and any(s.arrow is None and "read_parquet" in s.relation for s in states.values()):
+            raise StorageError(
+                "the SQL lockdown reads only a local warehouse folder; "
+                f"{settings.storage.resolved_warehouse()} is remote"
+            )
+        if warehouse is not None:
+            con.execute(f"SET allowed_directories = [{quote_literal(warehouse)}]")
+        salt = api.mask_salt.get_secret_value() or _process_salt()
+        views: set[str] = set()
+        for name, state in states.items():
+            source = state.relation
+            if state.arrow is not None:
+                # Registered under a random name: no statement can guess it (and naming it is refused).
+                hidden = f"__rows_{secrets.token_hex(8)}"
+                con.register(hidden, state.arrow)
+                source = state.relation.format(arrow=quote_ident(hidden))
+            body = view_sql(state, role, salt, source)
+            if body is None:
+                continue
+            con.execute(f"CREATE VIEW {quote_ident(name)} AS {body}")
+            views.add(name)
+        system = {
+            str(r[0]).lower()
+            for r in con.execute(
+                "SELECT view_name FROM duckdb_views() UNION ALL SELECT table_name FROM duckdb_tables()"
+            ).fetchall()
+        } - views
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return RoleDatabase(con, frozenset(views), frozenset(system))
+
+
+_SALT: list[str] = []
+
+
+def _process_salt() -> str:
+    # Without api.mask_salt, a random key per process: masked values stay stable while it runs.
+    if not _SALT:
+        _SALT.append(secrets.token_hex(16))
+    return _SALT[0]
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    stack = [node]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, dict):
+            yield cur
+            stack.extend(cur.values())
+        elif isinstance(cur, list):
+            stack.extend(cur)
+
+
+def check_statement(sql: str, views: frozenset[str], system_relations: frozenset[str]) -> None:
+    """Refuse anything but one ``SELECT`` over ``views`` (and its own CTEs).
+
+    Args:
+        sql: The statement text.
+        views: The relation names the role may read.
+        system_relations: Names of DuckDB's own relations (a CTE may not shadow them).
+
+    Raises:
+        AccessDenied: What is refused, and why.
+    """
+    if len(sql) > 100_000:
+        raise AccessDenied("the statement is over 100,000 characters")
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise InputError(f"cannot parse the SQL: {str(exc).splitlines()[0]}") from exc
+    if len(statements) != 1:
+        raise AccessDenied(f"give exactly one statement (got {len(statements)})")
+    kind = str(statements[0].type).rsplit(".", 1)[-1]
+    if kind != "SELECT":
+        raise AccessDenied(f"only SELECT statements are allowed (got {kind})")
+    parser = duckdb.connect(":memory:")
+    try:
+        row = parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    except duckdb.Error as exc:
+        raise InputError(f"cannot parse the SQL: {str(exc).splitlines()[0]}") from exc
+    finally:
+        parser.close()
+    tree = orjson.loads(row[0]) if row else {"error": True}
+    if tree.get("error"):
+        raise AccessDenied(f"only plain SELECT statements are allowed ({tree.get('error_message', 'unparsable')})")
+    nodes = list(_walk(tree["statements"]))
+    ctes: set[str] = set()
+    for node in nodes:
+        cte_map = node.get("cte_map")
+        if isinstance(cte_map, dict):
+            for entry in cte_map.get("map", []):
+                ctes.add(str(entry.get("key", "")).lower())
+    shadowing = ctes & system_relations
+    if shadowing:
+        raise AccessDenied(f"a CTE may not be named like a system relation: {', '.join(sorted(shadowing))}")
+    allowed = {v.lower() for v in views} | ctes
+    for node in nodes:
+        ref_type = node.get("type")
+        if ref_type == "TABLE_FUNCTION":
+            fn = node.get("function") or {}
+            name = str(fn.get("function_name", "")).lower()
+            if name not in SAFE_TABLE_FUNCTIONS or fn.get("schema") or fn.get("catalog"):
+                raise AccessDenied(f"table function {name or '?'}() is not allowed; read the clicklake tables")
+            continue
+        if node.get("class") == "FUNCTION" or (ref_type == "FUNCTION" and "function_name" in node):
+            name = str(node.get("function_name", "")).lower()
+            if node.get("schema") or node.get("catalog") or _DENIED_FUNCTION.match(name):
+                raise AccessDenied(f"function {name}() is not allowed")
+            continue
+        if ref_type == "BASE_TABLE":
+            table = str(node.get("table_name", "")).lower()
+            if node.get("schema_name") or node.get("catalog_name"):
+                raise AccessDenied(
+                    f"{node.get('schema_name') or node.get('catalog_name')}.{table}: qualified names "
+                    "(information_schema, other schemas or databases) are not allowed"
+                )
+            if node.get("at_clause"):
+                raise AccessDenied("time travel (AT) is not allowed")
+            if table not in allowed:
+                raise AccessDenied(
+                    f"relation {table!r} is not readable; this role can read: {', '.join(sorted(views))}"
+                )
+            continue
+        if (
+            isinstance(ref_type, str)
+            and "alias" in node
+            and "sample" in node
+            and ref_type not in _ALLOWED_REF_TYPES
+        ):
+            raise AccessDenied(f"{ref_type.lower().replace('_', ' ')} is not allowed in a query")
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Rows of one statement (at most ``api.max_rows``)."""
+
+    table: pa.Table
+    truncated: bool
+
+
+class SecureQueries:
+    """Runs statements for roles over cached, locked databases (one per role scope and snapshot set).
+
+    Args:
+        settings: The settings (``api.*`` bounds, the catalog).
+        cache: Snapshot cache to share (a new one by default).
+    """
+
+    def __init__(self, settings: Settings, cache: SnapshotCache | None = None):
+        self.settings = settings
+        self.snapshots = cache or SnapshotCache(settings)
+        self._lock = threading.Lock()
+        self._dbs: dict[tuple[Any, ...], RoleDatabase] = {}
+
+    def database(self, role: Role) -> RoleDatabase:
+        """The locked database for ``role`` over the current snapshots."""
+        states = self.snapshots.states()
+        snap_key = tuple(sorted((n, s.snapshot_id) for n, s in states.items()))
+        key = (role.apps, role.pii, role.admin, snap_key)
+        with self._lock:
+            db = self._dbs.get(key)
+            if db is None:
+                db = build_database(self.settings, role, states)
+                db.key = key
+                # Older snapshot sets are dropped; cursors still running on them keep them alive.
+                self._dbs = {k: v for k, v in self._dbs.items() if k[3] == snap_key}
+                self._dbs[key] = db
+            return db
+
+    def snapshot_key(self) -> tuple[Any, ...]:
+        """Identifies the current snapshot set (changes when any table gets a commit)."""
+        return tuple(sorted((n, s.snapshot_id) for n, s in self.snapshots.states().items()))
+
+    @contextmanager
+    def cursor(self, role: Role) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor on the role's locked database, interrupted after ``api.statement_timeout_s``.
+
+        For clicklake's own multi-step queries (funnels); user statements go through :meth:`run`.
+
+        Raises:
+            QueryTimeout: The work ran past the timeout.
+        """
+        db = self.database(role)
+        cur = db.con.cursor()
+        timer = threading.Timer(self.settings.api.statement_timeout_s, cur.interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield cur
+        except duckdb.InterruptException as exc:
+            raise QueryTimeout(
+                f"the query ran over {self.settings.api.statement_timeout_s:g} s and was stopped"
+            ) from exc
+        finally:
+            timer.cancel()
+            cur.close()
+
+    def run(
+        self,
+        role: Role,
+        sql: str,
+        params: Sequence[Any] | None = None,
+        *,
+        trusted: bool = False,
+        max_rows: int | None = None,
+    ) -> QueryResult:
+        """Run one statement as ``role``.
+
+        Args:
+            role: Whose views the statement sees.
+            sql: The statement.
+            params: Values for ``?`` placeholders.
+            trusted: The statement is clicklake's own (the dashboard's queries): the syntax
+                check is skipped, the role's views, lockdown and bounds still apply.
+            max_rows: Rows to return at most (default ``api.max_rows``).
+
+        Returns:
+            The rows, and whether more were left out.
+
+        Raises:
+            AccessDenied: The statement is refused (see :func:`check_statement`).
+            QueryTimeout: It ran past ``api.statement_timeout_s``.
+            InputError: DuckDB refused it (a wrong column, a type error).
+        """
+        db = self.database(role)
+        if not trusted:
+            check_statement(sql, db.views, db.system_relations)
+        limit = max_rows or self.settings.api.max_rows
+        cur = db.con.cursor()
+        timer = threading.Timer(self.settings.api.statement_timeout_s, cur.interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            rel = cur.sql(sql, params=list(params) if params is not None else None)
+            if rel is None:
+                raise AccessDenied("the statement returned no rows to read")
+            reader = rel.to_arrow_reader(min(limit + 1, 100_000))
+            batches: list[pa.RecordBatch] = []
+            n = 0
+            for batch in reader:
+                batches.append(batch)
+                n += batch.num_rows
+                if n > limit:
+                    break
+            table = pa.Table.from_batches(batches, schema=reader.schema)
+        except duckdb.InterruptException as exc:
+            raise QueryTimeout(
+                f"the statement ran over {self.settings.api.statement_timeout_s:g} s and was stopped"
+            ) from exc
+        except duckdb.PermissionException as exc:
+            raise AccessDenied(f"refused: {str(exc).splitlines()[0]}") from exc
+        except duckdb.Error as exc:
+            if not timer.is_alive() and "interrupt" in str(exc).lower():
+                raise QueryTimeout(
+                    f"the statement ran over {self.settings.api.statement_timeout_s:g} s and was stopped"
+                ) from exc
+            raise InputError(f"query failed: {str(exc).splitlines()[0]}") from exc
+        finally:
+            timer.cancel()
+            cur.close()
+        truncated = table.num_rows > limit
+        return QueryResult(table.slice(0, limit) if truncated else table, truncated)
+
+
+def statement_fingerprint(sql: str) -> str:
+    """A short hash of a statement (to group audit rows)."""
+    return hashlib.sha256(sql.encode()).hexdigest()[:12]
