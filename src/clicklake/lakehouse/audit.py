@@ -52,7 +52,9 @@ AUDIT_ARROW: pa.Schema = AUDIT_SCHEMA.as_arrow()
 
 def audit_spec() -> TableSpec:
     """``audit_log`` partitioned by day of ``tstamp``."""
-    spec = PartitionSpec(PartitionField(source_id=2, field_id=1000, transform=DayTransform(), name="tstamp_day"))
+    spec = PartitionSpec(
+        PartitionField(source_id=2, field_id=1000, transform=DayTransform(), name="tstamp_day")
+    )
     return TableSpec(AUDIT_LOG, AUDIT_SCHEMA, spec)
 
 
@@ -76,11 +78,15 @@ def append_audit(settings: Settings, rows: Sequence[dict[str, Any]], retries: in
             table = ensure_tables(open_catalog(settings), settings, (audit_spec(),))[AUDIT_LOG]
             table.append(data)
             snap = table.current_snapshot()
-            log.info("event=audit_appended rows=%d snapshot=%s", len(rows), snap.snapshot_id if snap else None)
+            log.info(
+                "event=audit_appended rows=%d snapshot=%s", len(rows), snap.snapshot_id if snap else None
+            )
             return
-        except CommitFailedException:
+        except CommitFailedException as exc:
             if attempt == retries:
-                raise StorageError(f"audit_log commit lost {retries + 1} races; {len(rows)} rows not written")
+                raise StorageError(
+                    f"audit_log commit lost {retries + 1} races; {len(rows)} rows not written"
+                ) from exc
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
         except (SQLAlchemyError, OSError) as exc:

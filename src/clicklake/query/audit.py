@@ -123,3 +123,69 @@ class AuditLog:
             self._thread.join()
             self._thread = None
         self.flush()
+
+
+def audited_local_sql(settings: Settings, sql: str) -> Any:
+    """``clicklake sql``: run ``sql`` as the local role and append its audit row before returning.
+
+    Args:
+        settings: The settings.
+        sql: The statement.
+
+    Returns:
+        The result (an Arrow table).
+
+    Raises:
+        InputError: The statement was refused or failed (it is audited first).
+    """
+    import getpass
+    import time
+
+    from clicklake.exceptions import InputError
+    from clicklake.query.access import LOCAL_ROLE, AccessDenied
+    from clicklake.query.engine import run_sql
+
+    t0 = time.perf_counter()
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = None
+    row: dict[str, Any]
+    try:
+        table = run_sql(settings, sql)
+    except InputError as exc:
+        denied = isinstance(exc, AccessDenied)
+        row = audit_row(
+            LOCAL_ROLE,
+            kind="sql",
+            endpoint="clicklake sql",
+            statement=sql,
+            allowed=not denied,
+            status=403 if denied else 400,
+            reason=str(exc),
+            duration_ms=(time.perf_counter() - t0) * 1000,
+            client=user,
+        )
+        _append_quietly(settings, row)
+        raise
+    row = audit_row(
+        LOCAL_ROLE,
+        kind="sql",
+        endpoint="clicklake sql",
+        statement=sql,
+        allowed=True,
+        status=200,
+        rows=table.num_rows,
+        duration_ms=(time.perf_counter() - t0) * 1000,
+        client=user,
+    )
+    _append_quietly(settings, row)
+    return table
+
+
+def _append_quietly(settings: Settings, row: dict[str, Any]) -> None:
+    # A read-only data directory still answers the query; the missing audit row is logged loudly.
+    try:
+        append_audit(settings, [row])
+    except ClickLakeError as exc:
+        log.error("event=audit_append_failed endpoint=%r error=%r", row["endpoint"], str(exc))

@@ -260,7 +260,9 @@ def build_database(settings: Settings, role: Role, states: dict[str, TableState]
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET parquet_metadata_cache = true")
         warehouse = _warehouse_dir(settings)
-        if warehouse is None and any(s.arrow is None and "read_parquet" in s.relation for s in states.values()):
+        if warehouse is None and any(
+            s.arrow is None and "read_parquet" in s.relation for s in states.values()
+        ):
             raise StorageError(
                 "the SQL lockdown reads only a local warehouse folder; "
                 f"{settings.storage.resolved_warehouse()} is remote"
@@ -337,7 +339,7 @@ def check_statement(sql: str, views: frozenset[str], system_relations: frozenset
         raise AccessDenied(f"give exactly one statement (got {len(statements)})")
     kind = str(statements[0].type).rsplit(".", 1)[-1]
     if kind != "SELECT":
-        raise AccessDenied(f"only SELECT statements are allowed (got {kind})")
+        raise AccessDenied(f"only read-only SELECT statements are allowed (got {kind})")
     parser = duckdb.connect(":memory:")
     try:
         row = parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
@@ -347,7 +349,9 @@ def check_statement(sql: str, views: frozenset[str], system_relations: frozenset
         parser.close()
     tree = orjson.loads(row[0]) if row else {"error": True}
     if tree.get("error"):
-        raise AccessDenied(f"only plain SELECT statements are allowed ({tree.get('error_message', 'unparsable')})")
+        raise AccessDenied(
+            f"only plain read-only SELECT statements are allowed ({tree.get('error_message', 'unparsable')})"
+        )
     nodes = list(_walk(tree["statements"]))
     ctes: set[str] = set()
     for node in nodes:
@@ -365,7 +369,9 @@ def check_statement(sql: str, views: frozenset[str], system_relations: frozenset
             fn = node.get("function") or {}
             name = str(fn.get("function_name", "")).lower()
             if name not in SAFE_TABLE_FUNCTIONS or fn.get("schema") or fn.get("catalog"):
-                raise AccessDenied(f"table function {name or '?'}() is not allowed; read the clicklake tables")
+                raise AccessDenied(
+                    f"table function {name or '?'}() is not allowed; read the clicklake tables"
+                )
             continue
         if node.get("class") == "FUNCTION" or (ref_type == "FUNCTION" and "function_name" in node):
             name = str(node.get("function_name", "")).lower()

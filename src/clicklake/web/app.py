@@ -64,7 +64,9 @@ _SECURITY_HEADERS = [
 class ApiError(Exception):
     """An answer other than 200, with a JSON error body."""
 
-    def __init__(self, status: int, error: str, message: str, headers: list[tuple[bytes, bytes]] | None = None):
+    def __init__(
+        self, status: int, error: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.error = error
@@ -104,15 +106,21 @@ class WebApp:
         audit: Where audit rows go (a background-flushed :class:`AuditLog` by default).
     """
 
-    def __init__(self, settings: Settings, queries: SecureQueries | None = None, audit: AuditLog | None = None):
+    def __init__(
+        self, settings: Settings, queries: SecureQueries | None = None, audit: AuditLog | None = None
+    ):
         self.settings = settings
         self.queries = queries or SecureQueries(settings)
         self.dashboard = Dashboard(settings, self.queries)
         self.audit = audit or AuditLog(settings)
         self.static = _static_files()
         self.spec = _json(openapi_spec())
-        self._pool = ThreadPoolExecutor(max_workers=max(4, settings.api.threads * 4), thread_name_prefix="clicklake-api")
-        self._routes: dict[str, tuple[str, Callable[[Role, dict[str, list[str]], bytes], tuple[Any, int]]]] = {
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(4, settings.api.threads * 4), thread_name_prefix="clicklake-api"
+        )
+        self._routes: dict[
+            str, tuple[str, Callable[[Role, dict[str, list[str]], bytes], tuple[Any, int]]]
+        ] = {
             "me": ("GET", self._me),
             "filters": ("GET", self._filters),
             "kpis": ("GET", self._kpis),
@@ -164,7 +172,11 @@ class WebApp:
             try:
                 status, body, content_type = self._page(path, method)
             except ApiError as err:
-                status, body, headers = err.status, _json({"error": err.error, "message": err.message}), err.headers
+                status, body, headers = (
+                    err.status,
+                    _json({"error": err.error, "message": err.message}),
+                    err.headers,
+                )
         all_headers = [
             (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
@@ -177,7 +189,12 @@ class WebApp:
 
     def _page(self, path: str, method: str) -> tuple[int, bytes, bytes]:
         if method not in ("GET", "HEAD"):
-            raise ApiError(405, "method_not_allowed", f"{method} is not allowed here; use GET", [(b"allow", b"GET, HEAD")])
+            raise ApiError(
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed here; use GET",
+                [(b"allow", b"GET, HEAD")],
+            )
         if path in ("/", "/index.html"):
             body, ctype = self.static["index.html"]
             return 200, body, ctype
@@ -188,7 +205,9 @@ class WebApp:
             return 200, body, ctype
         raise ApiError(404, "not_found", f"no such page: {path[:200]}")
 
-    async def _api(self, scope: Scope, receive: Receive, name: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _api(
+        self, scope: Scope, receive: Receive, name: str
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         t0 = time.perf_counter()
         method: str = scope["method"]
         client = scope.get("client")
@@ -206,13 +225,24 @@ class WebApp:
             try:
                 role = authenticate(self.settings, token)
             except AuthError as exc:
-                raise ApiError(401, "unauthorized", str(exc), [(b"www-authenticate", b'Bearer realm="clicklake"')]) from exc
+                raise ApiError(
+                    401, "unauthorized", str(exc), [(b"www-authenticate", b'Bearer realm="clicklake"')]
+                ) from exc
             want, handler = route
             if method != want:
-                raise ApiError(405, "method_not_allowed", f"{method} is not allowed here; use {want}", [(b"allow", want.encode())])
+                raise ApiError(
+                    405,
+                    "method_not_allowed",
+                    f"{method} is not allowed here; use {want}",
+                    [(b"allow", want.encode())],
+                )
             body = await self._body(receive) if method == "POST" else b""
             try:
-                query = parse_qs(scope.get("query_string", b"").decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+                query = parse_qs(
+                    scope.get("query_string", b"").decode("utf-8"),
+                    keep_blank_values=True,
+                    strict_parsing=False,
+                )
             except UnicodeDecodeError as exc:
                 raise ApiError(400, "bad_request", "the query string is not UTF-8") from exc
             if name == "sql":
@@ -222,7 +252,11 @@ class WebApp:
             status, out, headers = 200, _json(result), []
             allowed, reason = True, ""
         except ApiError as err:
-            status, out, headers = err.status, _json({"error": err.error, "message": err.message}), err.headers
+            status, out, headers = (
+                err.status,
+                _json({"error": err.error, "message": err.message}),
+                err.headers,
+            )
             allowed, reason = False, err.message
         except AccessDenied as exc:
             status, out, headers = 403, _json({"error": "forbidden", "message": str(exc)}), []
@@ -235,18 +269,28 @@ class WebApp:
             allowed, reason = True, str(exc)
         except ClickLakeError as exc:
             log.error("event=api_unavailable endpoint=%s error=%r", name, str(exc))
-            status, out, headers = 503, _json({"error": "unavailable", "message": str(exc)}), [(b"retry-after", b"5")]
+            status, out, headers = (
+                503,
+                _json({"error": "unavailable", "message": str(exc)}),
+                [(b"retry-after", b"5")],
+            )
             allowed, reason = True, str(exc)
         except Exception:  # a bug, not a client's fault: say so, log it, keep serving
             log.exception("event=api_internal_error endpoint=%s", name[:200])
-            status, out, headers = 500, _json({"error": "internal_error", "message": "unexpected server error"}), []
+            status, out, headers = (
+                500,
+                _json({"error": "internal_error", "message": "unexpected server error"}),
+                [],
+            )
             allowed, reason = True, "internal error"
         self.audit.record(
             audit_row(
                 role,
                 kind="sql" if name == "sql" else "api",
                 endpoint=f"{method} /api/v1/{name[:200]}",
-                statement=statement if statement is not None else scope.get("query_string", b"").decode("utf-8", "replace") or None,
+                statement=statement
+                if statement is not None
+                else scope.get("query_string", b"").decode("utf-8", "replace") or None,
                 allowed=allowed,
                 status=status,
                 reason=reason,
@@ -264,7 +308,12 @@ class WebApp:
             if key == b"authorization":
                 scheme, _, token = bytes(value).decode("latin-1").strip().partition(" ")
                 if scheme.lower() != "bearer":
-                    raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>", [(b"www-authenticate", b"Bearer")])
+                    raise ApiError(
+                        401,
+                        "unauthorized",
+                        "send Authorization: Bearer <token>",
+                        [(b"www-authenticate", b"Bearer")],
+                    )
                 return token.strip() or None
         return None
 
@@ -318,7 +367,9 @@ class WebApp:
             raise ApiError(400, "bad_request", f"{name} must be between {lo} and {hi}")
         return value
 
-    def _choice(self, query: dict[str, list[str]], name: str, choices: Any, default: str | None) -> str | None:
+    def _choice(
+        self, query: dict[str, list[str]], name: str, choices: Any, default: str | None
+    ) -> str | None:
         raw = self._one(query, name)
         if raw is None or raw == "":
             return default
@@ -389,7 +440,9 @@ class WebApp:
     def _funnel(self, role: Role, query: dict[str, list[str]], body: bytes) -> tuple[Any, int]:
         steps = [s for s in query.get("step", []) if s.strip()]
         if not steps:
-            raise ApiError(400, "bad_request", "give at least one step (step=Event, step=@/path-regex, step=Event@regex)")
+            raise ApiError(
+                400, "bad_request", "give at least one step (step=Event, step=@/path-regex, step=Event@regex)"
+            )
         if len(steps) > 10:
             raise ApiError(400, "bad_request", "a funnel has at most 10 steps")
         for s in steps:
@@ -418,7 +471,9 @@ class WebApp:
         try:
             con.execute("SELECT regexp_matches('', ?)", [pattern]).fetchall()
         except duckdb.Error as exc:
-            raise ApiError(400, "bad_request", f"step path {pattern[:60]!r} is not a valid regular expression") from exc
+            raise ApiError(
+                400, "bad_request", f"step path {pattern[:60]!r} is not a valid regular expression"
+            ) from exc
         finally:
             con.close()
 
@@ -440,7 +495,9 @@ class WebApp:
         table = result.table
         columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
         rows = [[_clean(v) for v in row.values()] for row in table.to_pylist()]
-        return {"columns": columns, "rows": rows, "row_count": len(rows), "truncated": result.truncated}, len(rows)
+        return {"columns": columns, "rows": rows, "row_count": len(rows), "truncated": result.truncated}, len(
+            rows
+        )
 
 
 class Mounted:

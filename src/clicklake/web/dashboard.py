@@ -38,7 +38,11 @@ DIMENSIONS: dict[str, str] = {
     "landing_page": "landing_page_path",
 }
 #: Funnel breakdowns (events columns).
-FUNNEL_BREAKDOWNS: dict[str, str] = {"channel": "default_channel_group", "device": "dvce_class", "country": "geo_country"}
+FUNNEL_BREAKDOWNS: dict[str, str] = {
+    "channel": "default_channel_group",
+    "device": "dvce_class",
+    "country": "geo_country",
+}
 _CACHE_ENTRIES = 512
 _STATUS_TTL_S = 2.0
 
@@ -65,7 +69,11 @@ class Filters:
         """The period of the same length just before this one."""
         days = (self.end - self.start).days + 1
         return Filters(
-            self.start - timedelta(days=days), self.start - timedelta(days=1), self.app, self.channel, self.device
+            self.start - timedelta(days=days),
+            self.start - timedelta(days=1),
+            self.app,
+            self.channel,
+            self.device,
         )
 
     def where(self, date_col: str, channel: bool = True, device: bool = True) -> tuple[str, list[Any]]:
@@ -393,7 +401,9 @@ class Dashboard:
         for name, t in status["tables"].items():
             last = t["last_commit"]
             age = (now - datetime.fromisoformat(last)).total_seconds() if last else None
-            tables[name] = {"rows": t["rows"], "last_commit": last, "commit_age_s": age}
+            # Row totals span every app: only a role that sees every app gets them.
+            rows = t["rows"] if role.apps is None else None
+            tables[name] = {"rows": rows, "last_commit": last, "commit_age_s": age}
 
         def compute() -> dict[str, Any]:
             if not self._has(role, "failed_events"):
@@ -442,14 +452,23 @@ class Dashboard:
         """Values the filters and the funnel builder offer: apps, channels, devices, dates, event names."""
 
         def compute() -> dict[str, Any]:
-            out: dict[str, Any] = {"apps": [], "channels": [], "devices": [], "min_date": None, "max_date": None}
+            out: dict[str, Any] = {
+                "apps": [],
+                "channels": [],
+                "devices": [],
+                "min_date": None,
+                "max_date": None,
+            }
             out["event_names"] = []
             if self._has(role, "sessions"):
-                out["apps"] = [r["v"] for r in self._q(role, "SELECT DISTINCT app_id AS v FROM sessions ORDER BY 1")]
+                out["apps"] = [
+                    r["v"] for r in self._q(role, "SELECT DISTINCT app_id AS v FROM sessions ORDER BY 1")
+                ]
                 out["channels"] = [
                     r["v"]
                     for r in self._q(
-                        role, "SELECT DISTINCT coalesce(default_channel_group, '(none)') AS v FROM sessions ORDER BY 1"
+                        role,
+                        "SELECT DISTINCT coalesce(default_channel_group, '(none)') AS v FROM sessions ORDER BY 1",
                     )
                 ]
                 out["devices"] = [
@@ -458,7 +477,9 @@ class Dashboard:
                         role, "SELECT DISTINCT coalesce(dvce_class, '(none)') AS v FROM sessions ORDER BY 1"
                     )
                 ]
-                bounds = self._q(role, "SELECT min(session_date) AS lo, max(session_date) AS hi FROM sessions")
+                bounds = self._q(
+                    role, "SELECT min(session_date) AS lo, max(session_date) AS hi FROM sessions"
+                )
                 out["min_date"], out["max_date"] = bounds[0]["lo"], bounds[0]["hi"]
             if self._has(role, "events"):
                 out["event_names"] = [

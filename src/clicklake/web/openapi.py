@@ -38,7 +38,10 @@ def _get(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
             "summary": summary,
             "parameters": params,
             "security": [{"bearer": []}],
-            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}, **_ERRORS},
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+                **_ERRORS,
+            },
         }
     }
 
@@ -73,7 +76,9 @@ def openapi_spec() -> dict[str, Any]:
         },
         "paths": {
             "/api/v1/me": _get("The token's role: name, apps, pii, sql, admin.", []),
-            "/api/v1/filters": _get("Values for the filters: apps, channels, devices, dates, event names.", []),
+            "/api/v1/filters": _get(
+                "Values for the filters: apps, channels, devices, dates, event names.", []
+            ),
             "/api/v1/kpis": _get(
                 "KPI totals (users, sessions, page views, bounce/engagement/conversion rate, revenue, "
                 "average session duration) for the period and the previous one of equal length.",
@@ -81,9 +86,14 @@ def openapi_spec() -> dict[str, Any]:
             ),
             "/api/v1/timeseries": _get(
                 "KPIs per day or hour.",
-                [*FILTERS, _q("interval", {"type": "string", "enum": ["day", "hour"]}, "Bucket (default day).")],
+                [
+                    *FILTERS,
+                    _q("interval", {"type": "string", "enum": ["day", "hour"]}, "Bucket (default day)."),
+                ],
             ),
-            "/api/v1/pages": _get("Top clean page paths: views, entrances, exits, exit rate.", [*FILTERS, limit]),
+            "/api/v1/pages": _get(
+                "Top clean page paths: views, entrances, exits, exit rate.", [*FILTERS, limit]
+            ),
             "/api/v1/breakdown": _get(
                 "Sessions, users, bounce and conversion rate, revenue by a dimension.",
                 [
@@ -100,13 +110,24 @@ def openapi_spec() -> dict[str, Any]:
                         "name": "step",
                         "in": "query",
                         "required": True,
-                        "schema": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 10},
+                        "schema": {
+                            "type": "array",
+                            "items": {"type": "string", "minLength": 1},
+                            "minItems": 1,
+                            "maxItems": 10,
+                        },
                         "style": "form",
                         "explode": True,
                         "description": "A step: an event name, '@regex' on the URL path, or 'Event@regex'. Repeat, in order.",
                     },
-                    _q("window", {"type": "number", "exclusiveMinimum": 0}, "Conversion window in seconds (default 3600)."),
-                    _q("order", {"type": "string", "enum": ["strict", "any"]}, "Step order (default strict)."),
+                    _q(
+                        "window",
+                        {"type": "number", "exclusiveMinimum": 0},
+                        "Conversion window in seconds (default 3600).",
+                    ),
+                    _q(
+                        "order", {"type": "string", "enum": ["strict", "any"]}, "Step order (default strict)."
+                    ),
                     _q("breakdown", {"type": "string", "enum": sorted(FUNNEL_BREAKDOWNS)}, "Split by."),
                 ],
             ),
@@ -127,7 +148,9 @@ def openapi_spec() -> dict[str, Any]:
                     "security": [{"bearer": []}],
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SqlRequest"}}},
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/SqlRequest"}}
+                        },
                     },
                     "responses": {
                         "200": {
