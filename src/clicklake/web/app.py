@@ -220,8 +220,10 @@ class WebApp:
             route = self._routes.get(name)
             if route is None:
                 raise ApiError(404, "not_found", f"no such API endpoint: /api/v1/{name[:200]}")
+            token_label = "(unknown)"
             token = self._bearer(scope)
-            token_label = "(none)" if token is None else "(unknown)"
+            if token is None:
+                token_label = "(none)"
             try:
                 role = authenticate(self.settings, token)
             except AuthError as exc:
