@@ -145,6 +145,7 @@ class ApiSettings(_Section):
     audit_flush_s: float = Field(default=2.0, gt=0)
     refresh_s: float = Field(default=1.0, ge=0)
     mask_salt: SecretStr = SecretStr("")
+    cache_entries: int = Field(default=512, ge=0)
 
 
 class _Step(_Section):

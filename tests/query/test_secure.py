@@ -21,7 +21,9 @@ def queries(lake: Lake) -> SecureQueries:
 def test_row_filter_whatever_the_sql_says(lake: Lake, queries: SecureQueries) -> None:
     admin = authenticate(lake.settings, "tok_admin")
     shop = authenticate(lake.settings, "tok_shop")
-    all_apps = {r["app_id"] for r in queries.run(admin, "SELECT DISTINCT app_id FROM events").table.to_pylist()}
+    all_apps = {
+        r["app_id"] for r in queries.run(admin, "SELECT DISTINCT app_id FROM events").table.to_pylist()
+    }
     assert all_apps == {"demo-shop", "other-blog"}
     shop_events = queries.run(admin, "SELECT count(*) AS n FROM events WHERE app_id = 'demo-shop'").table
     expected = shop_events.column("n")[0].as_py()
@@ -119,7 +121,12 @@ def test_max_rows_truncates(lake: Lake) -> None:
 
 
 def test_tokens(lake: Lake) -> None:
-    for token, message in ((None, "no token"), ("", "no token"), ("nope", "unknown"), ("tok_expired", "expired")):
+    for token, message in (
+        (None, "no token"),
+        ("", "no token"),
+        ("nope", "unknown"),
+        ("tok_expired", "expired"),
+    ):
         with pytest.raises(AuthError, match=message):
             authenticate(lake.settings, token)
     role = authenticate(lake.settings, "tok_blog")
@@ -130,7 +137,11 @@ def test_audit_log_is_durable_and_admin_only(lake: Lake, queries: SecureQueries)
     settings = lake.settings
     log = AuditLog(settings, background=False)
     shop = authenticate(settings, "tok_shop")
-    log.record(audit_row(shop, kind="sql", endpoint="test", statement="SELECT 42", allowed=False, status=403, reason="r"))
+    log.record(
+        audit_row(
+            shop, kind="sql", endpoint="test", statement="SELECT 42", allowed=False, status=403, reason="r"
+        )
+    )
     log.close()
     assert log.pending() == 0
     # clicklake sql appends its own row, also for a refused statement.
@@ -142,7 +153,13 @@ def test_audit_log_is_durable_and_admin_only(lake: Lake, queries: SecureQueries)
         "WHERE endpoint IN ('test', 'clicklake sql') ORDER BY tstamp",
     )
     rows = out.to_pylist()
-    assert {"endpoint": "test", "statement": "SELECT 42", "allowed": False, "reason": "r", "token_name": "shop-analyst"} in rows
+    assert {
+        "endpoint": "test",
+        "statement": "SELECT 42",
+        "allowed": False,
+        "reason": "r",
+        "token_name": "shop-analyst",
+    } in rows
     copy = [r for r in rows if r["statement"] == "COPY (SELECT 1) TO '/tmp/x.csv'"]
     assert copy and copy[0]["allowed"] is False and "read-only" in copy[0]["reason"]
     assert copy[0]["token_name"] == LOCAL_ROLE.name

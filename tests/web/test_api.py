@@ -10,7 +10,16 @@ from clicklake.query.access import authenticate
 from clicklake.query.secure import SecureQueries
 from tests.web.fixtures import END, Served, day
 
-GET_ENDPOINTS = ["me", "filters", "kpis", "timeseries", "pages", "breakdown?dimension=channel", "live", "health"]
+GET_ENDPOINTS = [
+    "me",
+    "filters",
+    "kpis",
+    "timeseries",
+    "pages",
+    "breakdown?dimension=channel",
+    "live",
+    "health",
+]
 
 
 def _range(served: Served) -> str:
@@ -60,10 +69,17 @@ def test_filters_change_the_numbers(served: Served) -> None:
         by_channel = {r["value"]: r["sessions"] for r in channels}
         assert sum(by_channel.values()) == total
         top = channels[0]["value"]
-        assert c.get(f"/api/v1/kpis?{rng}&channel={top}").json()["current"]["sessions"] == by_channel[top] < total
+        assert (
+            c.get(f"/api/v1/kpis?{rng}&channel={top}").json()["current"]["sessions"]
+            == by_channel[top]
+            < total
+        )
         devices = c.get(f"/api/v1/breakdown?dimension=device&{rng}").json()["rows"]
         first = devices[0]
-        assert c.get(f"/api/v1/kpis?{rng}&device={first['value']}").json()["current"]["sessions"] == first["sessions"]
+        assert (
+            c.get(f"/api/v1/kpis?{rng}&device={first['value']}").json()["current"]["sessions"]
+            == first["sessions"]
+        )
         pages = c.get(f"/api/v1/pages?{rng}&limit=5").json()["pages"]
         assert len(pages) == 5 and all(0 <= p["exit_rate"] <= 1 for p in pages)
 
@@ -115,7 +131,12 @@ def test_attacks_are_denied_audited_and_the_server_stays_up(served: Served) -> N
         assert c.get("/api/v1/breakdown?dimension=shoe_size").status_code == 400
         assert c.get("/api/v1/funnel?step=A@(").status_code == 400
         assert c.get("/api/v1/nothing").status_code == 404
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer tok_expired"}, {"Authorization": "Basic dG9r"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Bearer tok_expired"},
+        {"Authorization": "Basic dG9r"},
+    ):
         with served.client() as c:
             r = c.get("/api/v1/kpis", headers=headers)
             assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
@@ -132,7 +153,9 @@ def test_attacks_are_denied_audited_and_the_server_stays_up(served: Served) -> N
             time.sleep(0.1)
     denied = {row[0]: row for row in rows if row[0] in ATTACKS}
     assert set(denied) == set(ATTACKS)
-    assert all(row[1] is False and row[2] == 403 and row[3] and row[4] == "shop-analyst" for row in denied.values())
+    assert all(
+        row[1] is False and row[2] == 403 and row[3] and row[4] == "shop-analyst" for row in denied.values()
+    )
     assert unauthorized >= {"(none)", "(unknown)"}
 
 
@@ -141,13 +164,29 @@ def test_openapi_spec_lists_every_endpoint(served: Served) -> None:
         spec = c.get("/api/v1/openapi.json").json()
     assert spec["openapi"].startswith("3.")
     paths = {p.removeprefix("/api/v1/") for p in spec["paths"]}
-    assert paths == {"me", "filters", "kpis", "timeseries", "pages", "breakdown", "funnel", "live", "health", "sql"}
+    assert paths == {
+        "me",
+        "filters",
+        "kpis",
+        "timeseries",
+        "pages",
+        "breakdown",
+        "funnel",
+        "live",
+        "health",
+        "sql",
+    }
 
 
 def test_dashboard_page_and_assets_are_served(served: Served) -> None:
     with served.client() as c:
         page = c.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-        for asset in ("/static/app.js", "/static/chart.umd.min.js", "/static/style.css", "/static/chart.js.LICENSE.md"):
+        for asset in (
+            "/static/app.js",
+            "/static/chart.umd.min.js",
+            "/static/style.css",
+            "/static/chart.js.LICENSE.md",
+        ):
             assert c.get(asset).status_code == 200, asset
         assert c.get("/static/../config.py").status_code == 404

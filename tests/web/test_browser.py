@@ -92,7 +92,9 @@ def test_dashboard_shows_the_kpis_of_daily_kpis_and_filters_change_them(served: 
     _ready(page)
     narrowed = _tiles(page)
     assert 0 < narrowed["sessions"] < week["sessions"]
-    rows = page.eval_on_selector_all("#acq-table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+    rows = page.eval_on_selector_all(
+        "#acq-table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))"
+    )
     assert [r for r in rows if r[0] == channel][0][1] == f"{int(narrowed['sessions']):,}"
     page.select_option("#f-channel", "")
     _ready(page)
@@ -121,7 +123,9 @@ def test_funnel_builder(served: Served, browser: Any) -> None:
     page.click("#funnel-run")
     _ready(page)
     page.wait_for_function("document.querySelectorAll('#funnel-table tbody tr').length === 3")
-    cells = page.eval_on_selector_all("#funnel-table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+    cells = page.eval_on_selector_all(
+        "#funnel-table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))"
+    )
     with served.client("tok_shop") as c:
         api = c.get(
             "/api/v1/funnel",

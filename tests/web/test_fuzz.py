@@ -78,7 +78,9 @@ def test_sql_endpoint_never_fails_on_the_server(served: Served) -> None:
             "SELECT repeat('x', 1000000)",
         ]
     )
-    bodies = st.fixed_dictionaries({"sql": statements}) | st.dictionaries(TEXT, TEXT, max_size=3) | st.lists(TEXT)
+    bodies = (
+        st.fixed_dictionaries({"sql": statements}) | st.dictionaries(TEXT, TEXT, max_size=3) | st.lists(TEXT)
+    )
 
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(body=bodies)

@@ -17,7 +17,9 @@ snapshots with the role's ``app_id`` row filter and PII masks applied. Whatever 
 4. **Bounded**: a memory limit, a thread count, a statement timeout (the statement is
    interrupted from a timer), and at most ``api.max_rows`` rows returned.
 
-Databases are cached per role scope (apps, PII, admin) and snapshot set; requests use cursors.
+One database per role scope (apps, PII, admin) lives as long as the process; a relation is
+replaced when its table gets a commit. Model tables are copied in (filtered and masked);
+``events`` and ``failed_events`` stay views over the snapshot's files. Requests use cursors.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +180,20 @@ def _table_state(con: duckdb.DuckDBPyConnection, name: str, table: Any, snap_id:
         con.unregister("__state")
     else:
         relation = parquet_relation(con, files.paths, schema)
+        if len(files.paths) > 1 and _same_schema(con, files.paths):
+            # Every file has the same columns: binding then reads one footer instead of all.
+            relation = relation.replace(", union_by_name=true)", ")")
         cols = con.execute(f"DESCRIBE {relation}").fetchall()
     return TableState(name, snap_id, relation, tuple((str(c[0]), str(c[1])) for c in cols), arrow)
+
+
+def _same_schema(con: duckdb.DuckDBPyConnection, paths: Sequence[str]) -> bool:
+    files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
+    row = con.execute(
+        "SELECT count(DISTINCT cols) FROM (SELECT list(name || ':' || coalesce(type, '') ORDER BY name) AS cols "
+        f"FROM parquet_schema({files}) GROUP BY file_name)"
+    ).fetchone()
+    return bool(row and row[0] == 1)
 
 
 def _masked(col: str, duck_type: str, salt: str) -> str:
@@ -221,14 +235,115 @@ def view_sql(state: TableState, role: Role, salt: str, source: str) -> str | Non
     return f"SELECT {cols} FROM ({source}) AS src WHERE {' AND '.join(filters)}"
 
 
-@dataclass
-class RoleDatabase:
-    """A locked DuckDB database holding one role scope's views over one set of snapshots."""
+#: Model tables are copied into the role's database (filtered and masked) when they change:
+#: they are small next to ``events``, and the dashboard reads them on every call.
+MATERIALIZED = frozenset({"page_views", "sessions", "users", "user_mapping", "daily_kpis"})
 
-    con: duckdb.DuckDBPyConnection
-    views: frozenset[str]
-    system_relations: frozenset[str]
-    key: tuple[Any, ...] = field(default=())
+
+class RoleDatabase:
+    """A locked DuckDB database holding one role scope's relations, kept in step with the snapshots.
+
+    Model tables are materialized (filtered and masked) when their snapshot changes; ``events``,
+    ``failed_events`` and ``audit_log`` are views over the snapshot's files. Statements read it
+    through cursors; a change replaces a relation in one DDL transaction, so a running
+    statement keeps reading the snapshot it started on.
+
+    Args:
+        settings: The settings (``api.*`` bounds, the warehouse to allow).
+        role: Whose rows and masks.
+    """
+
+    def __init__(self, settings: Settings, role: Role):
+        self.settings = settings
+        self.role = role
+        self.snapshots: dict[str, int | None] = {}
+        self.views: frozenset[str] = frozenset()
+        self._hidden: dict[str, str] = {}
+        self._lock = threading.Lock()
+        api = settings.api
+        spill = Path(settings.storage.data_dir).resolve() / "tmp-duckdb"
+        self.con = duckdb.connect(
+            ":memory:",
+            config={
+                "memory_limit": api.memory_limit,
+                "threads": api.threads,
+                "temp_directory": str(spill),
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+            },
+        )
+        try:
+            self.con.execute("SET TimeZone = 'UTC'")
+            self.con.execute("SET parquet_metadata_cache = true")
+            self.warehouse = _warehouse_dir(settings)
+            if self.warehouse is not None:
+                self.con.execute(f"SET allowed_directories = [{quote_literal(self.warehouse)}]")
+            self.system_relations = frozenset(
+                str(r[0]).lower()
+                for r in self.con.execute(
+                    "SELECT view_name FROM duckdb_views() UNION ALL SELECT table_name FROM duckdb_tables()"
+                ).fetchall()
+            )
+            self.con.execute("SET enable_external_access = false")
+            self.con.execute("SET lock_configuration = true")
+        except BaseException:
+            self.con.close()
+            raise
+        self.salt = api.mask_salt.get_secret_value() or _process_salt()
+
+    def sync(self, states: dict[str, TableState]) -> None:
+        """Replace the relations whose snapshot changed (and drop those of vanished tables).
+
+        Raises:
+            StorageError: The warehouse is not a local folder (the lockdown cannot allow it).
+        """
+        with self._lock:
+            changed = {n: st for n, st in states.items() if self.snapshots.get(n, -1) != st.snapshot_id}
+            gone = set(self.snapshots) - set(states)
+            if not changed and not gone:
+                return
+            views = set(self.views)
+            for name in gone:
+                self._drop(name)
+                views.discard(name)
+                self.snapshots.pop(name, None)
+            for name, state in changed.items():
+                if self.warehouse is None and state.arrow is None and "read_parquet" in state.relation:
+                    raise StorageError(
+                        "the SQL lockdown reads only a local warehouse folder; "
+                        f"{self.settings.storage.resolved_warehouse()} is remote"
+                    )
+                source = state.relation
+                old_hidden = self._hidden.pop(name, None)
+                if state.arrow is not None:
+                    # Registered under a random name: no statement can guess it (and naming it is refused).
+                    hidden = f"__rows_{secrets.token_hex(8)}"
+                    self.con.register(hidden, state.arrow)
+                    self._hidden[name] = hidden
+                    source = state.relation.format(arrow=quote_ident(hidden))
+                body = view_sql(state, self.role, self.salt, source)
+                if body is None:
+                    self._drop(name)
+                    views.discard(name)
+                else:
+                    kind = "TABLE" if name in MATERIALIZED else "VIEW"
+                    if kind == "TABLE" and state.arrow is not None:
+                        self._drop(name)
+                    self.con.execute(f"CREATE OR REPLACE {kind} {quote_ident(name)} AS {body}")
+                    views.add(name)
+                if old_hidden is not None:
+                    self.con.unregister(old_hidden)
+                self.snapshots[name] = state.snapshot_id
+            self.views = frozenset(views)
+
+    def _drop(self, name: str) -> None:
+        row = self.con.execute(
+            "SELECT 'VIEW' FROM duckdb_views() WHERE view_name = ? AND NOT internal "
+            "UNION ALL SELECT 'TABLE' FROM duckdb_tables() WHERE table_name = ?",
+            [name, name],
+        ).fetchone()
+        if row is not None:
+            self.con.execute(f"DROP {row[0]} {quote_ident(name)}")
 
 
 def _warehouse_dir(settings: Settings) -> str | None:
@@ -236,65 +351,6 @@ def _warehouse_dir(settings: Settings) -> str | None:
     if warehouse.startswith("file://") or "://" not in warehouse:
         return str(Path(local_path(warehouse)).resolve()) + "/"
     return None
-
-
-def build_database(settings: Settings, role: Role, states: dict[str, TableState]) -> RoleDatabase:
-    """A new locked database with the role's views over ``states``.
-
-    Raises:
-        StorageError: The warehouse is not a local folder (the lockdown cannot allow it).
-    """
-    api = settings.api
-    spill = Path(settings.storage.data_dir).resolve() / "tmp-duckdb"
-    con = duckdb.connect(
-        ":memory:",
-        config={
-            "memory_limit": api.memory_limit,
-            "threads": api.threads,
-            "temp_directory": str(spill),
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-        },
-    )
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET parquet_metadata_cache = true")
-        warehouse = _warehouse_dir(settings)
-        if warehouse is None and any(
-            s.arrow is None and "read_parquet" in s.relation for s in states.values()
-        ):
-            raise StorageError(
-                "the SQL lockdown reads only a local warehouse folder; "
-                f"{settings.storage.resolved_warehouse()} is remote"
-            )
-        if warehouse is not None:
-            con.execute(f"SET allowed_directories = [{quote_literal(warehouse)}]")
-        salt = api.mask_salt.get_secret_value() or _process_salt()
-        views: set[str] = set()
-        for name, state in states.items():
-            source = state.relation
-            if state.arrow is not None:
-                # Registered under a random name: no statement can guess it (and naming it is refused).
-                hidden = f"__rows_{secrets.token_hex(8)}"
-                con.register(hidden, state.arrow)
-                source = state.relation.format(arrow=quote_ident(hidden))
-            body = view_sql(state, role, salt, source)
-            if body is None:
-                continue
-            con.execute(f"CREATE VIEW {quote_ident(name)} AS {body}")
-            views.add(name)
-        system = {
-            str(r[0]).lower()
-            for r in con.execute(
-                "SELECT view_name FROM duckdb_views() UNION ALL SELECT table_name FROM duckdb_tables()"
-            ).fetchall()
-        } - views
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-    except BaseException:
-        con.close()
-        raise
-    return RoleDatabase(con, frozenset(views), frozenset(system))
 
 
 _SALT: list[str] = []
@@ -424,19 +480,16 @@ class SecureQueries:
         self._dbs: dict[tuple[Any, ...], RoleDatabase] = {}
 
     def database(self, role: Role) -> RoleDatabase:
-        """The locked database for ``role`` over the current snapshots."""
+        """The locked database of ``role``'s scope, in step with the current snapshots."""
         states = self.snapshots.states()
-        snap_key = tuple(sorted((n, s.snapshot_id) for n, s in states.items()))
-        key = (role.apps, role.pii, role.admin, snap_key)
+        key = (role.apps, role.pii, role.admin)
         with self._lock:
             db = self._dbs.get(key)
             if db is None:
-                db = build_database(self.settings, role, states)
-                db.key = key
-                # Older snapshot sets are dropped; cursors still running on them keep them alive.
-                self._dbs = {k: v for k, v in self._dbs.items() if k[3] == snap_key}
+                db = RoleDatabase(self.settings, role)
                 self._dbs[key] = db
-            return db
+        db.sync(states)
+        return db
 
     def snapshot_key(self) -> tuple[Any, ...]:
         """Identifies the current snapshot set (changes when any table gets a commit)."""

@@ -43,7 +43,6 @@ FUNNEL_BREAKDOWNS: dict[str, str] = {
     "device": "dvce_class",
     "country": "geo_country",
 }
-_CACHE_ENTRIES = 512
 _STATUS_TTL_S = 2.0
 
 
@@ -129,6 +128,8 @@ class Dashboard:
 
     def cached(self, role: Role, name: str, params: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         """``compute()``, remembered per role scope, parameters and snapshot set."""
+        if self.settings.api.cache_entries == 0:
+            return compute()
         key = (name, params, role.apps, role.pii, role.admin, self.queries.snapshot_key())
         with self._lock:
             if key in self._cache:
@@ -137,7 +138,7 @@ class Dashboard:
         value = compute()
         with self._lock:
             self._cache[key] = value
-            while len(self._cache) > _CACHE_ENTRIES:
+            while len(self._cache) > self.settings.api.cache_entries:
                 self._cache.popitem(last=False)
         return value
 
