@@ -132,15 +132,28 @@ class SnapshotCache:
         self._catalog: Catalog | None = None
         self._states: dict[str, TableState] = {}
         self._checked = 0.0
+        self._loaded = False
 
     def states(self, force: bool = False) -> dict[str, TableState]:
-        """The tables that exist, by name, as of at most ``api.refresh_s`` ago."""
-        with self._lock:
-            now = time.monotonic()
-            if force or not self._states or now - self._checked >= self.settings.api.refresh_s:
-                self._refresh()
-                self._checked = now
-            return dict(self._states)
+        """The tables that exist, by name, as of at most about ``api.refresh_s`` ago.
+
+        One caller re-reads the catalog while the others go on with the states it replaces
+        (never older than one refresh), so a slow catalog does not stall every request.
+        """
+        due = force or not self._loaded or time.monotonic() - self._checked >= self.settings.api.refresh_s
+        if due and self._lock.acquire(blocking=force or not self._loaded):
+            try:
+                if (
+                    force
+                    or not self._loaded
+                    or time.monotonic() - self._checked >= self.settings.api.refresh_s
+                ):
+                    self._refresh()
+                    self._checked = time.monotonic()
+                    self._loaded = True
+            finally:
+                self._lock.release()
+        return self._states
 
     def _refresh(self) -> None:
         fresh = not self.settings.storage.catalog_uri and not self.settings.storage.catalog_db.exists()
