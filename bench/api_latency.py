@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from _common import (
     OUT_DIR,
     clicklake_exe,

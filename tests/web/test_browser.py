@@ -95,7 +95,7 @@ def test_dashboard_shows_the_kpis_of_daily_kpis_and_filters_change_them(served: 
     rows = page.eval_on_selector_all(
         "#acq-table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))"
     )
-    assert [r for r in rows if r[0] == channel][0][1] == f"{int(narrowed['sessions']):,}"
+    assert next(r for r in rows if r[0] == channel)[1] == f"{int(narrowed['sessions']):,}"
     page.select_option("#f-channel", "")
     _ready(page)
     page.select_option("#f-device", "mobile")
