@@ -171,6 +171,7 @@ async def client(
                 ms = (time.perf_counter() - t0) * 1000
                 if r.status_code != 200:
                     errors.append(f"{name}: {r.status_code} {r.text[:200]}")
+                    out.setdefault(f"{name} (failed)", []).append(ms)
                 out.setdefault(name, []).append(ms)
     return errors
 
@@ -218,6 +219,8 @@ def main() -> None:
     inp = prepare(workdir, args.events, args.seed, args.days, args.reuse)
     modes: dict[str, dict[str, list[float]]] = {}
     walls: dict[str, float] = {}
+    failures: dict[str, int] = {}
+    load_before = os.getloadavg()[0]
     try:
         for mode, entries in (("cache off", 0), ("cache on", 512)):
             proc, url = start_server(workdir / "data", entries)
@@ -227,24 +230,32 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(timeout=120)
             if errors:
-                sys.exit(f"{len(errors)} calls failed ({mode}), e.g. {errors[0]}")
+                print(f"{len(errors)} calls failed ({mode}), e.g. {errors[0]}", file=sys.stderr)
+            failures[mode] = len(errors)
             modes[mode] = out
             walls[mode] = wall
     finally:
         if not (args.keep or args.reuse):
             shutil.rmtree(workdir, ignore_errors=True)
     at_reference = args.events >= REFERENCE_EVENTS
+    load_after = os.getloadavg()[0]
     headers = ["call", *(f"{m} {q}" for m in modes for q in ("p50 ms", "p99 ms")), "verdict (cache off)"]
     rows = []
-    for name in modes["cache off"]:
+    names = [c[0] for c in calls(date.today(), date.today(), None)]
+    for name in names:
         cells = [name]
         for m in modes:
-            v = modes[m][name]
+            # A failed call (statement timeout) counts with the time it took to fail.
+            v = modes[m].get(name, []) + modes[m].get(f"{name} (failed)", [])
             cells += [f"{pct(v, 50):.0f}", f"{pct(v, 99):.0f}"]
-        p99 = pct(modes["cache off"][name], 99)
-        verdict = ("pass" if p99 < TARGET_P99_MS else "miss") if at_reference else "not judged"
+        p99 = pct(modes["cache off"][name] + modes["cache off"].get(f"{name} (failed)", []), 99)
+        failed = f"{name} (failed)" in modes["cache off"]
+        verdict = ("pass" if p99 < TARGET_P99_MS and not failed else "miss") if at_reference else "not judged"
         rows.append([*cells, verdict])
     n = sum(len(v) for v in modes["cache off"].values())
+    load_note = (
+        f"load average {load_before:.1f} before, {load_after:.1f} after (2 cores shared with other work)"
+    )
     print(text_table(headers, rows))
     info = machine_info(("clicklake", "duckdb", "pyarrow", "pyiceberg", "uvicorn"))
     body = "\n".join(
@@ -259,7 +270,8 @@ def main() -> None:
             + ").",
             f"- `clicklake serve --no-pipeline`; {args.clients} concurrent clients x {args.rounds} dashboard loads "
             f"(9 calls each, {n:,} calls per mode); filters drawn from 18 date-range/channel variants.",
-            f"- Wall time: cache off {walls['cache off']:.1f} s, cache on {walls['cache on']:.1f} s.",
+            f"- Wall time: cache off {walls['cache off']:.1f} s, cache on {walls['cache on']:.1f} s; "
+            f"failed calls (statement timeout): {failures['cache off']} / {failures['cache on']}; {load_note}.",
             f"- Target: p99 < {TARGET_P99_MS:.0f} ms per call at {REFERENCE_EVENTS:,} events"
             + ("" if at_reference else f" (not judged: this run is at {args.events:,} events)")
             + ".",

@@ -23,6 +23,7 @@ def test_all_is_exactly_the_public_names() -> None:
         "cli",
         "status",
         "collector",
+        "web",
     }
     assert set(clicklake.__all__) == public | {"__version__"}
     assert clicklake.__all__ == sorted(clicklake.__all__)

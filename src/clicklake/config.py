@@ -142,8 +142,8 @@ class ApiSettings(_Section):
     memory_limit: str = Field(default="2GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
     threads: int = Field(default=2, ge=1)
     max_rows: int = Field(default=10_000, ge=1)
-    audit_flush_s: float = Field(default=2.0, gt=0)
-    refresh_s: float = Field(default=1.0, ge=0)
+    audit_flush_s: float = Field(default=5.0, gt=0)
+    refresh_s: float = Field(default=5.0, ge=0)
     mask_salt: SecretStr = SecretStr("")
     cache_entries: int = Field(default=512, ge=0)
 

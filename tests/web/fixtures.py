@@ -35,7 +35,7 @@ def lake_settings(data_dir: Path, **api: object) -> Settings:
     return load_settings(
         environ={},
         storage={"data_dir": str(data_dir)},
-        api={"tokens": TOKENS, "audit_flush_s": 0.2, "statement_timeout_s": 5.0, **api},
+        api={"tokens": TOKENS, "audit_flush_s": 0.2, "refresh_s": 0.5, "statement_timeout_s": 5.0, **api},
     )
 
 

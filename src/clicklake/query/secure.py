@@ -42,7 +42,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
 from clicklake.config import Settings
-from clicklake.exceptions import InputError, StorageError
+from clicklake.exceptions import ClickLakeError, InputError, StorageError
 from clicklake.lakehouse.audit import AUDIT_LOG
 from clicklake.lakehouse.catalog import open_catalog
 from clicklake.query.access import AccessDenied, Role
@@ -126,13 +126,30 @@ class SnapshotCache:
         settings: The settings.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, background: bool = False):
         self.settings = settings
         self._lock = threading.Lock()
         self._catalog: Catalog | None = None
         self._states: dict[str, TableState] = {}
         self._checked = 0.0
         self._loaded = False
+        self._background = background
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(max(self.settings.api.refresh_s, 0.05)):
+            try:
+                self.states(force=True)
+            except ClickLakeError as exc:
+                log.error("event=snapshot_refresh_failed error=%r", str(exc))
+
+    def close(self) -> None:
+        """Stop the background refresh (if any)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def states(self, force: bool = False) -> dict[str, TableState]:
         """The tables that exist, by name, as of at most about ``api.refresh_s`` ago.
@@ -140,6 +157,9 @@ class SnapshotCache:
         One caller re-reads the catalog while the others go on with the states it replaces
         (never older than one refresh), so a slow catalog does not stall every request.
         """
+        if self._background and self._loaded and not force:
+            # A background thread keeps the states fresh: requests never read the catalog.
+            return self._states
         due = force or not self._loaded or time.monotonic() - self._checked >= self.settings.api.refresh_s
         if due and self._lock.acquire(blocking=force or not self._loaded):
             try:
@@ -151,6 +171,11 @@ class SnapshotCache:
                     self._refresh()
                     self._checked = time.monotonic()
                     self._loaded = True
+                    if self._background and self._thread is None and not self._stop.is_set():
+                        self._thread = threading.Thread(
+                            target=self._loop, name="clicklake-snapshots", daemon=True
+                        )
+                        self._thread.start()
             finally:
                 self._lock.release()
         return self._states
@@ -504,9 +529,11 @@ class SecureQueries:
         db.sync(states)
         return db
 
-    def snapshot_key(self) -> tuple[Any, ...]:
-        """Identifies the current snapshot set (changes when any table gets a commit)."""
-        return tuple(sorted((n, s.snapshot_id) for n, s in self.snapshots.states().items()))
+    def snapshot_key(self, exclude: frozenset[str] = frozenset()) -> tuple[Any, ...]:
+        """Identifies the current snapshot set (changes when any table but ``exclude`` gets a commit)."""
+        return tuple(
+            sorted((n, s.snapshot_id) for n, s in self.snapshots.states().items() if n not in exclude)
+        )
 
     @contextmanager
     def cursor(self, role: Role) -> Iterator[duckdb.DuckDBPyConnection]:

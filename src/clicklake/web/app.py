@@ -29,7 +29,7 @@ from clicklake.config import Settings
 from clicklake.exceptions import ClickLakeError, InputError
 from clicklake.query.access import AccessDenied, AuthError, Role, authenticate
 from clicklake.query.audit import AuditLog, audit_row
-from clicklake.query.secure import QueryTimeout, SecureQueries
+from clicklake.query.secure import QueryTimeout, SecureQueries, SnapshotCache
 from clicklake.web.dashboard import DIMENSIONS, FUNNEL_BREAKDOWNS, Dashboard, Filters, parse_day
 from clicklake.web.openapi import openapi_spec
 
@@ -110,7 +110,7 @@ class WebApp:
         self, settings: Settings, queries: SecureQueries | None = None, audit: AuditLog | None = None
     ):
         self.settings = settings
-        self.queries = queries or SecureQueries(settings)
+        self.queries = queries or SecureQueries(settings, SnapshotCache(settings, background=True))
         self.dashboard = Dashboard(settings, self.queries)
         self.audit = audit or AuditLog(settings)
         self.static = _static_files()
@@ -156,6 +156,7 @@ class WebApp:
     async def shutdown(self) -> None:
         """Write the audit rows still queued and stop the query threads."""
         await asyncio.get_running_loop().run_in_executor(None, self.audit.close)
+        self.queries.snapshots.close()
         self._pool.shutdown(wait=True)
         log.info("event=web_closed")
 
