@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
+from pyiceberg.transforms import DayTransform
 
 from clicklake.config import Settings
 from clicklake.exceptions import ClickLakeError, InputError, StorageError
@@ -110,6 +112,8 @@ class TableState:
         relation: A ``SELECT`` over the snapshot's data files (or over ``arrow``).
         columns: ``(name, DuckDB type)`` of each column.
         arrow: The snapshot's rows, when delete files force a PyIceberg scan.
+        paths: The data files ``relation`` reads.
+        days: Each file's day partition (days since 1970-01-01), when the table has one.
     """
 
     name: str
@@ -117,6 +121,21 @@ class TableState:
     relation: str
     columns: tuple[tuple[str, str], ...]
     arrow: pa.Table | None = None
+    paths: tuple[str, ...] = ()
+    days: tuple[int | None, ...] = ()
+
+    def pruned(self, first: date, last: date) -> str | None:
+        """``relation`` over only the files of days ``first..last``; ``None`` when that prunes nothing."""
+        if self.arrow is not None or not self.days or not self.paths:
+            return None
+        lo, hi = (first - _EPOCH).days, (last - _EPOCH).days
+        keep = [p for p, d in zip(self.paths, self.days, strict=True) if d is None or lo <= d <= hi]
+        if len(keep) == len(self.paths):
+            return None
+        everything = _file_list(self.paths)
+        if not keep:
+            return self.relation.replace(everything, _file_list(self.paths[:1])) + " WHERE false"
+        return self.relation.replace(everything, _file_list(keep))
 
 
 class SnapshotCache:
@@ -206,6 +225,31 @@ class SnapshotCache:
         self._states = states
 
 
+_EPOCH = date(1970, 1, 1)
+
+
+def _file_list(paths: Sequence[str]) -> str:
+    # The same text parquet_relation writes, so a file list can be swapped for another.
+    return "[" + ", ".join(quote_literal(p) for p in paths) + "]"
+
+
+def _day_index(table: Any) -> int | None:
+    for i, f in enumerate(table.spec().fields):
+        if isinstance(f.transform, DayTransform):
+            return i
+    return None
+
+
+def _as_day(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, date):
+        return (value - _EPOCH).days
+    return None
+
+
 def _table_state(con: duckdb.DuckDBPyConnection, name: str, table: Any, snap_id: int | None) -> TableState:
     schema = table.schema().as_arrow()
     files = snapshot_files(table)
@@ -222,7 +266,13 @@ def _table_state(con: duckdb.DuckDBPyConnection, name: str, table: Any, snap_id:
             # Every file has the same columns: binding then reads one footer instead of all.
             relation = relation.replace(", union_by_name=true)", ")")
         cols = con.execute(f"DESCRIBE {relation}").fetchall()
-    return TableState(name, snap_id, relation, tuple((str(c[0]), str(c[1])) for c in cols), arrow)
+    day = _day_index(table)
+    days: tuple[int | None, ...] = ()
+    if arrow is None and day is not None and _file_list(files.paths) in relation:
+        days = tuple(_as_day(p[day]) for p in files.partitions)
+    return TableState(
+        name, snap_id, relation, tuple((str(c[0]), str(c[1])) for c in cols), arrow, files.paths, days
+    )
 
 
 def _same_schema(con: duckdb.DuckDBPyConnection, paths: Sequence[str]) -> bool:
@@ -295,6 +345,7 @@ class RoleDatabase:
         self.settings = settings
         self.role = role
         self.snapshots: dict[str, int | None] = {}
+        self.states: dict[str, TableState] = {}
         self.views: frozenset[str] = frozenset()
         self._hidden: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -372,7 +423,28 @@ class RoleDatabase:
                 if old_hidden is not None:
                     self.con.unregister(old_hidden)
                 self.snapshots[name] = state.snapshot_id
+                self.states[name] = state
+            for name in gone:
+                self.states.pop(name, None)
             self.views = frozenset(views)
+
+    def narrow(self, cur: duckdb.DuckDBPyConnection, days: dict[str, tuple[date, date]]) -> None:
+        """In ``cur`` only, let each table of ``days`` read just the files of those days.
+
+        A temporary view of the same name (private to the cursor) shadows the role's relation;
+        it applies the same row filter and masks. Rows outside the days may still appear
+        (files hold whole days); callers filter on the day as well.
+        """
+        for name, (first, last) in days.items():
+            state = self.states.get(name)
+            if state is None or name not in self.views or name in MATERIALIZED:
+                continue
+            source = state.pruned(first, last)
+            if source is None:
+                continue
+            body = view_sql(state, self.role, self.salt, source)
+            if body is not None:
+                cur.execute(f"CREATE TEMP VIEW {quote_ident(name)} AS {body}")
 
     def _drop(self, name: str) -> None:
         row = self.con.execute(
@@ -536,7 +608,9 @@ class SecureQueries:
         )
 
     @contextmanager
-    def cursor(self, role: Role) -> Iterator[duckdb.DuckDBPyConnection]:
+    def cursor(
+        self, role: Role, narrow: dict[str, tuple[date, date]] | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor on the role's locked database, interrupted after ``api.statement_timeout_s``.
 
         For clicklake's own multi-step queries (funnels); user statements go through :meth:`run`.
@@ -550,6 +624,8 @@ class SecureQueries:
         timer.daemon = True
         timer.start()
         try:
+            if narrow:
+                db.narrow(cur, narrow)
             yield cur
         except duckdb.InterruptException as exc:
             raise QueryTimeout(
@@ -567,6 +643,7 @@ class SecureQueries:
         *,
         trusted: bool = False,
         max_rows: int | None = None,
+        narrow: dict[str, tuple[date, date]] | None = None,
     ) -> QueryResult:
         """Run one statement as ``role``.
 
@@ -577,6 +654,7 @@ class SecureQueries:
             trusted: The statement is clicklake's own (the dashboard's queries): the syntax
                 check is skipped, the role's views, lockdown and bounds still apply.
             max_rows: Rows to return at most (default ``api.max_rows``).
+            narrow: Trusted statements only: tables to read only the files of these days of.
 
         Returns:
             The rows, and whether more were left out.
@@ -595,6 +673,8 @@ class SecureQueries:
         timer.daemon = True
         timer.start()
         try:
+            if narrow and trusted:
+                db.narrow(cur, narrow)
             rel = cur.sql(sql, params=list(params) if params is not None else None)
             if rel is None:
                 raise AccessDenied("the statement returned no rows to read")

@@ -145,8 +145,16 @@ class Dashboard:
                 self._cache.popitem(last=False)
         return value
 
-    def _q(self, role: Role, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        return _rows(self.queries.run(role, sql, params, trusted=True, max_rows=100_000).table)
+    def _q(
+        self,
+        role: Role,
+        sql: str,
+        params: Sequence[Any] = (),
+        narrow: dict[str, tuple[date, date]] | None = None,
+    ) -> list[dict[str, Any]]:
+        # narrow: read only the files of these days (the SQL filters on the days as well).
+        result = self.queries.run(role, sql, params, trusted=True, max_rows=100_000, narrow=narrow)
+        return _rows(result.table)
 
     def _has(self, role: Role, *tables: str) -> bool:
         views = self.queries.database(role).views
@@ -337,7 +345,7 @@ class Dashboard:
                 return {"steps": []}
             start = datetime.combine(f.start, datetime.min.time(), UTC)
             end = datetime.combine(f.end + timedelta(days=1), datetime.min.time(), UTC)
-            with self.queries.cursor(role) as cur:
+            with self.queries.cursor(role, narrow={"events": (f.start, f.end)}) as cur:
                 table = funnel(
                     self.settings,
                     parsed,
@@ -417,11 +425,13 @@ class Dashboard:
             if f.app is not None:
                 where += " AND app_id = ?"
                 params.append(f.app)
+            days = {"failed_events": (f.start, f.end)}
             by_reason = self._q(
                 role,
                 f"""SELECT stage, error_type, count(*) AS failed FROM failed_events WHERE {where}
                 GROUP BY 1, 2 ORDER BY failed DESC, error_type""",
                 params,
+                days,
             )
             samples = self._q(
                 role,
@@ -431,6 +441,7 @@ class Dashboard:
                       FROM failed_events WHERE {where}) AS x
                 WHERE rn <= ? ORDER BY stage, error_type, collector_tstamp DESC""",
                 [*params, examples],
+                days,
             )
             for r in by_reason:
                 r["examples"] = [
@@ -486,13 +497,19 @@ class Dashboard:
                 )
                 out["min_date"], out["max_date"] = bounds[0]["lo"], bounds[0]["hi"]
             if self._has(role, "events"):
+                # The names seen in the last 28 days with data (what a funnel is built from).
+                last = date.fromisoformat(out["max_date"]) if out["max_date"] else datetime.now(UTC).date()
+                first = last - timedelta(days=27)
                 out["event_names"] = [
                     r["v"]
                     for r in self._q(
                         role,
                         """SELECT event_name AS v FROM events
                         WHERE event_name IS NOT NULL AND event_type IN ('track', 'page', 'screen')
+                            AND derived_tstamp >= ?
                         GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 50""",
+                        [datetime.combine(first, datetime.min.time(), UTC)],
+                        {"events": (first, last + timedelta(days=1))},
                     )
                 ]
             out["conversion"] = self.conversion
