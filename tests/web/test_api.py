@@ -225,3 +225,16 @@ def test_funnel_and_failures_equal_the_unpruned_computation(served: Served) -> N
     )
     assert health["failed_total"] == expected.table.column("n")[0].as_py() > 0
     assert all(ex["raw"] is None for r in health["failed_by_reason"] for ex in r["examples"])  # masked
+
+
+def test_sql_results_of_any_type_are_json(served: Served) -> None:
+    sql = (
+        "SELECT 170141183460469231731687303715884105727::HUGEINT AS big, 1.5::DECIMAL(10, 2) AS dec, "
+        "INTERVAL 3 DAY AS iv, 'x'::BLOB AS b, [1, 2] AS l, {'a': 1} AS s, 'nan'::DOUBLE AS nan, "
+        "DATE '2024-01-01' AS d, uuid() AS u"
+    )
+    with served.client("tok_shop") as c:
+        r = c.post("/api/v1/sql", json={"sql": sql})
+    assert r.status_code == 200, r.text
+    row = r.json()["rows"][0]
+    assert str(row[0]) == "170141183460469231731687303715884105727" and row[4] == [1, 2]

@@ -13,6 +13,7 @@ which is flushed at lifespan shutdown. Queries run in a thread pool, never on th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -86,7 +87,11 @@ def _static_files() -> dict[str, tuple[bytes, bytes]]:
 
 
 def _json(value: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+        # orjson refuses integers beyond 64 bits (DuckDB HUGEINT); the standard encoder does not.
+        return json.dumps(value, default=str, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _clean(v: Any) -> Any:
