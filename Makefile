@@ -31,6 +31,16 @@ $(CHROMIUM):
 
 test-deps: install $(CHROMIUM)
 
+# Segment's browser SDK from npm, for the browser test (its standalone bundle is dist/umd/index.js).
+SEGMENT_SDK_VERSION := 1.84.3
+SEGMENT_SDK := .cache/npm/node_modules/@segment/analytics-next/dist/umd/index.js
+$(SEGMENT_SDK):
+	command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
+	npm install --prefix .cache/npm --no-save --no-audit --no-fund --ignore-scripts --loglevel=error @segment/analytics-next@$(SEGMENT_SDK_VERSION)
+	@test -f $@ && touch $@
+
+test-deps: $(SEGMENT_SDK)
+
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/clicklake --data-dir $(DEMO_DIR) demo --events $(DEMO_EVENTS) --no-serve
@@ -46,6 +56,7 @@ bench: install
 	$(BIN)/python bench/enrich_throughput.py
 	$(BIN)/python bench/enrich_geo_privacy.py
 	$(BIN)/python bench/collector_load.py
+	$(MAKE) bench-kafka
 
 # The 10M-event model build takes a while (generation and ingest first); run it on its own.
 bench-models: install
@@ -65,6 +76,25 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
+
+# A local Kafka broker (KRaft, jars from Maven Central into .cache/) on 127.0.0.1:$(KAFKA_PORT).
+KAFKA_DIR  ?= .cache/kafka/broker
+KAFKA_PORT ?= 9092
+.PHONY: kafka-jars kafka-start kafka-stop bench-kafka
+kafka-jars:
+	deploy/kafka/kafka.sh jars
+
+kafka-start: kafka-jars
+	deploy/kafka/kafka.sh start $(KAFKA_DIR) $(KAFKA_PORT)
+
+kafka-stop:
+	deploy/kafka/kafka.sh stop $(KAFKA_DIR)
+
+# The Kafka tests start their own broker from these jars.
+test-deps: kafka-jars
+
+bench-kafka: install kafka-jars
+	$(BIN)/python bench/collector_load_kafka.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache bench/out

@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.fixtures", "tests.web.fixtures"]
+pytest_plugins = [
+    "tests.fixtures",
+    "tests.collector.browser.fixtures",
+    "tests.sources.fixtures",
+    "tests.web.fixtures",
+]

@@ -275,3 +275,68 @@ def test_the_pipeline_builds_models_every_n_commits_when_asked(tmp_path: Path) -
     )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == [{"n": 40}]
+
+
+def test_demo_sends_through_the_http_collector_and_reconciles_with_the_manifest(tmp_path: Path) -> None:
+    res = clicklake(
+        "--data-dir",
+        "d",
+        "demo",
+        "--events",
+        "3000",
+        "--days",
+        "3",
+        "--seed",
+        "7",
+        "--no-serve",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    out = " ".join(res.stdout.split())
+    manifest = json.loads((tmp_path / "d" / "generator-manifest.json").read_text())
+    decode_errors = ("invalid_json", "invalid_envelope", "batch_too_large", "event_too_large")
+    validate_errors = {k: n for k, n in manifest["malformed"].items() if k not in decode_errors and n}
+    # What a collector must refuse was refused at the door, once per generated line...
+    refused = sum(manifest["malformed"][k] for k in decode_errors)
+    assert refused > 0
+    assert f"{refused:,} requests ({refused:,} events) refused" in out
+    assert "sent them to the collector at http://127.0.0.1:" in out
+    # ...and everything else went through HTTP, the spool and the pipeline, row for row.
+    counts = rows(tmp_path / "d", tmp_path)
+    assert counts["events"] == manifest["expected_events_rows"] - manifest["retried"]
+    assert counts["failed_events"] == sum(validate_errors.values())
+    res = clicklake(
+        "--data-dir",
+        "d",
+        "sql",
+        "SELECT error_type, count(*) AS n FROM failed_events GROUP BY error_type",
+        "--format",
+        "json",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert {r["error_type"]: r["n"] for r in json.loads(res.stdout)} == validate_errors
+    # Received now over HTTP, yet the events keep their history: sentAt was moved, not timestamp.
+    res = clicklake(
+        "--data-dir",
+        "d",
+        "sql",
+        "SELECT count(DISTINCT CAST(derived_tstamp AS DATE)) >= 3 AS days, "
+        "max(collector_tstamp) - min(collector_tstamp) < INTERVAL 10 MINUTE AS received_now, "
+        "min(derived_tstamp) < max(collector_tstamp) - INTERVAL 2 DAY AS historical, "
+        "count(DISTINCT user_ipaddress) > 100 AS client_ips FROM events",
+        "--format",
+        "json",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == [
+        {"days": True, "received_now": True, "historical": True, "client_ips": True}
+    ]
+
+
+def test_demo_refuses_more_days_than_validation_accepts(tmp_path: Path) -> None:
+    res = clicklake("--data-dir", "d", "demo", "--days", "400", "--no-serve", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "pipeline.max_age_days" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "d" / "spool").exists()

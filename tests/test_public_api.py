@@ -24,6 +24,7 @@ def test_all_is_exactly_the_public_names() -> None:
         "status",
         "collector",
         "web",
+        "metrics",
     }
     assert set(clicklake.__all__) == public | {"__version__"}
     assert clicklake.__all__ == sorted(clicklake.__all__)

@@ -107,7 +107,7 @@ def _progress(total: int | None, label: str) -> Iterator[Callable[[int], None]]:
 @cli.command()
 @click.option(
     "--source",
-    type=click.Choice(["spool", "files"]),
+    type=click.Choice(["spool", "files", "kafka"]),
     default="spool",
     show_default=True,
     help="Where events come from.",
@@ -151,7 +151,11 @@ def run(
         pipeline = local.Pipeline(settings, src, app_id=app_id, progress=advance)
         local.install_signal_handlers(pipeline)
         t0 = time.monotonic()
-        stats = pipeline.run(once=once)
+        try:
+            stats = pipeline.run(once=once)
+        finally:
+            if hasattr(src, "close"):
+                src.close()
     _print_run_summary(stats, time.monotonic() - t0)
 
 
@@ -162,6 +166,10 @@ def _make_source(settings: Settings, source: str, paths: tuple[str, ...]) -> Any
         return FilesSource(paths, chunk_bytes=settings.pipeline.read_chunk_bytes)
     if paths:
         raise InputError("PATHS are only for --source files; the spool is storage.data_dir/spool")
+    if source == "kafka":
+        from clicklake.sources.kafka import KafkaSource
+
+        return KafkaSource(settings.kafka, settings.pipeline.pipeline_id)
     from clicklake.sources.spool import SpoolSource
 
     return SpoolSource(settings.storage.spool_dir, chunk_bytes=settings.pipeline.read_chunk_bytes)
@@ -352,24 +360,8 @@ def status(obj: _Ctx, as_json: bool) -> None:
 @click.option("--no-serve", is_flag=True, help="Do not start the dashboard afterwards.")
 @click.pass_context
 def demo(ctx: click.Context, n_events: int, days: int, seed: int, no_serve: bool) -> None:
-    """Generate a clickstream into the spool, run the pipeline, and print a summary."""
-    ctx.invoke(
-        generate,
-        n_events=n_events,
-        days=days,
-        seed=seed,
-        fmt="spool",
-        out=None,
-        files=1,
-        gz=False,
-        malformed_share=0.02,
-        retry_share=0.01,
-        batch_share=0.2,
-        bot_share=0.03,
-        late_share=0.02,
-        app_id="demo-shop",
-        write_key="wk_demo",
-    )
+    """Generate a clickstream, send it through the HTTP collector, run the pipeline, print a summary."""
+    _demo_over_http(ctx.obj.settings(), n_events, days, seed)
     ctx.invoke(run, source="spool", engine="local", once=True, app_id=None, commit_interval=None, paths=())
     ctx.invoke(status, as_json=False)
     ctx.invoke(models_build, full_refresh=False)
@@ -394,6 +386,70 @@ def demo(ctx: click.Context, n_events: int, days: int, seed: int, no_serve: bool
         stdout.print(f"\ndashboard (signed in with a demo token): http://{host}:{port}/#token={token}")
         stdout.print("Ctrl-C stops it.")
         run_server(settings, with_pipeline=True)
+
+
+def _demo_over_http(settings: Settings, n_events: int, days: int, seed: int) -> None:
+    """Generate a Segment export and send it to a collector started here (see collector/replay.py)."""
+    import tempfile
+
+    from clicklake.collector.options import CollectorOptions
+    from clicklake.collector.replay import replay
+    from clicklake.collector.server import BackgroundCollector
+    from clicklake.sources.generator import generate as gen
+
+    if days > settings.pipeline.max_age_days:
+        raise InputError(
+            f"--days {days} is over pipeline.max_age_days ({settings.pipeline.max_age_days}): "
+            "older events would fail validation; ask for fewer days or raise the limit"
+        )
+    write_keys = dict(settings.collector.write_keys)
+    write_keys.setdefault("wk_demo", "demo-shop")
+    options = CollectorOptions.from_settings(settings, write_keys=write_keys)
+    data_dir = Path(settings.storage.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="demo-export-", dir=data_dir) as export:
+        with _progress(n_events, "generate") as advance:
+            done = [0]
+
+            def progress(n: int) -> None:
+                advance(n - done[0])
+                done[0] = n
+
+            manifest = gen(
+                Path(export),
+                events=n_events,
+                days=days,
+                seed=seed,
+                fmt="ndjson",
+                app_id=write_keys["wk_demo"],
+                write_key="wk_demo",
+                progress=progress,
+            )
+        manifest_path = data_dir / "generator-manifest.json"
+        manifest.write(manifest_path)
+        stdout.print(
+            f"generated {manifest.events_total:,} events over {days} days "
+            f"({manifest.expected_events_rows:,} valid, {manifest.expected_failed_rows:,} malformed); "
+            f"manifest: {manifest_path}"
+        )
+        with BackgroundCollector(options) as collector:
+            stats = replay(
+                [Path(f) for f in manifest.files],
+                collector.url,
+                "wk_demo",
+                max_request_bytes=options.max_request_bytes,
+                max_event_bytes=options.max_event_bytes,
+            )
+    stdout.print(
+        f"sent them to the collector at {collector.url} in {stats.requests:,} requests, {stats.seconds:.1f} s: "
+        f"{stats.accepted_events:,} events accepted"
+        + (
+            f"; {sum(stats.refused.values()):,} requests ({stats.refused_events:,} events) refused: "
+            + ", ".join(f"{reason} x{n}" for reason, n in stats.refused.items())
+            if stats.refused
+            else ""
+        )
+    )
 
 
 @cli.command()

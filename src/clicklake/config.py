@@ -13,7 +13,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -73,7 +81,19 @@ class CollectorSettings(_Section):
 
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "clicklake.events"
+    topic: str = Field(default="clicklake.events", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    # Created with these when missing (by the collector or the Kafka source).
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    group_id: str = Field(default="clicklake", min_length=1)
+    # "spool": each message is a collector envelope; "segment": a bare Segment call or batch.
+    envelope: Literal["spool", "segment"] = "spool"
+    # The collector answers 503 when a message is not acknowledged (acks=all) within this.
+    produce_timeout_s: float = Field(default=5.0, gt=0)
+    linger_ms: float = Field(default=2.0, ge=0)
+    # Extra librdkafka properties, e.g. {"security.protocol" = "SASL_SSL"}.
+    producer: dict[str, str] = Field(default_factory=dict)
+    consumer: dict[str, str] = Field(default_factory=dict)
 
 
 class SpoolSettings(_Section):
@@ -199,8 +219,21 @@ class PiiEnrichSettings(_Step):
 
 
 class PluginSettings(_Section):
-    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """A user enricher: a dotted ``function = "pkg.mod:fn"``, or an installed package's
+    ``entry_point`` (group ``clicklake.enrichers``); exactly one of the two."""
+
+    function: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    entry_point: str | None = Field(default=None, min_length=1)
     after: str = "pii"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PluginSettings:
+        if (self.function is None) == (self.entry_point is None):
+            raise ValueError(
+                'set exactly one of function = "pkg.module:fn" or entry_point = "<name>" '
+                "(an entry point in the clicklake.enrichers group)"
+            )
+        return self
 
 
 class EnrichSettings(_Section):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -148,3 +150,55 @@ def test_bad_plugin_settings_are_config_errors() -> None:
             environ={}, enrich={"plugins": [{"function": "no_such_pkg.mod:fn", "after": "url"}]}
         )
         build_chain(s, loader=_fake_loader)
+
+
+def _install_plugin_package(root: Path, entry_point: str, target: str) -> None:
+    """Install a tiny distribution the way pip lays it out: a module and a .dist-info whose
+    entry_points.txt declares ``entry_point`` in clicklake's group."""
+    (root / "acme_enrich.py").write_text(
+        "import pyarrow.compute as pc\n\n"
+        "def tag(batch):\n"
+        "    return batch.append_column('acme_tag', pc.utf8_upper(batch.column('event_type')))\n"
+    )
+    dist = root / "acme_enrich-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-enrich\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[clicklake.enrichers]\n{entry_point} = {target}\n")
+
+
+def test_plugin_from_an_installed_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _install_plugin_package(tmp_path, "acme-tag", "acme_enrich:tag")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = load_settings(
+        environ={}, enrich={**ALL_ON, "plugins": [{"entry_point": "acme-tag", "after": "campaign"}]}
+    )
+    chain = build_chain(s, loader=_fake_loader)
+    names = [step.name for step in chain]
+    assert names[names.index("campaign") + 1] == "plugin:acme-tag"
+    out, failures = run_chain(
+        [chain[names.index("plugin:acme-tag")]], make_batch([{"event_type": "track"}, {"event_type": "page"}])
+    )
+    assert not failures
+    assert out.column("acme_tag").to_pylist() == ["TRACK", "PAGE"]
+
+
+def test_unknown_or_broken_entry_point_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install_plugin_package(tmp_path, "acme-broken", "acme_enrich:no_such_function")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = load_settings(environ={}, enrich={"plugins": [{"entry_point": "nope"}]})
+    with pytest.raises(ConfigError, match=r"no installed package declares it.*acme-broken"):
+        build_chain(s, loader=_fake_loader)
+    s = load_settings(environ={}, enrich={"plugins": [{"entry_point": "acme-broken"}]})
+    with pytest.raises(ConfigError, match="cannot load it"):
+        build_chain(s, loader=_fake_loader)
+
+
+def test_plugin_needs_exactly_one_of_function_and_entry_point() -> None:
+    with pytest.raises(ConfigError, match="exactly one of function"):
+        load_settings(environ={}, enrich={"plugins": [{"after": "pii"}]})
+    with pytest.raises(ConfigError, match="exactly one of function"):
+        load_settings(
+            environ={}, enrich={"plugins": [{"function": f"{__name__}:explode", "entry_point": "x"}]}
+        )

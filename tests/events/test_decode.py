@@ -425,3 +425,48 @@ def test_both_paths_give_the_same_bytes_for_sdk_lines(monkeypatch: pytest.Monkey
     _current["opts"] = dataclasses.replace(OPTS, fast_path=True)
     monkeypatch.setattr(decode_module, "_SQL", {})
     assert len(run(SDK_LINES)[0]) == 4
+
+
+def test_the_exact_path_in_slices_gives_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big batch lines are decoded exactly in slices (bounded memory): the rows do not change."""
+    lines: list[bytes | dict[str, Any]] = [
+        {
+            "batch": [
+                {"type": "track", "event": f"E{i}", "userId": f"u{i}", "messageId": f"m{i}-{j}"}
+                for j in range(5)
+            ]
+            + [{"type": "bogus", "userId": "u", "messageId": f"bad{i}"}],
+            "sentAt": "2026-11-26T11:00:00Z",
+        }
+        for i in range(12)
+    ]
+    lines.insert(5, b"{not json")
+    whole = run(lines)
+    calls: list[int] = []
+    inner = decode_module._run
+
+    def counting(sql: str, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(batch.num_rows)
+        return inner(sql, batch, *args, **kwargs)
+
+    monkeypatch.setattr(decode_module, "_EXACT_SLICE_BYTES", 1500)
+    monkeypatch.setattr(decode_module, "_run", counting)
+    sliced = run(lines)
+    assert sliced == whole
+    assert len(whole[0]) == 60 and len(whole[1]) == 13
+    exact_calls = calls[1:] if _current["opts"].fast_path else calls
+    assert len(exact_calls) > 3 and sum(exact_calls) == 13
+
+
+def test_a_500_kb_batch_of_hundreds_of_events_decodes_within_the_memory_limit() -> None:
+    """Each element row used to carry its whole request along: 500 events ran DuckDB out of memory."""
+    events = [
+        {"type": "track", "event": "E", "userId": "u", "messageId": f"m{j}", "properties": {"pad": "x" * 900}}
+        for j in range(500)
+    ]
+    body = orjson.dumps({"batch": events, "sentAt": "2026-11-26T11:00:00Z"})
+    assert 400_000 < len(body) < OPTS.max_request_bytes
+    line = encode_line(body, app_id="demo-shop", received_ms=NOW_US // 1000)
+    good, bad = run([line.rstrip(b"\n")], mode="spool")
+    assert bad == []
+    assert [r["event_id"] for r in good] == [f"m{j}" for j in range(500)]

@@ -16,10 +16,12 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from prometheus_client import Gauge
 
 from clicklake.collector.app import CollectorApp
 from clicklake.collector.options import CollectorOptions
 from clicklake.config import Settings
+from clicklake.exceptions import ClickLakeError
 
 log = logging.getLogger("clicklake.collector")
 
@@ -114,7 +116,23 @@ def serve(
 
     errors: list[BaseException] = []
     with PipelineLock(settings):
-        pipeline = Pipeline(settings, SpoolSource(settings.storage.spool_dir))
+        from clicklake.metrics import PipelineMetrics
+
+        # The pipeline's metrics join the collector's registry: one GET /metrics shows both.
+        metrics = PipelineMetrics(app.metrics.registry)
+        source: Any = SpoolSource(settings.storage.spool_dir)
+        if settings.collector.log == "kafka":
+            from clicklake.sources.kafka import KafkaSource
+
+            kafka_source = KafkaSource(settings.kafka, settings.pipeline.pipeline_id)
+            source = kafka_source
+            lag = Gauge(
+                "clicklake_pipeline_kafka_lag_messages",
+                "Messages between the pipeline's position and the partitions' ends (at its last pass).",
+                registry=app.metrics.registry,
+            )
+            lag.set_function(lambda: float(kafka_source.lag_messages() or 0))
+        pipeline = Pipeline(settings, source, metrics=metrics)
         # These handlers are what uvicorn restores and re-raises into after its own shutdown:
         # the pipeline then stops with a final commit.
         install_signal_handlers(pipeline, drain=True)
@@ -136,6 +154,8 @@ def serve(
             # pipeline reads the spool to its end, commits, and only then returns.
             pipeline.stop(drain=True)
             thread.join()
+            if hasattr(source, "close"):
+                source.close()
     if errors:
         raise errors[0]
 
@@ -146,3 +166,38 @@ def _install_quiet_handlers() -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+class BackgroundCollector:
+    """The collector on a free port of ``host``, in a background thread of this process.
+
+    ``clicklake demo`` sends its generated events through one. Leaving the ``with`` block stops
+    it gracefully: every acknowledged request is in the spool.
+
+    Args:
+        options: The collector options.
+        host: The address to bind (a free port is picked).
+    """
+
+    def __init__(self, options: CollectorOptions, host: str = "127.0.0.1"):
+        self.app = CollectorApp(options)
+        self.sock = bind_socket(host, 0)
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn_config(self.app, host, self.sock.getsockname()[1]))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="clicklake-collector", daemon=True
+        )
+
+    def __enter__(self) -> BackgroundCollector:
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                self.sock.close()
+                raise ClickLakeError("the collector did not start (see the log)")
+            self.thread.join(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join()
+        self.sock.close()

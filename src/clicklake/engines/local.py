@@ -43,6 +43,7 @@ from clicklake.lakehouse.catalog import (
     open_catalog,
 )
 from clicklake.lakehouse.sink import TableSink
+from clicklake.metrics import PipelineMetrics
 from clicklake.sources.base import Chunk, Position, Source, min_position
 
 log = logging.getLogger("clicklake.pipeline")
@@ -114,6 +115,8 @@ class Pipeline:
         source: Where lines come from.
         app_id: App id for file events without a known write key (``--app-id``).
         progress: Called with the number of bytes consumed after each chunk.
+        metrics: Where batch sizes, commits, failures and log lag are recorded (a registry of
+            its own by default; ``clicklake serve`` passes the collector's).
     """
 
     def __init__(
@@ -122,8 +125,10 @@ class Pipeline:
         source: Source,
         app_id: str | None = None,
         progress: Callable[[int], None] | None = None,
+        metrics: PipelineMetrics | None = None,
     ):
         self.settings = settings
+        self.metrics = metrics if metrics is not None else PipelineMetrics()
         self.source = source
         self.options = decode_options(settings, app_id)
         self.progress = progress
@@ -143,8 +148,10 @@ class Pipeline:
         pid = settings.pipeline.pipeline_id
         retries = settings.pipeline.commit_retries
         self.sinks = {
-            EVENTS: TableSink(tables[EVENTS], pid, source.name, "load_tstamp", retries),
-            FAILED_EVENTS: TableSink(tables[FAILED_EVENTS], pid, source.name, "failed_tstamp", retries),
+            EVENTS: TableSink(tables[EVENTS], pid, source.name, "load_tstamp", retries, self.metrics),
+            FAILED_EVENTS: TableSink(
+                tables[FAILED_EVENTS], pid, source.name, "failed_tstamp", retries, self.metrics
+            ),
         }
 
     def _rebuild_dedup_window(self) -> None:
@@ -205,6 +212,7 @@ class Pipeline:
             if time.monotonic() - last_commit >= cfg.commit_interval_s:
                 self._commit(position)
                 last_commit = time.monotonic()
+            self._update_lag()
             if not self._stop.is_set():
                 self._stop.wait(poll_s)
         self._commit(position, wait=True)
@@ -222,6 +230,8 @@ class Pipeline:
         decoded = decode(lines, chunk.envelope, self.options, int(time.time() * 1_000_000))
         if bad_utf8 is not None:
             decoded = pa.concat_tables([decoded, bad_utf8])
+        self.metrics.batch_rows.observe(decoded.num_rows)
+        self.metrics.bytes_read.inc(len(data))
         good, bad = split(decoded)
         if self.steps and good.num_rows:
             good, enrich_failed = self._enrich(good)
@@ -262,6 +272,7 @@ class Pipeline:
                 )
             dups = pc.sum(pc.cast(pc.equal(verdict, "dup"), pa.int64())).as_py() or 0
             self.stats.duplicates += dups
+            self.metrics.duplicates.inc(dups)
             out = out.filter(pc.equal(verdict, "new")).drop_columns([VERDICT])
         bad = pa.concat_tables(failed) if failed else FAILED_ARROW.empty_table()
         return out, bad
@@ -312,9 +323,19 @@ class Pipeline:
         while jobs:
             # Popped, so each batch's memory is released as soon as its table has it.
             sink, rows = jobs.pop(0)
+            failures = _failure_counts(rows) if sink is self.sinks[FAILED_EVENTS] else []
             sink.commit_rows(rows, position)
             del rows
+            for stage, error_type, n in failures:
+                self.metrics.failed.labels(stage, error_type).inc(n)
         self.source.committed(min_position(s.checkpoint for s in self.sinks.values()))
+        self._update_lag()
+
+    def _update_lag(self) -> None:
+        """Set the log-lag gauge, for sources that can tell (a capability, not every source has it)."""
+        lag = getattr(self.source, "lag", None)
+        if lag is not None:
+            self.metrics.lag_bytes.set(lag(min_position(s.checkpoint for s in self.sinks.values())))
 
     def _wait_commit(self) -> None:
         if self._inflight is not None:
@@ -333,6 +354,21 @@ def _newest_collector_time(table: Table) -> datetime | None:
                 value = int.from_bytes(raw, "little", signed=True)
                 newest = value if newest is None else max(newest, value)
     return None if newest is None else datetime.fromtimestamp(newest / 1_000_000, UTC)
+
+
+def _failure_counts(rows: pa.Table | None) -> list[tuple[str, str, int]]:
+    """``(stage, error_type, rows)`` of a batch of failed events."""
+    if rows is None or rows.num_rows == 0:
+        return []
+    counts = rows.group_by(["stage", "error_type"]).aggregate([([], "count_all")])
+    return list(
+        zip(
+            counts.column("stage").to_pylist(),
+            counts.column("error_type").to_pylist(),
+            counts.column("count_all").to_pylist(),
+            strict=True,
+        )
+    )
 
 
 def _split_lines(chunk: Chunk) -> tuple[Chunk, pa.RecordBatch, pa.Table | None]:

@@ -16,6 +16,7 @@ import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Final
 
 import pyarrow as pa
@@ -73,18 +74,29 @@ def _load_builtin(name: str, settings: Settings) -> Step | None:
     return step
 
 
+ENTRY_POINT_GROUP = "clicklake.enrichers"
+
+
 def load_plugin(plugin: PluginSettings) -> Step:
-    """Import a plugin function and wrap it as a step named ``plugin:<pkg.mod:fn>``.
+    """Import a plugin function and wrap it as a step.
+
+    The step is named ``plugin:<pkg.mod:fn>`` for a dotted function, ``plugin:<name>`` for an
+    entry point of the :data:`ENTRY_POINT_GROUP` group (what an installed package declares in
+    its ``[project.entry-points."clicklake.enrichers"]``).
 
     Args:
-        plugin: Its settings (``function = "pkg.mod:fn"``).
+        plugin: Its settings (``function = "pkg.mod:fn"`` or ``entry_point = "name"``).
 
     Returns:
         The step; its columns are not declared (whatever it appends is taken as is).
 
     Raises:
-        ConfigError: If the module cannot be imported or has no such callable.
+        ConfigError: If the module cannot be imported, has no such callable, or no installed
+            package declares the entry point.
     """
+    if plugin.entry_point is not None:
+        return Step(f"plugin:{plugin.entry_point}", _load_entry_point(plugin.entry_point))
+    assert plugin.function is not None  # the settings hold exactly one of the two
     module_name, _, attr = plugin.function.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -97,6 +109,25 @@ def load_plugin(plugin: PluginSettings) -> Step:
     if not callable(fn):
         raise ConfigError(f"enrich plugin {plugin.function!r}: {module_name} has no callable {attr!r}")
     return Step(f"plugin:{plugin.function}", fn)
+
+
+def _load_entry_point(name: str) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        raise ConfigError(
+            f"enrich plugin entry point {name!r}: no installed package declares it in the "
+            f"{ENTRY_POINT_GROUP!r} group (installed: {', '.join(known) or 'none'}); "
+            "install the package or fix [[enrich.plugins]] entry_point"
+        )
+    ep = next(iter(found))
+    try:
+        fn = ep.load()
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"enrich plugin entry point {name!r} ({ep.value}): cannot load it ({exc})") from exc
+    if not callable(fn):
+        raise ConfigError(f"enrich plugin entry point {name!r} ({ep.value}) is not callable")
+    return fn  # type: ignore[no-any-return]
 
 
 def build_chain(
@@ -118,7 +149,7 @@ def build_chain(
     for plugin in settings.enrich.plugins:
         if plugin.after not in plugins_after:
             raise ConfigError(
-                f"enrich plugin {plugin.function!r}: after = {plugin.after!r} is not a step; "
+                f"enrich plugin {plugin.function or plugin.entry_point!r}: after = {plugin.after!r} is not a step; "
                 f"use one of {', '.join(STEPS)}"
             )
         plugins_after[plugin.after].append(load_plugin(plugin))

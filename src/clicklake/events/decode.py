@@ -43,6 +43,7 @@ JSON, so a resent copy gets the same id. Top-level fields the decoder does not m
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 import threading
@@ -189,7 +190,7 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
         bad_utf8 = _line_failures(
             chunk,
             [data[starts[i] : ends[i]] for i in np.flatnonzero(bad)],
-            starts[bad],
+            _line_offsets(chunk, starts)[bad],
             "invalid_utf8",
             "the line is not valid UTF-8",
         )
@@ -213,7 +214,7 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
             pa.DictionaryArray.from_arrays(
                 pa.array(np.zeros(n, dtype=np.int32)), pa.array([chunk.stream], pa.large_string())
             ).cast(pa.large_string()),
-            pa.array(starts + chunk.start, pa.int64()),
+            pa.array(_line_offsets(chunk, starts), pa.int64()),
         ],
         schema=LINES_ARROW,
     )
@@ -229,13 +230,24 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
     return batch, bad_utf8
 
 
+def _line_offsets(chunk: Chunk, starts: np.ndarray) -> np.ndarray:
+    """The source offset of each line: its byte offset, or its message offset (Kafka)."""
+    if chunk.line_offsets is None:
+        return starts + chunk.start
+    if len(chunk.line_offsets) != len(starts):
+        raise ValueError(
+            f"chunk of {chunk.stream} has {len(starts)} lines but {len(chunk.line_offsets)} message offsets"
+        )
+    return chunk.line_offsets
+
+
 def _line_failures(
-    chunk: Chunk, raws: list[bytes], starts: np.ndarray, error_type: str, message: str
+    chunk: Chunk, raws: list[bytes], offsets: np.ndarray, error_type: str, message: str
 ) -> pa.Table:
     n = len(raws)
     cols: dict[str, pa.Array] = {
         "source_stream": pa.array([chunk.stream] * n, pa.large_string()),
-        "source_offset": pa.array(starts + chunk.start, pa.int64()),
+        "source_offset": pa.array(offsets, pa.int64()),
         "source_index": pa.array([0] * n, pa.int32()),
         "stage": pa.array(["decode"] * n, pa.large_string()),
         "error_type": pa.array([error_type] * n, pa.large_string()),
@@ -306,15 +318,23 @@ def _exact_sql(mode: EnvelopeMode) -> str:
                NULL::JSON AS b_wk, NULL::JSON AS b_recv, NULL::JSON AS b_unmapped
         FROM lines3 WHERE lerr2 IS NULL AND s.batch IS NULL
     ),
-    -- batch envelopes: one row per element
-    elems AS (
+    -- batch envelopes: one row per element. The line's small fields and its elements are taken
+    -- out first: unnested next to the line's text, each element row would carry the whole
+    -- request along (500 KB for hundreds of events), and memory would grow with its square.
+    batch_lines AS MATERIALIZED (
         SELECT source_stream, source_offset, line_app, line_ip, line_ua, line_rt_us,
                s.context AS b_context, s.sentAt AS b_sent, s.writeKey AS b_wk, s.receivedAt AS b_recv,
                CASE WHEN NOT list_has_all({_BATCH_KEYS}, json_keys(p_text_lazy))
                     THEN json_merge_patch(p_text_lazy, {_DROP_BATCH}) END AS b_unmapped,
-               e.elem AS ev_text, (e.idx - 1)::INTEGER AS source_index
-        FROM lines3, unnest(json_extract(s.batch, '$[*]')) WITH ORDINALITY AS e(elem, idx)
+               json_extract(s.batch, '$[*]') AS elems_list
+        FROM lines3
         WHERE lerr2 IS NULL AND s.batch IS NOT NULL
+    ),
+    elems AS (
+        SELECT source_stream, source_offset, line_app, line_ip, line_ua, line_rt_us,
+               b_context, b_sent, b_wk, b_recv, b_unmapped,
+               e.elem AS ev_text, (e.idx - 1)::INTEGER AS source_index
+        FROM batch_lines, unnest(elems_list) WITH ORDINALITY AS e(elem, idx)
     ),
     batched AS MATERIALIZED (
         SELECT source_stream, source_offset, source_index, line_app, line_ip, line_ua, line_rt_us,
@@ -679,14 +699,14 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
         A table of :data:`DECODED_ARROW`: good events have ``error_type`` NULL.
     """
     if not options.fast_path or lines.num_rows == 0:
-        return _run(_SQL[mode], lines, options, now_us)
+        return _run_exact(mode, lines, options, now_us)
     out = _run(_FAST_SQL[mode], lines, options, now_us, scratch=_write_scratch(lines, _SENTINEL_LINE[mode]))
     marker = out.column("slow_rn")
     is_marker = pc.is_valid(marker)
     if pc.min(marker).as_py() != -1:
         # Rows and lines came out misaligned (a line that held two JSON values, say): only
         # the exact path can tell them apart.
-        return _run(_SQL[mode], lines, options, now_us)
+        return _run_exact(mode, lines, options, now_us)
     slow_rns = pc.filter(marker, pc.and_(is_marker, pc.greater_equal(marker, 0)))
     fast = out.filter(pc.invert(is_marker)).drop_columns(["slow_rn"])
     # Failures need their raw text and events without messageId an id derived from it:
@@ -701,7 +721,24 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
     slow_lines = lines.filter(slow_mask)
     if slow_lines.num_rows == 0:
         return fast
-    return pa.concat_tables([fast, _run(_SQL[mode], slow_lines, options, now_us)])
+    return pa.concat_tables([fast, _run_exact(mode, slow_lines, options, now_us)])
+
+
+# The exact path parses and re-serializes each line several times: big batch lines (SDKs send up
+# to 500 KB) would take it past the connection's memory limit in one go, so it runs on slices.
+_EXACT_SLICE_BYTES = 4 << 20
+
+
+def _run_exact(mode: EnvelopeMode, lines: pa.RecordBatch, options: DecodeOptions, now_us: int) -> pa.Table:
+    """The exact path over ``lines``, in slices of about ``_EXACT_SLICE_BYTES`` of text."""
+    sizes = pc.binary_length(lines.column("line")).to_numpy(zero_copy_only=False)
+    if lines.num_rows <= 1 or int(sizes.sum()) <= _EXACT_SLICE_BYTES:
+        return _run(_SQL[mode], lines, options, now_us)
+    # A new slice starts wherever the running size enters the next multiple of the slice size.
+    group = (np.cumsum(sizes) - sizes) // _EXACT_SLICE_BYTES
+    bounds = [0, *(np.flatnonzero(np.diff(group)) + 1).tolist(), lines.num_rows]
+    parts = [_run(_SQL[mode], lines.slice(a, b - a), options, now_us) for a, b in itertools.pairwise(bounds)]
+    return pa.concat_tables(parts)
 
 
 def _write_scratch(lines: pa.RecordBatch, sentinel: bytes) -> str:

@@ -36,6 +36,7 @@ from clicklake.lakehouse.checkpoint import (
     read_checkpoint,
 )
 from clicklake.lakehouse.write import write_data_files
+from clicklake.metrics import PipelineMetrics
 
 log = logging.getLogger("clicklake.sink")
 
@@ -62,10 +63,17 @@ class TableSink:
         source: The source name recorded with the checkpoint.
         load_column: Timestamp column set to the commit time (``load_tstamp``), if any.
         retries: How often a conflicting commit is retried.
+        metrics: Where commit durations, sizes and retries are recorded (none by default).
     """
 
     def __init__(
-        self, table: Table, pipeline_id: str, source: str, load_column: str | None, retries: int = 8
+        self,
+        table: Table,
+        pipeline_id: str,
+        source: str,
+        load_column: str | None,
+        retries: int = 8,
+        metrics: PipelineMetrics | None = None,
     ):
         self.table = table
         self.name = table.name()[-1]
@@ -73,6 +81,7 @@ class TableSink:
         self.source = source
         self.load_column = load_column
         self.retries = retries
+        self.metrics = metrics
         cp = read_checkpoint(table, pipeline_id)
         self.checkpoint: dict[str, int] = dict(cp.positions) if cp else {}
         self._pending: list[pa.Table] = []
@@ -169,6 +178,8 @@ class TableSink:
                         "data is intact: fix the storage and run again"
                     ) from exc
             retries += 1
+            if self.metrics is not None:
+                self.metrics.commit_retries.labels(self.name).inc()
             if retries > self.retries:
                 raise CommitConflictError(f"commit to {self.name} failed {retries} times: {err}") from err
             self._refresh()
@@ -193,6 +204,10 @@ class TableSink:
         result = CommitResult(
             self.name, snap.snapshot_id if snap else None, rows, len(files), time.monotonic() - t0, retries
         )
+        if self.metrics is not None:
+            self.metrics.commit_seconds.labels(self.name).observe(result.seconds)
+            self.metrics.commit_rows.labels(self.name).observe(rows)
+            self.metrics.rows.labels(self.name).inc(rows)
         log.info(
             "event=commit table=%s snapshot=%s rows=%d files=%d retries=%d seconds=%.3f",
             self.name,

@@ -48,6 +48,8 @@ class SpoolWriter:
         StorageError: The directory cannot be created or written.
     """
 
+    kind = "spool"
+
     def __init__(self, spool_dir: Path, segment_max_bytes: int = 64 << 20, segment_max_age_s: float = 60.0):
         self.spool_dir = spool_dir
         self.segment_max_bytes = segment_max_bytes
@@ -210,6 +212,16 @@ class SpoolSource:
         for name in list_segments(self.spool_dir):
             try:
                 total += (self.spool_dir / name).stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
+
+    def lag(self, position: Mapping[str, int]) -> int:
+        """Bytes of the spool beyond ``position`` (what is not yet committed, for the lag metric)."""
+        total = 0
+        for name in list_segments(self.spool_dir):
+            try:
+                total += max(0, (self.spool_dir / name).stat().st_size - position.get(name, 0))
             except FileNotFoundError:
                 continue
         return total
