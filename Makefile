@@ -64,6 +64,11 @@ bench-models: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/models_build.py
 
+# Dashboard API latency over 10M events with 20 concurrent clients (generation and model build first; long).
+.PHONY: bench-api
+bench-api: install
+	$(BIN)/python bench/api_latency.py
+
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench

@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.collector.browser.fixtures",
     "tests.sources.fixtures",
     "tests.lakehouse.fixtures",
+    "tests.web.fixtures",
 ]

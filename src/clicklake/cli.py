@@ -378,9 +378,14 @@ def demo(ctx: click.Context, n_events: int, days: int, seed: int, no_serve: bool
         "table",
     )
     if not no_serve:
-        stdout.print(
-            "The dashboard is not built yet (issue 6); query the tables with pyiceberg or DuckDB meanwhile."
-        )
+        from clicklake.collector.server import serve as run_server
+        from clicklake.query.access import with_demo_token
+
+        settings, token = with_demo_token(ctx.obj.settings())
+        host, port = settings.collector.host, settings.collector.port
+        stdout.print(f"\ndashboard (signed in with a demo token): http://{host}:{port}/#token={token}")
+        stdout.print("Ctrl-C stops it.")
+        run_server(settings, with_pipeline=True)
 
 
 def _demo_over_http(settings: Settings, n_events: int, days: int, seed: int) -> None:
@@ -470,6 +475,9 @@ def serve(
     )
     stdout.print(
         f"collector listening on http://{settings.collector.host}:{settings.collector.port}/v1/batch"
+    )
+    stdout.print(
+        f"dashboard at http://{settings.collector.host}:{settings.collector.port}/ (a token from api.tokens)"
     )
     run_server(settings, with_pipeline=not no_pipeline)
 
@@ -677,9 +685,9 @@ def sql(obj: _Ctx, query: str, fmt: str) -> None:
     Tables are views named events, failed_events, page_views, sessions, users, user_mapping and
     daily_kpis. Example: clicklake sql "SELECT date, sessions, bounce_rate FROM daily_kpis ORDER BY date"
     """
-    from clicklake.query import run_sql
+    from clicklake.query.audit import audited_local_sql
 
-    _print_table(run_sql(obj.settings(), query), fmt)
+    _print_table(audited_local_sql(obj.settings(), query), fmt)
 
 
 @cli.command()

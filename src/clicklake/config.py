@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,10 +153,22 @@ class TokenSettings(_Section):
     pii: bool = False
     sql: bool = False
     admin: bool = False
+    # Shown in the audit log instead of the token itself (default: a hash prefix of the token).
+    name: str = ""
+    # After this instant (ISO 8601; naive means UTC) the token is refused with 401.
+    expires: datetime | None = None
 
 
 class ApiSettings(_Section):
     tokens: dict[str, TokenSettings] = Field(default_factory=dict)
+    statement_timeout_s: float = Field(default=10.0, gt=0)
+    memory_limit: str = Field(default="2GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    threads: int = Field(default=2, ge=1)
+    max_rows: int = Field(default=10_000, ge=1)
+    audit_flush_s: float = Field(default=5.0, gt=0)
+    refresh_s: float = Field(default=5.0, ge=0)
+    mask_salt: SecretStr = SecretStr("")
+    cache_entries: int = Field(default=512, ge=0)
 
 
 class _Step(_Section):

@@ -46,7 +46,7 @@ def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: CollectorApp, host: str, port: int, **overrides: Any) -> uvicorn.Config:
+def uvicorn_config(app: Any, host: str, port: int, **overrides: Any) -> uvicorn.Config:
     """The uvicorn configuration the collector runs with (httptools and uvloop when installed).
 
     Args:
@@ -99,7 +99,10 @@ def serve(
     opts = options or CollectorOptions.from_settings(settings)
     app = CollectorApp(opts)
     host, port = settings.collector.host, settings.collector.port
-    server = uvicorn.Server(uvicorn_config(app, host, port))
+    # The dashboard and /api/v1 share the collector's port (issue 6).
+    from clicklake.web.app import with_web
+
+    server = uvicorn.Server(uvicorn_config(with_web(app, settings), host, port))
     sock = sock or bind_socket(host, port)
     log.info("event=collector_listen address=%s:%d pipeline=%s", host, sock.getsockname()[1], with_pipeline)
     if not with_pipeline:
