@@ -79,6 +79,8 @@ bench: install
 	$(BIN)/python bench/enrich_throughput.py
 	$(BIN)/python bench/enrich_geo_privacy.py
 	$(BIN)/python bench/collector_load.py
+	$(BIN)/python bench/compaction.py
+	$(MAKE) bench-kafka
 
 # The 10M-event model build takes a while (generation and ingest first); run it on its own.
 bench-models: install
@@ -88,6 +90,10 @@ bench-models: install
 # The Spark engine against the local engine on 1M events (long; --events N for a quick check).
 bench-spark: spark-install
 	$(BIN)/python bench/spark_vs_local.py
+# Dashboard API latency over 10M events with 20 concurrent clients (generation and model build first; long).
+.PHONY: bench-api
+bench-api: install
+	$(BIN)/python bench/api_latency.py
 
 lint: install
 	$(BIN)/ruff check src tests bench
@@ -97,6 +103,25 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
+
+# A local Kafka broker (KRaft, jars from Maven Central into .cache/) on 127.0.0.1:$(KAFKA_PORT).
+KAFKA_DIR  ?= .cache/kafka/broker
+KAFKA_PORT ?= 9092
+.PHONY: kafka-jars kafka-start kafka-stop bench-kafka
+kafka-jars:
+	deploy/kafka/kafka.sh jars
+
+kafka-start: kafka-jars
+	deploy/kafka/kafka.sh start $(KAFKA_DIR) $(KAFKA_PORT)
+
+kafka-stop:
+	deploy/kafka/kafka.sh stop $(KAFKA_DIR)
+
+# The Kafka tests start their own broker from these jars.
+test-deps: kafka-jars
+
+bench-kafka: install kafka-jars
+	$(BIN)/python bench/collector_load_kafka.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache bench/out

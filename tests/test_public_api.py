@@ -23,6 +23,7 @@ def test_all_is_exactly_the_public_names() -> None:
         "cli",
         "status",
         "collector",
+        "web",
         "metrics",
     }
     assert set(clicklake.__all__) == public | {"__version__"}

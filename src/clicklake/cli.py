@@ -154,7 +154,11 @@ def run(
         pipeline = local.Pipeline(settings, src, app_id=app_id, progress=advance)
         local.install_signal_handlers(pipeline)
         t0 = time.monotonic()
-        stats = pipeline.run(once=once)
+        try:
+            stats = pipeline.run(once=once)
+        finally:
+            if hasattr(src, "close"):
+                src.close()
     _print_run_summary(stats, time.monotonic() - t0)
 
 
@@ -180,6 +184,10 @@ def _make_source(settings: Settings, source: str, paths: tuple[str, ...]) -> Any
         return FilesSource(paths, chunk_bytes=settings.pipeline.read_chunk_bytes)
     if paths:
         raise InputError("PATHS are only for --source files; the spool is storage.data_dir/spool")
+    if source == "kafka":
+        from clicklake.sources.kafka import KafkaSource
+
+        return KafkaSource(settings.kafka, settings.pipeline.pipeline_id)
     from clicklake.sources.spool import SpoolSource
 
     return SpoolSource(settings.storage.spool_dir, chunk_bytes=settings.pipeline.read_chunk_bytes)
@@ -388,9 +396,14 @@ def demo(ctx: click.Context, n_events: int, days: int, seed: int, no_serve: bool
         "table",
     )
     if not no_serve:
-        stdout.print(
-            "The dashboard is not built yet (issue 6); query the tables with pyiceberg or DuckDB meanwhile."
-        )
+        from clicklake.collector.server import serve as run_server
+        from clicklake.query.access import with_demo_token
+
+        settings, token = with_demo_token(ctx.obj.settings())
+        host, port = settings.collector.host, settings.collector.port
+        stdout.print(f"\ndashboard (signed in with a demo token): http://{host}:{port}/#token={token}")
+        stdout.print("Ctrl-C stops it.")
+        run_server(settings, with_pipeline=True)
 
 
 def _demo_over_http(settings: Settings, n_events: int, days: int, seed: int) -> None:
@@ -481,6 +494,9 @@ def serve(
     stdout.print(
         f"collector listening on http://{settings.collector.host}:{settings.collector.port}/v1/batch"
     )
+    stdout.print(
+        f"dashboard at http://{settings.collector.host}:{settings.collector.port}/ (a token from api.tokens)"
+    )
     run_server(settings, with_pipeline=not no_pipeline)
 
 
@@ -513,6 +529,123 @@ def models_build(obj: _Ctx, full_refresh: bool, engine: str = "local") -> None:
         f"built {', '.join(f'{name} ({rows:,} rows)' for name, rows in counts.items()) or 'nothing: no new events'} "
         f"in {time.monotonic() - t0:.1f} s"
     )
+
+
+@cli.group()
+def maintain() -> None:
+    """Table maintenance: compact small files, expire snapshots, remove orphans, apply retention.
+
+    Each action runs over events, failed_events and the model tables (or --table ...), is safe
+    while the pipeline writes, and never touches a snapshot a pipeline checkpoint still needs.
+    Thresholds are the [maintenance] settings; `clicklake serve` also runs them on a schedule.
+    """
+
+
+_TABLES = click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    help="Only this table (repeat for several; default: every clicklake table).",
+)
+
+
+def _maintain(obj: _Ctx, action: str, tables: tuple[str, ...], dry_run: bool = False) -> list[Any]:
+    from clicklake.lakehouse.maintenance import input_bytes, run_action
+
+    settings = obj.settings()
+    t0 = time.monotonic()
+    total = input_bytes(settings, action, tables or None) if action == "compact" else None
+    with _progress(total, action) if action == "compact" else _count_progress(action) as advance:
+        results = run_action(settings, action, tables or None, dry_run=dry_run, progress=advance)
+    rich_table = RichTable(title=f"maintain {action} ({time.monotonic() - t0:.1f} s)")
+    skip = ("table", "snapshots", "paths", "snapshot_id", "manifests_before")
+    fields = [f for f in vars(results[0]) if f not in skip] if results else []
+    # One column per table: the tables are few, the figures many.
+    rich_table.add_column("")
+    for r in results:
+        rich_table.add_column(r.table.split(".")[-1], justify="right")
+    for f in fields:
+        rich_table.add_row(f.replace("_", " "), *(_cell(getattr(r, f)) for r in results))
+    stdout.print(rich_table)
+    return results
+
+
+@contextmanager
+def _count_progress(label: str) -> Iterator[Callable[[int], None]]:
+    if not console.is_terminal:
+        yield lambda n: None
+        return
+    from rich.progress import MofNCompleteColumn, SpinnerColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn(f"[bold]{label}"),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda n: bar.advance(task, n)
+
+
+@maintain.command("compact")
+@_TABLES
+@click.pass_obj
+def maintain_compact(obj: _Ctx, tables: tuple[str, ...]) -> None:
+    """Rewrite small files into target-size files, as Iceberg replace snapshots.
+
+    Files under maintenance.small_file_bytes are bin-packed by their real Parquet size into
+    files of up to maintenance.target_file_bytes, in partitions with at least
+    maintenance.min_input_files of them; whole partitions are replaced together up to
+    maintenance.compact_commit_bytes of input per commit. Manifests are merged once there are
+    maintenance.manifest_merge_count of them. A commit that loses a race with the pipeline is
+    retried; a group whose files changed meanwhile is skipped. No row is lost or doubled.
+    """
+    _maintain(obj, "compact", tables)
+
+
+@maintain.command("expire")
+@_TABLES
+@click.pass_obj
+def maintain_expire(obj: _Ctx, tables: tuple[str, ...]) -> None:
+    """Expire old snapshots, then delete the files no remaining snapshot references.
+
+    Keeps snapshots younger than maintenance.snapshot_max_age_hours, the last
+    maintenance.keep_last_snapshots, the newest checkpoint of every pipeline (and the snapshots
+    between it and the current one) and the events snapshots the models were built from.
+    """
+    _maintain(obj, "expire", tables)
+
+
+@maintain.command("orphans")
+@_TABLES
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.pass_obj
+def maintain_orphans(obj: _Ctx, tables: tuple[str, ...], dry_run: bool) -> None:
+    """Remove files under each table's location that no snapshot references.
+
+    Only files older than maintenance.orphan_min_age_hours go (younger ones may belong to a
+    commit still in flight): typically data files of a crashed write or compaction.
+    """
+    results = _maintain(obj, "orphans", tables, dry_run=dry_run)
+    if dry_run:
+        for r in results:
+            for path in r.paths:
+                stdout.print(path, highlight=False)
+
+
+@maintain.command("retention")
+@_TABLES
+@click.pass_obj
+def maintain_retention(obj: _Ctx, tables: tuple[str, ...]) -> None:
+    """Drop whole day partitions older than the retention of each table.
+
+    maintenance.retention_events_days, .retention_failed_events_days and .retention_models_days
+    (0 keeps everything): partitions whose day is before today (UTC) minus that many days.
+    Whole data files are removed, never rewritten; expire then frees the space.
+    """
+    _maintain(obj, "retention", tables)
 
 
 def _print_table(table: Any, fmt: str) -> None:
@@ -579,9 +712,9 @@ def sql(obj: _Ctx, query: str, fmt: str) -> None:
     Tables are views named events, failed_events, page_views, sessions, users, user_mapping and
     daily_kpis. Example: clicklake sql "SELECT date, sessions, bounce_rate FROM daily_kpis ORDER BY date"
     """
-    from clicklake.query import run_sql
+    from clicklake.query.audit import audited_local_sql
 
-    _print_table(run_sql(obj.settings(), query), fmt)
+    _print_table(audited_local_sql(obj.settings(), query), fmt)
 
 
 @cli.command()

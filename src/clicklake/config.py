@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,7 +81,19 @@ class CollectorSettings(_Section):
 
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "clicklake.events"
+    topic: str = Field(default="clicklake.events", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    # Created with these when missing (by the collector or the Kafka source).
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    group_id: str = Field(default="clicklake", min_length=1)
+    # "spool": each message is a collector envelope; "segment": a bare Segment call or batch.
+    envelope: Literal["spool", "segment"] = "spool"
+    # The collector answers 503 when a message is not acknowledged (acks=all) within this.
+    produce_timeout_s: float = Field(default=5.0, gt=0)
+    linger_ms: float = Field(default=2.0, ge=0)
+    # Extra librdkafka properties, e.g. {"security.protocol" = "SASL_SSL"}.
+    producer: dict[str, str] = Field(default_factory=dict)
+    consumer: dict[str, str] = Field(default_factory=dict)
 
 
 class SpoolSettings(_Section):
@@ -99,6 +112,9 @@ class PipelineSettings(_Section):
     max_age_days: float = Field(default=365.0, gt=0)
     event_buckets: int = Field(default=16, ge=1, le=4096)
     commit_retries: int = Field(default=8, ge=0)
+    promote_properties: dict[str, Literal["string", "long", "int", "double", "bool", "ts"]] = Field(
+        default_factory=dict
+    )
 
 
 class ConversionSettings(_Section):
@@ -137,10 +153,22 @@ class TokenSettings(_Section):
     pii: bool = False
     sql: bool = False
     admin: bool = False
+    # Shown in the audit log instead of the token itself (default: a hash prefix of the token).
+    name: str = ""
+    # After this instant (ISO 8601; naive means UTC) the token is refused with 401.
+    expires: datetime | None = None
 
 
 class ApiSettings(_Section):
     tokens: dict[str, TokenSettings] = Field(default_factory=dict)
+    statement_timeout_s: float = Field(default=10.0, gt=0)
+    memory_limit: str = Field(default="2GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    threads: int = Field(default=2, ge=1)
+    max_rows: int = Field(default=10_000, ge=1)
+    audit_flush_s: float = Field(default=5.0, gt=0)
+    refresh_s: float = Field(default=5.0, ge=0)
+    mask_salt: SecretStr = SecretStr("")
+    cache_entries: int = Field(default=512, ge=0)
 
 
 class _Step(_Section):
@@ -240,6 +268,27 @@ class SparkSettings(_Section):
     max_offsets_per_trigger: int = Field(default=0, ge=0)  # Kafka; 0: no limit
 
 
+class MaintenanceSettings(_Section):
+    """``clicklake maintain`` and its schedule inside ``clicklake serve``."""
+
+    small_file_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    target_file_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    min_input_files: int = Field(default=5, ge=2)
+    compact_commit_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    manifest_merge_count: int = Field(default=100, ge=2)
+    snapshot_max_age_hours: float = Field(default=24.0, ge=0)
+    keep_last_snapshots: int = Field(default=10, ge=1)
+    orphan_min_age_hours: float = Field(default=72.0, ge=0)
+    retention_events_days: int = Field(default=0, ge=0)
+    retention_failed_events_days: int = Field(default=0, ge=0)
+    retention_models_days: int = Field(default=0, ge=0)
+    commit_retries: int = Field(default=4, ge=0)
+    compact_every_s: float = Field(default=3600.0, ge=0)
+    expire_every_s: float = Field(default=3600.0, ge=0)
+    orphans_every_s: float = Field(default=86400.0, ge=0)
+    retention_every_s: float = Field(default=86400.0, ge=0)
+
+
 class Settings(BaseSettings):
     """Every setting of clicklake, grouped by section as in ``clicklake.toml``."""
 
@@ -260,6 +309,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     enrich: EnrichSettings = Field(default_factory=EnrichSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
 
     @field_validator("storage")
     @classmethod

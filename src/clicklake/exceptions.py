@@ -39,3 +39,7 @@ class StorageError(OSError, TerminalError):
 
 class CommitConflictError(TransientError):
     """An Iceberg commit lost a race with another writer and ran out of retries."""
+
+
+class SchemaEvolutionError(ConfigError):
+    """A schema or partition change Iceberg cannot apply in place; the message says what to do."""

@@ -27,7 +27,7 @@ import orjson
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from clicklake.collector.commit import GroupCommitter, Unavailable
+from clicklake.collector.commit import GroupCommitter, LogWriter, Unavailable
 from clicklake.collector.metrics import CollectorMetrics
 from clicklake.collector.options import CollectorOptions
 from clicklake.events.envelope import encode_line
@@ -158,23 +158,23 @@ class CollectorApp:
     Args:
         options: The collector options.
         metrics: Metrics to record into (a fresh registry by default).
-        writer: The spool writer (one on ``options.spool_dir`` by default).
+        writer: The log writer (by default the spool on ``options.spool_dir``, or Kafka when
+            ``options.log`` is ``"kafka"``).
 
     Raises:
         StorageError: The spool directory cannot be created.
+        ConfigError: ``log = "kafka"`` without confluent-kafka installed.
     """
 
     def __init__(
         self,
         options: CollectorOptions,
         metrics: CollectorMetrics | None = None,
-        writer: SpoolWriter | None = None,
+        writer: LogWriter | None = None,
     ):
         self.options = options
         self.metrics = metrics or CollectorMetrics()
-        self.writer = writer or SpoolWriter(
-            options.spool_dir, options.segment_max_bytes, options.segment_max_age_s
-        )
+        self.writer = writer or _open_log(options)
         self.committer = GroupCommitter(
             self.writer,
             self.metrics,
@@ -323,6 +323,12 @@ class CollectorApp:
         spool = self.options.spool_dir
         if self.committer.closing:
             return "the collector is shutting down"
+        if self.writer.kind == "kafka":
+            if self.committer.last_error:
+                return f"the last write to Kafka failed: {self.committer.last_error}"
+            if self.committer.queued_lines >= self.options.max_queue_lines:
+                return "the Kafka producer is behind"
+            return ""
         if not os.access(spool, os.W_OK):
             return f"the spool directory {spool} is not writable"
         try:
@@ -442,6 +448,16 @@ def _with_type(body: bytes, call_type: str, *, empty: bool) -> bytes:
     if empty:
         return head + b"}"
     return head + b"," + body.strip()[1:]
+
+
+def _open_log(options: CollectorOptions) -> LogWriter:
+    """The writer ``options.log`` names: the spool (default) or Kafka."""
+    if options.log == "kafka":
+        from clicklake.sources.kafka import KafkaWriter, ensure_topic
+
+        ensure_topic(options.kafka)
+        return KafkaWriter(options.kafka)
+    return SpoolWriter(options.spool_dir, options.segment_max_bytes, options.segment_max_age_s)
 
 
 def create_app(options: CollectorOptions, metrics: CollectorMetrics | None = None) -> CollectorApp:

@@ -12,13 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from clicklake.collector.metrics import CollectorMetrics
-from clicklake.sources.spool import SpoolWriter
 
 log = logging.getLogger("clicklake.collector")
+
+
+class LogWriter(Protocol):
+    """The durable log the collector writes to: the spool or Kafka."""
+
+    kind: str
+
+    def append(self, lines: Sequence[bytes]) -> None:
+        """Make ``lines`` durable, or raise (then none of them may be acknowledged)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Unavailable(Exception):
@@ -55,7 +68,7 @@ class GroupCommitter:
 
     def __init__(
         self,
-        writer: SpoolWriter,
+        writer: LogWriter,
         metrics: CollectorMetrics,
         *,
         max_queue_lines: int,
@@ -156,7 +169,10 @@ class GroupCommitter:
                     self.last_error = str(error)
                     self.metrics.append_errors.inc()
                     log.warning("event=spool_append_failed lines=%d error=%r", len(group), str(error))
-                    exc_out = Unavailable("spool_write_failed", "the spool cannot be written; retry later")
+                    kind = self.writer.kind
+                    exc_out = Unavailable(
+                        f"{kind}_write_failed", f"the {kind} cannot be written; retry later"
+                    )
                     for item in group:
                         if not item.future.done():
                             item.future.set_exception(exc_out)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clicklake.config import Settings
+from clicklake.config import KafkaSettings, Settings
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class CollectorOptions:
         retry_after_s: The ``Retry-After`` of a 503, in seconds.
         segment_max_bytes: Spool segment rotation size.
         segment_max_age_s: Spool segment rotation age.
+        log: Where accepted requests go: ``"spool"`` or ``"kafka"`` (``collector.log``).
+        kafka: The Kafka settings, for ``log = "kafka"``.
     """
 
     spool_dir: Path
@@ -41,6 +43,8 @@ class CollectorOptions:
     retry_after_s: int = 1
     segment_max_bytes: int = 64 * 1024 * 1024
     segment_max_age_s: float = 60.0
+    log: str = "spool"
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CollectorOptions:
@@ -67,6 +71,8 @@ class CollectorOptions:
             "group_commit_max_lines": col.group_commit_max_lines,
             "group_commit_max_bytes": col.group_commit_max_bytes,
             "retry_after_s": col.retry_after_s,
+            "log": col.log,
+            "kafka": settings.kafka,
         }
         values.update(overrides)
         values["cors_origins"] = tuple(values.get("cors_origins", ()))

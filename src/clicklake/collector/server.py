@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from prometheus_client import Gauge
 
 from clicklake.collector.app import CollectorApp
 from clicklake.collector.options import CollectorOptions
@@ -45,7 +46,7 @@ def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: CollectorApp, host: str, port: int, **overrides: Any) -> uvicorn.Config:
+def uvicorn_config(app: Any, host: str, port: int, **overrides: Any) -> uvicorn.Config:
     """The uvicorn configuration the collector runs with (httptools and uvloop when installed).
 
     Args:
@@ -98,7 +99,10 @@ def serve(
     opts = options or CollectorOptions.from_settings(settings)
     app = CollectorApp(opts)
     host, port = settings.collector.host, settings.collector.port
-    server = uvicorn.Server(uvicorn_config(app, host, port))
+    # The dashboard and /api/v1 share the collector's port (issue 6).
+    from clicklake.web.app import with_web
+
+    server = uvicorn.Server(uvicorn_config(with_web(app, settings), host, port))
     sock = sock or bind_socket(host, port)
     log.info("event=collector_listen address=%s:%d pipeline=%s", host, sock.getsockname()[1], with_pipeline)
     if not with_pipeline:
@@ -116,7 +120,19 @@ def serve(
 
         # The pipeline's metrics join the collector's registry: one GET /metrics shows both.
         metrics = PipelineMetrics(app.metrics.registry)
-        pipeline = Pipeline(settings, SpoolSource(settings.storage.spool_dir), metrics=metrics)
+        source: Any = SpoolSource(settings.storage.spool_dir)
+        if settings.collector.log == "kafka":
+            from clicklake.sources.kafka import KafkaSource
+
+            kafka_source = KafkaSource(settings.kafka, settings.pipeline.pipeline_id)
+            source = kafka_source
+            lag = Gauge(
+                "clicklake_pipeline_kafka_lag_messages",
+                "Messages between the pipeline's position and the partitions' ends (at its last pass).",
+                registry=app.metrics.registry,
+            )
+            lag.set_function(lambda: float(kafka_source.lag_messages() or 0))
+        pipeline = Pipeline(settings, source, metrics=metrics)
         # These handlers are what uvicorn restores and re-raises into after its own shutdown:
         # the pipeline then stops with a final commit.
         install_signal_handlers(pipeline, drain=True)
@@ -131,13 +147,21 @@ def serve(
 
         thread = threading.Thread(target=run_pipeline, name="clicklake-pipeline", daemon=True)
         thread.start()
+        from clicklake.lakehouse.scheduler import MaintenanceMetrics, MaintenanceScheduler
+
+        # Maintenance on its schedule, counted on the collector's /metrics.
+        maintenance = MaintenanceScheduler(settings, MaintenanceMetrics(app.metrics.registry))
+        maintenance.start()
         try:
             server.run(sockets=[sock])
         finally:
+            maintenance.stop()
             # The collector has stopped accepting and flushed its last group commit: the
             # pipeline reads the spool to its end, commits, and only then returns.
             pipeline.stop(drain=True)
             thread.join()
+            if hasattr(source, "close"):
+                source.close()
     if errors:
         raise errors[0]
 

@@ -161,6 +161,13 @@ def build_chain(
             if step is not None:
                 chain.append(step)
         chain.extend(plugins_after[name])
+    if settings.pipeline.promote_properties:
+        # Last, so promoted values are what lands in properties (after pii hashing).
+        from clicklake.enrich.promote import build as build_promote
+
+        promote = build_promote(settings)
+        if promote is not None:
+            chain.append(promote)
     return chain
 
 

@@ -190,7 +190,7 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
         bad_utf8 = _line_failures(
             chunk,
             [data[starts[i] : ends[i]] for i in np.flatnonzero(bad)],
-            starts[bad],
+            _line_offsets(chunk, starts)[bad],
             "invalid_utf8",
             "the line is not valid UTF-8",
         )
@@ -214,7 +214,7 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
             pa.DictionaryArray.from_arrays(
                 pa.array(np.zeros(n, dtype=np.int32)), pa.array([chunk.stream], pa.large_string())
             ).cast(pa.large_string()),
-            pa.array(starts + chunk.start, pa.int64()),
+            pa.array(_line_offsets(chunk, starts), pa.int64()),
         ],
         schema=LINES_ARROW,
     )
@@ -230,13 +230,24 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
     return batch, bad_utf8
 
 
+def _line_offsets(chunk: Chunk, starts: np.ndarray) -> np.ndarray:
+    """The source offset of each line: its byte offset, or its message offset (Kafka)."""
+    if chunk.line_offsets is None:
+        return starts + chunk.start
+    if len(chunk.line_offsets) != len(starts):
+        raise ValueError(
+            f"chunk of {chunk.stream} has {len(starts)} lines but {len(chunk.line_offsets)} message offsets"
+        )
+    return chunk.line_offsets
+
+
 def _line_failures(
-    chunk: Chunk, raws: list[bytes], starts: np.ndarray, error_type: str, message: str
+    chunk: Chunk, raws: list[bytes], offsets: np.ndarray, error_type: str, message: str
 ) -> pa.Table:
     n = len(raws)
     cols: dict[str, pa.Array] = {
         "source_stream": pa.array([chunk.stream] * n, pa.large_string()),
-        "source_offset": pa.array(starts + chunk.start, pa.int64()),
+        "source_offset": pa.array(offsets, pa.int64()),
         "source_index": pa.array([0] * n, pa.int32()),
         "stage": pa.array(["decode"] * n, pa.large_string()),
         "error_type": pa.array([error_type] * n, pa.large_string()),

@@ -13,6 +13,7 @@ from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.types import NestedField
 from sqlalchemy.exc import SQLAlchemyError
 
 from clicklake.config import Settings
@@ -25,6 +26,7 @@ from clicklake.events.schema import (
     failed_partition_spec,
 )
 from clicklake.exceptions import ConfigError, StorageError
+from clicklake.lakehouse.evolution import evolve_columns, evolve_partitioning
 
 # The sink retries conflicts itself, checking its checkpoint between attempts; PyIceberg's own
 # silent retry would bypass that check.
@@ -108,6 +110,7 @@ def ensure_tables(catalog: Catalog, settings: Settings, specs: tuple[TableSpec, 
                 partition_spec=spec.spec,
                 properties=TABLE_PROPERTIES,
             )
+            out[spec.name] = evolve_partitioning(out[spec.name], spec.spec)
         return out
     except (SQLAlchemyError, OSError) as exc:
         raise StorageError(f"cannot create clicklake tables: {exc}") from exc
@@ -119,6 +122,10 @@ def evolve_schema(table: Table, columns: tuple[Column, ...]) -> Table:
     Raises:
         ConfigError: A column exists with another type; the message says which and what to do.
     """
+    # Widens what Iceberg allows (int -> long) and refuses the rest with what to do.
+    table = evolve_columns(
+        table, [NestedField(-1, c.name, ICEBERG_TYPES[c.kind], required=False, doc=c.doc) for c in columns]
+    )
     schema = table.schema()
     missing = []
     for col in columns:

@@ -20,12 +20,14 @@ from pyiceberg.table import Table, TableProperties, WriteTask
 from pyiceberg.utils.properties import property_as_int
 
 
-def write_data_files(table: Table, df: pa.Table) -> list[DataFile]:
+def write_data_files(table: Table, df: pa.Table, target_bytes: int | None = None) -> list[DataFile]:
     """Write ``df`` as Parquet data files of ``table`` (not committed).
 
     Args:
         table: The Iceberg table (its current schema and default partition spec are used).
         df: Rows matching the table's Arrow schema.
+        target_bytes: In-memory (Arrow) bytes per file; default the table's
+            ``write.target-file-size-bytes``. Compaction passes its own.
 
     Returns:
         The data files, ready for a fast append.
@@ -33,7 +35,7 @@ def write_data_files(table: Table, df: pa.Table) -> list[DataFile]:
     meta = table.metadata
     schema = meta.schema()
     spec = meta.spec()
-    target = property_as_int(
+    target = target_bytes or property_as_int(
         meta.properties,
         TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
         TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
@@ -99,6 +101,9 @@ def _run_starts(sorted_keys: list[pa.ChunkedArray | pa.Array]) -> list[int]:
     change[0] = True
     for k in sorted_keys:
         arr = k.combine_chunks() if isinstance(k, pa.ChunkedArray) else k
+        if pa.types.is_date(arr.type) or pa.types.is_timestamp(arr.type):
+            # identity(date) partitions of model tables (compaction writes them through here)
+            arr = arr.view(pa.int32() if pa.types.is_date32(arr.type) else pa.int64())
         valid = np.asarray(pc.is_valid(arr))
         values = np.asarray(pc.fill_null(arr, 0).cast(pa.int64()))
         change[1:] |= (values[1:] != values[:-1]) | (valid[1:] != valid[:-1])

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import duckdb
 import pyarrow as pa
 
 from clicklake.config import Settings
@@ -80,6 +81,7 @@ def funnel(
     start: datetime | None = None,
     end: datetime | None = None,
     app_id: str | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> pa.Table:
     """Count how many entities reach each step of a funnel.
 
@@ -93,6 +95,7 @@ def funnel(
         start: Only anchors at or after this time (aware datetime).
         end: Only events before this time.
         app_id: Only this app.
+        con: Run on this connection (its ``events`` view; left open) instead of a new one.
 
     Returns:
         One row per (breakdown value, step): ``[breakdown,] step, step_name, entities,
@@ -112,7 +115,9 @@ def funnel(
     if breakdown is not None and not _IDENT.match(breakdown):
         raise InputError(f"breakdown {breakdown!r} is not a column name")
     opts = options_from_settings(settings)
-    con = connect(settings, ["events"])
+    own = con is None
+    if con is None:
+        con = connect(settings, ["events"])
     try:
         present = (
             {str(r[0]) for r in con.execute("DESCRIBE events").fetchall()} if _has_events(con) else set()
@@ -218,7 +223,8 @@ def funnel(
         )
         result = con.sql("".join(sql)).to_arrow_table()
     finally:
-        con.close()
+        if own:
+            con.close()
     if breakdown is None:
         return result.drop_columns(["breakdown"])
     return result.rename_columns([breakdown, *result.column_names[1:]])

@@ -203,6 +203,22 @@ def _ancestor_ids(table: Table) -> list[int]:
     return out
 
 
+def _retention_cutoff(table: Table, since: int) -> int:
+    """The latest first-day-kept (days since epoch) of retention snapshots after ``since``."""
+    from clicklake.lakehouse.maintenance import RETENTION_CUTOFF_KEY
+
+    by_id = {s.snapshot_id: s for s in table.metadata.snapshots}
+    cutoff = -(10**9)
+    sid = table.metadata.current_snapshot_id
+    while sid is not None and sid != since and sid in by_id:
+        snap = by_id[sid]
+        raw = snap.summary.additional_properties.get(RETENTION_CUTOFF_KEY) if snap.summary else None
+        if raw is not None:
+            cutoff = max(cutoff, int(raw))
+        sid = snap.parent_snapshot_id
+    return cutoff
+
+
 class _Builder:
     def __init__(self, settings: Settings, catalog: Catalog, events: Table, opts: ModelOptions) -> None:
         self.settings = settings
@@ -251,6 +267,10 @@ class _Builder:
         removed_days = {
             d for part in removed if index is not None and (d := _as_day(part[index])) is not None
         }
+        # Days that events retention dropped keep their model rows (models have their own
+        # retention, maintenance.retention_models_days).
+        keep_from = _retention_cutoff(self.events_table, oldest)
+        removed_days = {d for d in removed_days if d >= keep_from}
         days: set[date] = set()
         if added:
             rel = parquet_relation(self.con, added, self.events.schema)

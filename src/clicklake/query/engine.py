@@ -25,7 +25,6 @@ from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 
 from clicklake.config import Settings
-from clicklake.exceptions import InputError
 from clicklake.lakehouse.catalog import open_catalog, table_id
 
 log = logging.getLogger("clicklake.query")
@@ -173,35 +172,24 @@ def connect(settings: Settings, tables: Iterable[str] | None = None) -> duckdb.D
     return con
 
 
-_READ_ONLY = {"SELECT", "EXPLAIN"}
-
-
 def run_sql(settings: Settings, sql: str) -> pa.Table:
     """Run one read-only statement over the current snapshots of the clicklake tables.
 
+    It runs in the same locked-down DuckDB as the API (:mod:`clicklake.query.secure`), as the
+    local role (every app, PII visible, ``audit_log`` readable).
+
     Args:
         settings: The settings.
-        sql: One ``SELECT`` (or ``WITH ... SELECT``, ``EXPLAIN``) statement.
+        sql: One ``SELECT`` (or ``WITH ... SELECT``) statement.
 
     Returns:
         The result as an Arrow table.
 
     Raises:
-        InputError: ``sql`` is not exactly one read-only statement, or DuckDB rejects it.
+        InputError: ``sql`` is not exactly one read-only statement over the clicklake tables
+            (:class:`~clicklake.query.access.AccessDenied`), or DuckDB rejects it.
     """
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise InputError(f"cannot parse the SQL: {exc}") from exc
-    if len(statements) != 1:
-        raise InputError(f"give exactly one statement (got {len(statements)})")
-    kind = str(statements[0].type).rsplit(".", 1)[-1]
-    if kind not in _READ_ONLY:
-        raise InputError(f"only read-only SELECT statements are allowed (got {kind})")
-    con = connect(settings)
-    try:
-        return con.sql(sql).to_arrow_table()
-    except duckdb.Error as exc:
-        raise InputError(f"query failed: {exc}") from exc
-    finally:
-        con.close()
+    from clicklake.query.access import LOCAL_ROLE
+    from clicklake.query.secure import SecureQueries
+
+    return SecureQueries(settings).run(LOCAL_ROLE, sql, max_rows=2**62).table

@@ -11,6 +11,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 Position = dict[str, int]
 EnvelopeMode = Literal["spool", "segment"]
 
@@ -25,15 +28,22 @@ class Chunk:
         data: One or more complete lines; the last may lack its newline at the end of a file.
         envelope: ``"spool"`` when each line is a collector envelope, ``"segment"`` when it is a
             bare Segment call or batch (files).
+        line_offsets: For message logs (Kafka), the offset of each line in ``data`` (one message,
+            one line); ``None`` when lines are at byte offsets ``start + i``.
+        next_offset: For message logs, the offset after the last line; ``None`` for byte streams.
     """
 
     stream: str
     start: int
     data: bytes
     envelope: EnvelopeMode
+    line_offsets: npt.NDArray[np.int64] | None = None
+    next_offset: int | None = None
 
     @property
     def end(self) -> int:
+        if self.next_offset is not None:
+            return self.next_offset
         return self.start + len(self.data)
 
 

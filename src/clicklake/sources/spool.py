@@ -48,6 +48,8 @@ class SpoolWriter:
         StorageError: The directory cannot be created or written.
     """
 
+    kind = "spool"
+
     def __init__(self, spool_dir: Path, segment_max_bytes: int = 64 << 20, segment_max_age_s: float = 60.0):
         self.spool_dir = spool_dir
         self.segment_max_bytes = segment_max_bytes

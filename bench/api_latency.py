@@ -1,0 +1,288 @@
+"""Latency of the dashboard's API calls: p50/p99 per call with 20 concurrent clients over N events.
+
+Steps:
+
+1. Input: ``clicklake generate --format spool --events N --seed S``, ``clicklake run --once``
+   (full enrichment chain) and ``clicklake models build`` into ``bench/out/api_latency/data``
+   (``--keep`` keeps it, ``--reuse`` reuses it for the same N and seed).
+2. ``clicklake serve --no-pipeline`` in its own process on a free 127.0.0.1 port, with one
+   read token for every app (``CLICKLAKE_API__TOKENS``).
+3. ``--clients`` (20) concurrent clients (asyncio + httpx, one connection each) each load the
+   dashboard ``--rounds`` times: the nine calls the page makes (filters, kpis, timeseries,
+   pages, breakdown by channel and by device, funnel, live, health). Each round picks its date
+   range and channel from a fixed, seeded list, as users changing filters would.
+4. Twice: with the answer cache off (``api.cache_entries = 0``: every call runs its queries)
+   and on (the default: repeated filters are answered from memory until the next commit).
+
+Target: p99 < 300 ms for every call at 10,000,000 events on the 2-core bench machine.
+Results go to stdout and this bench's section of ``bench/RESULTS.md``.
+
+Usage::
+
+    .venv/bin/python bench/api_latency.py --events 10000000 --keep
+    .venv/bin/python bench/api_latency.py --events 20000          # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from _common import (
+    OUT_DIR,
+    clicklake_exe,
+    machine_info,
+    markdown_table,
+    run_measured,
+    text_table,
+    utc_now,
+    write_results_section,
+)
+
+NAME = "api_latency"
+TARGET_P99_MS = 300.0
+REFERENCE_EVENTS = 10_000_000
+TOKEN = "bench_token"
+
+
+def prepare(workdir: Path, events: int, seed: int, days: int, reuse: bool) -> dict[str, Any]:
+    meta_path = workdir / "input.json"
+    if reuse and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta["events"] == events and meta["seed"] == seed:
+            return {**meta, "reused": True}
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    data = workdir / "data"
+    base = [clicklake_exe(), "--data-dir", data]
+    t0 = time.perf_counter()
+    for args in (
+        ["generate", "--events", str(events), "--seed", str(seed), "--days", str(days)],
+        ["run", "--once"],
+        ["models", "build"],
+    ):
+        m = run_measured([*base, *args])
+        if not m.ok:
+            sys.exit(f"clicklake {args[0]} failed: {m.error_line()}\n{m.stderr[-2000:]}")
+    meta = {"events": events, "seed": seed, "days": days, "build_s": time.perf_counter() - t0}
+    meta_path.write_text(json.dumps(meta))
+    return {**meta, "reused": False}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_server(data: Path, cache_entries: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "CLICKLAKE_API__TOKENS": json.dumps({TOKEN: {"apps": ["*"], "sql": True, "name": "bench"}}),
+        "CLICKLAKE_API__CACHE_ENTRIES": str(cache_entries),
+    }
+    proc = subprocess.Popen(
+        [
+            clicklake_exe(),
+            "--data-dir",
+            data,
+            "serve",
+            "--no-pipeline",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"clicklake serve exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.terminate()
+    sys.exit("clicklake serve did not answer /healthz in 120 s")
+
+
+def calls(start: date, end: date, channel: str | None) -> list[tuple[str, str, dict[str, Any]]]:
+    f: dict[str, Any] = {"start": start.isoformat(), "end": end.isoformat()}
+    if channel:
+        f["channel"] = channel
+    funnel = {
+        "start": f["start"],
+        "end": f["end"],
+        "step": ["Product Viewed", "Product Added", "Order Completed"],
+        "window": "3600",
+    }
+    return [
+        ("filters", "/api/v1/filters", {}),
+        ("kpis", "/api/v1/kpis", f),
+        ("timeseries", "/api/v1/timeseries", f),
+        ("pages", "/api/v1/pages", {**f, "limit": "15"}),
+        ("breakdown channel", "/api/v1/breakdown", {**f, "dimension": "channel", "limit": "10"}),
+        ("breakdown device", "/api/v1/breakdown", {**f, "dimension": "device", "limit": "10"}),
+        ("funnel", "/api/v1/funnel", funnel),
+        ("live", "/api/v1/live", {"minutes": "30"}),
+        ("health", "/api/v1/health", f),
+    ]
+
+
+async def client(
+    url: str,
+    rounds: int,
+    variants: list[tuple[date, date, str | None]],
+    rng: random.Random,
+    out: dict[str, list[float]],
+) -> list[str]:
+    errors: list[str] = []
+    async with httpx.AsyncClient(
+        base_url=url,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=120,
+        limits=httpx.Limits(max_connections=1),
+    ) as c:
+        for _ in range(rounds):
+            start, end, channel = rng.choice(variants)
+            for name, path, params in calls(start, end, channel):
+                t0 = time.perf_counter()
+                r = await c.get(path, params=params)
+                ms = (time.perf_counter() - t0) * 1000
+                if r.status_code != 200:
+                    errors.append(f"{name}: {r.status_code} {r.text[:200]}")
+                    out.setdefault(f"{name} (failed)", []).append(ms)
+                out.setdefault(name, []).append(ms)
+    return errors
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+
+async def load(
+    url: str, clients: int, rounds: int, seed: int
+) -> tuple[dict[str, list[float]], list[str], float]:
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120
+    ) as c:
+        opts = (await c.get("/api/v1/filters")).json()
+    last = date.fromisoformat(opts["max_date"])
+    variants: list[tuple[date, date, str | None]] = []
+    for span in (7, 28):
+        for shift in (0, 1, 2):
+            end = last - timedelta(days=shift)
+            for channel in (None, *opts["channels"][:2]):
+                variants.append((end - timedelta(days=span - 1), end, channel))
+    out: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    results = await asyncio.gather(
+        *(client(url, rounds, variants, random.Random(seed + i), out) for i in range(clients))
+    )
+    return out, [e for r in results for e in r], time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--events", type=int, default=REFERENCE_EVENTS, help="events to generate (default 10,000,000)"
+    )
+    p.add_argument("--days", type=int, default=28, help="days of traffic (default 28)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=5, help="dashboard loads per client (default 5)")
+    p.add_argument("--keep", action="store_true", help="keep the workdir afterwards (for --reuse)")
+    p.add_argument("--reuse", action="store_true", help="reuse the input already built in the workdir")
+    args = p.parse_args()
+    workdir = OUT_DIR / NAME
+    inp = prepare(workdir, args.events, args.seed, args.days, args.reuse)
+    modes: dict[str, dict[str, list[float]]] = {}
+    walls: dict[str, float] = {}
+    failures: dict[str, int] = {}
+    load_before = os.getloadavg()[0]
+    try:
+        for mode, entries in (("cache off", 0), ("cache on", 512)):
+            proc, url = start_server(workdir / "data", entries)
+            try:
+                out, errors, wall = asyncio.run(load(url, args.clients, args.rounds, args.seed))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=120)
+            if errors:
+                print(f"{len(errors)} calls failed ({mode}), e.g. {errors[0]}", file=sys.stderr)
+            failures[mode] = len(errors)
+            modes[mode] = out
+            walls[mode] = wall
+    finally:
+        if not (args.keep or args.reuse):
+            shutil.rmtree(workdir, ignore_errors=True)
+    at_reference = args.events >= REFERENCE_EVENTS
+    load_after = os.getloadavg()[0]
+    headers = ["call", *(f"{m} {q}" for m in modes for q in ("p50 ms", "p99 ms")), "verdict (cache off)"]
+    rows = []
+    names = [c[0] for c in calls(date.today(), date.today(), None)]
+    for name in names:
+        cells = [name]
+        for m in modes:
+            # A failed call (statement timeout) counts with the time it took to fail.
+            v = modes[m].get(name, []) + modes[m].get(f"{name} (failed)", [])
+            cells += [f"{pct(v, 50):.0f}", f"{pct(v, 99):.0f}"]
+        p99 = pct(modes["cache off"][name] + modes["cache off"].get(f"{name} (failed)", []), 99)
+        failed = f"{name} (failed)" in modes["cache off"]
+        verdict = ("pass" if p99 < TARGET_P99_MS and not failed else "miss") if at_reference else "not judged"
+        rows.append([*cells, verdict])
+    n = sum(len(v) for v in modes["cache off"].values())
+    load_note = (
+        f"load average {load_before:.1f} before, {load_after:.1f} after (2 cores shared with other work)"
+    )
+    print(text_table(headers, rows))
+    info = machine_info(("clicklake", "duckdb", "pyarrow", "pyiceberg", "uvicorn"))
+    body = "\n".join(
+        [
+            "## API latency (`bench/api_latency.py`)",
+            "",
+            f"{utc_now()}; " + ", ".join(f"{k} {v}" for k, v in info.items()),
+            "",
+            f"- Input: `clicklake generate --events {args.events} --seed {args.seed} --days {args.days}`, "
+            f"`run --once`, `models build` ({inp['build_s']:.0f} s"
+            + (", reused" if inp["reused"] else "")
+            + ").",
+            f"- `clicklake serve --no-pipeline`; {args.clients} concurrent clients x {args.rounds} dashboard loads "
+            f"(9 calls each, {n:,} calls per mode); filters drawn from 18 date-range/channel variants.",
+            f"- Wall time: cache off {walls['cache off']:.1f} s, cache on {walls['cache on']:.1f} s; "
+            f"failed calls (statement timeout): {failures['cache off']} / {failures['cache on']}; {load_note}.",
+            f"- Target: p99 < {TARGET_P99_MS:.0f} ms per call at {REFERENCE_EVENTS:,} events"
+            + ("" if at_reference else f" (not judged: this run is at {args.events:,} events)")
+            + ".",
+            "",
+            markdown_table(headers, rows),
+            "",
+            f"Full run: `.venv/bin/python bench/api_latency.py --events {REFERENCE_EVENTS} --keep`.",
+        ]
+    )
+    write_results_section(NAME, body)
+
+
+if __name__ == "__main__":
+    main()
