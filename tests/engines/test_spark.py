@@ -209,3 +209,50 @@ def test_sigkill_of_the_driver_neither_loses_nor_duplicates(
         )
     )
     assert len(positions) == failed.num_rows
+
+
+def test_kafka_source_parity(
+    spark: Any, shared_storage: dict[str, str], tmp_path: Path, kafka_broker: Any
+) -> None:
+    """The same collector envelopes in a Kafka topic (two partitions) through both engines.
+
+    No client resends here: which of two copies spread over partitions lands first is an
+    ordering question across partitions, not what this test is about.
+    """
+    from clicklake.engines.spark import SparkPipeline
+    from clicklake.sources.kafka import KafkaSource
+
+    spool = tmp_path / "spool"
+    manifest = generate(
+        spool,
+        events=600,
+        days=2,
+        seed=11,
+        fmt="spool",
+        malformed_share=0.03,
+        retry_share=0.0,
+        late_share=0.05,
+        end=datetime(2026, 11, 20, tzinfo=UTC),
+    )
+    lines = [
+        line
+        for seg in sorted(spool.glob("seg-*.ndjson"))
+        for line in seg.read_bytes().split(b"\n")
+        if line.strip()
+    ]
+    topic = kafka_broker.new_topic(2)
+    kafka_broker.produce(topic, lines)
+    kafka = {"bootstrap_servers": kafka_broker.bootstrap, "topic": topic, "group_id": f"g-{topic}"}
+    local = spark_settings(shared_storage, tmp_path / "local", "kafka_local", kafka=kafka)
+    remote = spark_settings(shared_storage, tmp_path / "spark", "kafka_spark", kafka=kafka)
+    source = KafkaSource(local.kafka, local.pipeline.pipeline_id)
+    try:
+        Pipeline(local, source).run(once=True)
+    finally:
+        source.close()
+    SparkPipeline(remote, "kafka").run(once=True)
+    events = _rows(remote, "events")
+    assert len(events) == manifest.valid_unique
+    assert len(_rows(remote, "failed_events")) == manifest.expected_failed_rows
+    assert events == _rows(local, "events")
+    assert _rows(remote, "failed_events") == _rows(local, "failed_events")
