@@ -57,6 +57,9 @@ def test_spark_conf_passthrough_wins(tmp_path: Path) -> None:
 
 
 def test_missing_pyspark_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if PySpark were not installed, even when another test imported it already.
+    for name in [m for m in sys.modules if m == "pyspark" or m.startswith("pyspark.")]:
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "pyspark", None)
     monkeypatch.delitem(sys.modules, "clicklake.engines.spark", raising=False)
     with pytest.raises(ConfigError, match=r"clicklake\[spark\]"):
