@@ -5,11 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= clicklake-demo
 DEMO_EVENTS ?= 50000
+# --no-serve stops after the summary instead of serving the dashboard.
+DEMO_FLAGS ?=
 
 .PHONY: help install spark-jars spark-install postgresql test-deps demo test test-fast bench bench-models bench-spark lint format clean
 
 help:
-	@echo "make demo   - install, generate a clickstream, run the pipeline into Iceberg, print the summary"
+	@echo "make demo   - install, generate a clickstream, send it through the collector into Iceberg, build the models, print the summary, serve the dashboard (DEMO_FLAGS=--no-serve: stop after the summary)"
 	@echo "make test   - install and run every test (unit, end-to-end, crash tests)"
 	@echo "make bench  - run the pipeline and enrichment benchmarks and update bench/RESULTS.md"
 	@echo "make bench-models - the 10M-event model build against Spark local (long)"
@@ -66,7 +68,7 @@ test-deps: $(SEGMENT_SDK)
 
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(BIN)/clicklake --data-dir $(DEMO_DIR) demo --events $(DEMO_EVENTS) --no-serve
+	$(BIN)/clicklake --data-dir $(DEMO_DIR) demo --events $(DEMO_EVENTS) $(DEMO_FLAGS)
 
 test: test-deps
 	$(BIN)/python -m pytest -q
