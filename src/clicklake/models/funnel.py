@@ -137,15 +137,25 @@ def funnel(
         if end is not None:
             filters.append(f"derived_tstamp < CAST({quote_literal(end.isoformat())} AS TIMESTAMPTZ)")
         matches = ", ".join(f"({s.condition()}) AS m{i}" for i, s in enumerate(parsed, start=1))
+        any_step = " OR ".join(f"({s.condition()})" for s in parsed)
         w_us = round(window_s * 1_000_000)
+        # Only events matching some step can count, and the copies of one event_id carry the
+        # same payload: keep the matching rows first, so the dedup window sorts a few rows
+        # instead of every event (the time bounds apply after the dedup, as before).
         sql = [
-            f"""WITH ranked AS (
-                SELECT *, {url} AS url_path,
+            f"""WITH candidates AS (
+                SELECT app_id, anonymous_id, user_id, derived_tstamp, collector_tstamp, event_id,
+                    {bd} AS bd_raw, {"is_bot" if "is_bot" in present else "CAST(NULL AS BOOLEAN) AS is_bot"},
+                    event_name, url_path
+                FROM (SELECT *, {url} AS url_path FROM events) AS e
+                WHERE {any_step}
+            ), ranked AS (
+                SELECT *,
                     row_number() OVER (PARTITION BY event_id ORDER BY collector_tstamp, derived_tstamp) AS rn
-                FROM events
+                FROM candidates
             ), ev AS (
                 SELECT app_id, coalesce(anonymous_id, user_id) AS k, epoch_us(derived_tstamp) AS ts,
-                    event_id, CAST({bd} AS VARCHAR) AS bd, {matches}
+                    event_id, CAST(bd_raw AS VARCHAR) AS bd, {matches}
                 FROM ranked WHERE rn = 1 AND {" AND ".join(filters)}
             )"""
         ]

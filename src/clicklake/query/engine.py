@@ -63,11 +63,14 @@ class DataFiles:
         paths: Locations of the Parquet data files, as DuckDB reads them.
         partitions: The partition record of each data file (same order as ``paths``).
         has_deletes: Whether any file has delete files (then read through PyIceberg).
+        collector_max_us: Each file's largest ``collector_tstamp`` (microseconds since the
+            epoch) from the manifest's column bounds; ``None`` where unknown (or no such column).
     """
 
     paths: tuple[str, ...]
     partitions: tuple[tuple[object, ...], ...]
     has_deletes: bool
+    collector_max_us: tuple[int | None, ...] = ()
 
 
 def snapshot_files(table: Table, snapshot_id: int | None = None) -> DataFiles:
@@ -75,14 +78,23 @@ def snapshot_files(table: Table, snapshot_id: int | None = None) -> DataFiles:
     if snapshot_id is None and table.current_snapshot() is None:
         return DataFiles((), (), False)
     scan = table.scan(snapshot_id=snapshot_id) if snapshot_id is not None else table.scan()
+    try:
+        collector_id: int | None = table.schema().find_field("collector_tstamp").field_id
+    except ValueError:
+        collector_id = None
     paths: list[str] = []
     parts: list[tuple[object, ...]] = []
+    highs: list[int | None] = []
     deletes = False
     for task in scan.plan_files():
         paths.append(local_path(task.file.file_path))
         parts.append(tuple(task.file.partition))  # type: ignore[arg-type]  # Record is iterable
         deletes = deletes or bool(task.delete_files)
-    return DataFiles(tuple(paths), tuple(parts), deletes)
+        if collector_id is not None:
+            raw = (task.file.upper_bounds or {}).get(collector_id)
+            # Iceberg's single-value form of a timestamp: 8 bytes, little-endian microseconds.
+            highs.append(int.from_bytes(raw, "little", signed=True) if raw and len(raw) == 8 else None)
+    return DataFiles(tuple(paths), tuple(parts), deletes, tuple(highs))
 
 
 def duck_type(arrow_type: pa.DataType) -> str:

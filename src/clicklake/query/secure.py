@@ -30,10 +30,11 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,10 @@ _DENIED_FUNCTION = re.compile(
 _ALLOWED_REF_TYPES = frozenset({"BASE_TABLE", "JOIN", "SUBQUERY", "EMPTY", "EXPRESSION_LIST", "PIVOT"})
 
 
+#: What a trusted query may narrow a table's files to: a day range, or "collected since".
+Narrow = tuple[date, date] | datetime
+
+
 class QueryTimeout(InputError):
     """The statement ran longer than ``api.statement_timeout_s`` and was interrupted."""
 
@@ -114,6 +119,7 @@ class TableState:
         arrow: The snapshot's rows, when delete files force a PyIceberg scan.
         paths: The data files ``relation`` reads.
         days: Each file's day partition (days since 1970-01-01), when the table has one.
+        collector_max_us: Each file's largest ``collector_tstamp`` (microseconds), when known.
     """
 
     name: str
@@ -123,19 +129,40 @@ class TableState:
     arrow: pa.Table | None = None
     paths: tuple[str, ...] = ()
     days: tuple[int | None, ...] = ()
+    collector_max_us: tuple[int | None, ...] = ()
 
-    def pruned(self, first: date, last: date) -> str | None:
-        """``relation`` over only the files of days ``first..last``; ``None`` when that prunes nothing."""
-        if self.arrow is not None or not self.days or not self.paths:
+    def pruned(self, bounds: Narrow) -> str | None:
+        """``relation`` over only the files that can hold rows of ``bounds``; ``None`` when that prunes nothing.
+
+        ``bounds`` is a day range ``(first, last)`` of the day partition, or a ``datetime``:
+        only files whose largest ``collector_tstamp`` is at or after it.
+        """
+        if self.arrow is not None or not self.paths:
             return None
-        lo, hi = (first - _EPOCH).days, (last - _EPOCH).days
-        keep = [p for p, d in zip(self.paths, self.days, strict=True) if d is None or lo <= d <= hi]
+        if isinstance(bounds, datetime):
+            if len(self.collector_max_us) != len(self.paths):
+                return None
+            since = int(bounds.timestamp() * 1_000_000)
+            keep = [
+                p for p, h in zip(self.paths, self.collector_max_us, strict=True) if h is None or h >= since
+            ]
+        else:
+            if not self.days:
+                return None
+            first, last = bounds
+            lo, hi = (first - _EPOCH).days, (last - _EPOCH).days
+            keep = [p for p, d in zip(self.paths, self.days, strict=True) if d is None or lo <= d <= hi]
         if len(keep) == len(self.paths):
             return None
-        everything = _file_list(self.paths)
         if not keep:
-            return self.relation.replace(everything, _file_list(self.paths[:1])) + " WHERE false"
-        return self.relation.replace(everything, _file_list(keep))
+            # No file can hold such rows: the columns, typed, and no rows (no file is opened).
+            cols = ", ".join(f"CAST(NULL AS {t}) AS {quote_ident(c)}" for c, t in self.columns)
+            return f"SELECT {cols} WHERE false"
+        return self.relation.replace(self._all_files, _file_list(keep))
+
+    @cached_property
+    def _all_files(self) -> str:
+        return _file_list(self.paths)
 
 
 class SnapshotCache:
@@ -271,7 +298,14 @@ def _table_state(con: duckdb.DuckDBPyConnection, name: str, table: Any, snap_id:
     if arrow is None and day is not None and _file_list(files.paths) in relation:
         days = tuple(_as_day(p[day]) for p in files.partitions)
     return TableState(
-        name, snap_id, relation, tuple((str(c[0]), str(c[1])) for c in cols), arrow, files.paths, days
+        name,
+        snap_id,
+        relation,
+        tuple((str(c[0]), str(c[1])) for c in cols),
+        arrow,
+        files.paths,
+        days,
+        files.collector_max_us if arrow is None else (),
     )
 
 
@@ -428,18 +462,18 @@ class RoleDatabase:
                 self.states.pop(name, None)
             self.views = frozenset(views)
 
-    def narrow(self, cur: duckdb.DuckDBPyConnection, days: dict[str, tuple[date, date]]) -> None:
-        """In ``cur`` only, let each table of ``days`` read just the files of those days.
+    def narrow(self, cur: duckdb.DuckDBPyConnection, days: Mapping[str, Narrow]) -> None:
+        """In ``cur`` only, let each table of ``days`` read just the files of those days (or times).
 
         A temporary view of the same name (private to the cursor) shadows the role's relation;
         it applies the same row filter and masks. Rows outside the days may still appear
         (files hold whole days); callers filter on the day as well.
         """
-        for name, (first, last) in days.items():
+        for name, bounds in days.items():
             state = self.states.get(name)
             if state is None or name not in self.views or name in MATERIALIZED:
                 continue
-            source = state.pruned(first, last)
+            source = state.pruned(bounds)
             if source is None:
                 continue
             body = view_sql(state, self.role, self.salt, source)
@@ -609,7 +643,7 @@ class SecureQueries:
 
     @contextmanager
     def cursor(
-        self, role: Role, narrow: dict[str, tuple[date, date]] | None = None
+        self, role: Role, narrow: Mapping[str, Narrow] | None = None
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor on the role's locked database, interrupted after ``api.statement_timeout_s``.
 
@@ -643,7 +677,7 @@ class SecureQueries:
         *,
         trusted: bool = False,
         max_rows: int | None = None,
-        narrow: dict[str, tuple[date, date]] | None = None,
+        narrow: Mapping[str, Narrow] | None = None,
     ) -> QueryResult:
         """Run one statement as ``role``.
 

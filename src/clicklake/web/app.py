@@ -24,7 +24,9 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
+import duckdb
 import orjson
+import pyarrow as pa
 
 from clicklake.config import Settings
 from clicklake.exceptions import ClickLakeError, InputError
@@ -123,6 +125,7 @@ class WebApp:
         self._pool = ThreadPoolExecutor(
             max_workers=max(4, settings.api.threads * 4), thread_name_prefix="clicklake-api"
         )
+        self._pool.submit(self._warm)
         self._routes: dict[
             str, tuple[str, Callable[[Role, dict[str, list[str]], bytes], tuple[Any, int]]]
         ] = {
@@ -157,6 +160,13 @@ class WebApp:
                     return
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
+
+    def _warm(self) -> None:
+        try:
+            self.dashboard.warm()
+        except (ClickLakeError, OSError, duckdb.Error, pa.ArrowException) as exc:
+            # Only a head start: the calls build what they need themselves.
+            log.warning("event=dashboard_warm_failed error=%r", str(exc))
 
     async def shutdown(self) -> None:
         """Write the audit rows still queued and stop the query threads."""

@@ -8,21 +8,41 @@ role scope, parameters and snapshot set: a new commit to any table invalidates t
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from clicklake.config import Settings
 from clicklake.exceptions import InputError
 from clicklake.lakehouse.audit import AUDIT_LOG
 from clicklake.models.funnel import Step, funnel
+from clicklake.models.render import options_from_settings
 from clicklake.query.access import Role
-from clicklake.query.secure import SecureQueries
+from clicklake.query.engine import quote_ident
+from clicklake.query.secure import Narrow, SecureQueries, TableState
+from clicklake.web.funnel_index import FunnelIndex, run_funnel
+from clicklake.web.rollups import (
+    EVENT_NAMES_SQL,
+    FAILURES_SQL,
+    SAMPLES,
+    CellFilter,
+    FileRollups,
+    PageCube,
+    SessionCube,
+    app_mask,
+    value_expression,
+)
+
+log = logging.getLogger("clicklake.web")
 
 #: Dashboard dimension name -> sessions column.
 DIMENSIONS: dict[str, str] = {
@@ -77,6 +97,10 @@ class Filters:
             self.device,
         )
 
+    def cells(self) -> CellFilter:
+        """The same narrowing over rollup cells."""
+        return CellFilter(self.start, self.end, self.app, self.channel, self.device)
+
     def where(self, date_col: str, channel: bool = True, device: bool = True) -> tuple[str, list[Any]]:
         """A ``WHERE`` clause (and its parameters) over a table with these columns."""
         parts = [f"{date_col} BETWEEN ? AND ?"]
@@ -109,6 +133,57 @@ def _rows(table: Any) -> list[dict[str, Any]]:
     return [{k: _jsonable(v) for k, v in row.items()} for row in table.to_pylist()]
 
 
+class Rollups:
+    """One role scope's cubes over one snapshot of ``sessions`` and ``page_views``.
+
+    The base cube and the page cube are built when first read; a dimension's cube when the
+    first breakdown by it is asked for. Builds are single-flight: concurrent callers wait for
+    the one build.
+    """
+
+    def __init__(self, key: tuple[Any, ...], sessions: pa.Table, page_views: pa.Table | None, threads: int):
+        self.key = key
+        self.sessions = sessions
+        self.page_views = page_views
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._cubes: dict[str | None, SessionCube] = {}
+        self._pages: PageCube | None = None
+
+    def cube(self, dimension: str | None, conversion: tuple[str, str, str]) -> SessionCube:
+        """The sessions cube, split by a :data:`DIMENSIONS` name (``None``: cells only)."""
+        with self._lock:
+            if dimension not in self._cubes:
+                value = None if dimension is None else value_expression(DIMENSIONS[dimension])
+                con = _work_con(self.threads)
+                try:
+                    self._cubes[dimension] = SessionCube.build(con, self.sessions, value, conversion)
+                finally:
+                    con.close()
+            return self._cubes[dimension]
+
+    def pages(self) -> PageCube | None:
+        """The page cube (``None`` when there is no ``page_views`` table)."""
+        if self.page_views is None:
+            return None
+        with self._lock:
+            if self._pages is None:
+                con = _work_con(self.threads)
+                try:
+                    self._pages = PageCube.build(con, self.page_views, self.sessions)
+                finally:
+                    con.close()
+            return self._pages
+
+
+def _work_con(threads: int) -> Any:
+    import duckdb
+
+    con = duckdb.connect(":memory:", config={"threads": max(1, threads)})
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
 class Dashboard:
     """The dashboard's numbers.
 
@@ -125,8 +200,34 @@ class Dashboard:
         self._status: tuple[float, dict[str, Any]] | None = None
         conv = settings.models.conversions
         self.conversion = conv[0].name if conv else None
+        self._rollups: dict[tuple[Any, ...], Rollups] = {}
+        self._rollup_locks: dict[tuple[Any, ...], threading.Lock] = {}
+        self._inflight: dict[tuple[Any, ...], threading.Event] = {}
+        threads = settings.api.threads
+        self._names_rollup = FileRollups(EVENT_NAMES_SQL, threads)
+        self._failures = FileRollups(FAILURES_SQL, threads)
+        self._funnel_index = FunnelIndex(threads)
+        self._include_bots = options_from_settings(settings).include_bots
 
     # -- plumbing ------------------------------------------------------------------------------
+
+    def warm(self) -> None:
+        """Build the role-independent indexes (event names, failures, the funnel index) now.
+
+        ``clicklake serve`` calls this in the background at start, so the first dashboard
+        loads do not wait for a full read of ``events``; later snapshots only add their files.
+        """
+        t0 = time.monotonic()
+        states = self.queries.snapshots.states()
+        events = states.get("events")
+        if events is not None and events.arrow is None and events.paths:
+            self._names_rollup.table(events.paths)
+            if len(events.days) == len(events.paths):
+                self._funnel_index.sync(events.paths, events.days, {c for c, _ in events.columns})
+        failed = states.get("failed_events")
+        if failed is not None and failed.arrow is None and failed.paths:
+            self._failures.table(failed.paths)
+        log.info("event=dashboard_warm seconds=%.1f", time.monotonic() - t0)
 
     def cached(self, role: Role, name: str, params: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         """``compute()``, remembered per role scope, parameters and snapshot set."""
@@ -134,23 +235,36 @@ class Dashboard:
             return compute()
         # The audit log gets a commit every few seconds and no dashboard number reads it.
         key = (name, params, role.apps, role.pii, role.admin, self.queries.snapshot_key(_NOT_READ))
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        value = compute()
-        with self._lock:
-            self._cache[key] = value
-            while len(self._cache) > self.settings.api.cache_entries:
-                self._cache.popitem(last=False)
-        return value
+        while True:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+                running = self._inflight.get(key)
+                if running is None:
+                    # This caller computes; the others asking for the same answer wait for it.
+                    done = threading.Event()
+                    self._inflight[key] = done
+                    break
+            running.wait()
+        try:
+            value = compute()
+            with self._lock:
+                self._cache[key] = value
+                while len(self._cache) > self.settings.api.cache_entries:
+                    self._cache.popitem(last=False)
+            return value
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+            done.set()
 
     def _q(
         self,
         role: Role,
         sql: str,
         params: Sequence[Any] = (),
-        narrow: dict[str, tuple[date, date]] | None = None,
+        narrow: Mapping[str, Narrow] | None = None,
     ) -> list[dict[str, Any]]:
         # narrow: read only the files of these days (the SQL filters on the days as well).
         result = self.queries.run(role, sql, params, trusted=True, max_rows=100_000, narrow=narrow)
@@ -165,6 +279,63 @@ class Dashboard:
             return "false", "0.0", "0"
         c = self.conversion
         return f"cv_{c}_converted", f"cv_{c}_value", f"cv_{c}_volume"
+
+    def rollups(self, role: Role) -> Rollups | None:
+        """The role scope's cubes over the current ``sessions``/``page_views`` (``None``: no sessions)."""
+        db = self.queries.database(role)
+        if "sessions" not in db.views:
+            return None
+        scope = (role.apps, role.pii, role.admin)
+        snaps = (
+            db.snapshots.get("sessions"),
+            db.snapshots.get("page_views") if "page_views" in db.views else None,
+        )
+        key = (scope, snaps)
+        with self._lock:
+            lock = self._rollup_locks.setdefault(scope, threading.Lock())
+        with lock:
+            current = self._rollups.get(scope)
+            if current is not None and current.key == key:
+                return current
+            with self.queries.cursor(role) as cur:
+                sessions = self._session_rows(cur, db.states["sessions"])
+                page_views = (
+                    cur.sql(
+                        "SELECT app_id, page_view_date, default_channel_group, dvce_class, page_path_clean, "
+                        "session_id, page_view_in_session_index, page_view_id, engaged_time_s FROM page_views"
+                    ).to_arrow_table()
+                    if "page_views" in db.views
+                    else None
+                )
+            built = Rollups(key, sessions, page_views, self.settings.api.threads)
+            self._rollups[scope] = built
+            return built
+
+    def _session_rows(self, cur: Any, state: TableState) -> pa.Table:
+        present = {c for c, _ in state.columns}
+        converted, value, volume = self._cv()
+        wanted = {
+            "app_id",
+            "session_date",
+            "page_views",
+            "is_bounce",
+            "is_engaged",
+            "duration_s",
+            "landing_page_path",
+            "exit_page_path",
+            *DIMENSIONS.values(),
+        }
+        cols = [c for c in sorted(wanted) if c in present]
+        cols += [c for c in (converted, value, volume) if c in present and c not in cols]
+        user = "user_key" if "user_key" in present else "NULL"
+        # Masked or not, equal user keys stay equal: the dense numbers count the same users.
+        select = ", ".join(quote_ident(c) for c in cols)
+        table: pa.Table = cur.sql(
+            f"""SELECT {select},
+                CASE WHEN {user} IS NULL THEN NULL ELSE dense_rank() OVER (ORDER BY {user}) END AS uid
+            FROM sessions"""
+        ).to_arrow_table()
+        return table
 
     def check_app(self, role: Role, app: str | None) -> None:
         """Refuse an ``app`` filter naming an app the role does not see.
@@ -194,8 +365,6 @@ class Dashboard:
     # -- numbers -------------------------------------------------------------------------------
 
     def _kpis(self, role: Role, f: Filters) -> dict[str, Any]:
-        converted, value, volume = self._cv()
-        where, params = f.where("session_date")
         zero = {
             "users": 0,
             "sessions": 0,
@@ -207,22 +376,10 @@ class Dashboard:
             "revenue": 0.0,
             "avg_session_duration_s": 0.0,
         }
-        if not self._has(role, "sessions"):
+        rollups = self.rollups(role)
+        if rollups is None:
             return zero
-        rows = self._q(
-            role,
-            f"""SELECT count(DISTINCT user_key) AS users, count(*) AS sessions,
-                CAST(coalesce(sum(page_views), 0) AS BIGINT) AS page_views,
-                coalesce(avg(CASE WHEN is_bounce THEN 1.0 ELSE 0.0 END), 0.0) AS bounce_rate,
-                coalesce(avg(CASE WHEN is_engaged THEN 1.0 ELSE 0.0 END), 0.0) AS engagement_rate,
-                CAST(coalesce(sum({volume}), 0) AS BIGINT) AS conversions,
-                coalesce(avg(CASE WHEN {converted} THEN 1.0 ELSE 0.0 END), 0.0) AS conversion_rate,
-                CAST(coalesce(sum({value}), 0.0) AS DOUBLE) AS revenue,
-                coalesce(avg(duration_s), 0.0) AS avg_session_duration_s
-            FROM sessions WHERE {where}""",
-            params,
-        )
-        return rows[0] if rows else zero
+        return rollups.cube(None, self._cv()).totals(f.cells())
 
     def kpis(self, role: Role, f: Filters) -> dict[str, Any]:
         """KPI totals of the period and of the one before, with relative changes."""
@@ -252,6 +409,10 @@ class Dashboard:
             if not self._has(role, "sessions"):
                 return {"interval": interval, "points": []}
             converted, value, volume = self._cv()
+            if interval == "day":
+                rollups = self.rollups(role)
+                if rollups is not None:
+                    return {"interval": interval, "points": self._per_day(rollups, f)}
             where, params = f.where("session_date")
             bucket = "session_date" if interval == "day" else "date_trunc('hour', start_tstamp)"
             rows = self._q(
@@ -269,12 +430,36 @@ class Dashboard:
 
         return dict(self.cached(role, "timeseries", (f, interval), compute))
 
+    def _per_day(self, rollups: Rollups, f: Filters) -> list[dict[str, Any]]:
+        points = []
+        for day, m in sorted(rollups.cube(None, self._cv()).grouped(f.cells(), "d"), key=lambda x: x[0]):
+            points.append(
+                {
+                    "t": day.isoformat(),
+                    "users": m["users"],
+                    "sessions": m["sessions"],
+                    "page_views": m["page_views"],
+                    "bounce_rate": m["bounce_rate"],
+                    "conversion_rate": m["conversion_rate"],
+                    "conversions": m["conversions"],
+                    "revenue": m["revenue"],
+                }
+            )
+        return points
+
     def pages(self, role: Role, f: Filters, limit: int = 20) -> dict[str, Any]:
-        """Top clean page paths by views, with entrances, exits and exit rate (exits / views)."""
+        """Top clean page paths by views, with entrances, exits and exit rate (exits / views).
+
+        ``sessions`` of a page counts the sessions whose first view of it falls in the period.
+        """
 
         def compute() -> dict[str, Any]:
             if not self._has(role, "sessions", "page_views"):
                 return {"pages": []}
+            rollups = self.rollups(role)
+            cube = rollups.pages() if rollups is not None else None
+            if cube is not None:
+                return {"pages": cube.top(f.cells(), limit)}
             pv_where, pv_params = f.where("page_view_date")
             s_where, s_params = f.where("session_date")
             rows = self._q(
@@ -309,6 +494,26 @@ class Dashboard:
         def compute() -> dict[str, Any]:
             if not self._has(role, "sessions"):
                 return {"dimension": dimension, "rows": []}
+            rollups = self.rollups(role)
+            if rollups is not None and col in {
+                c for c, _ in self.queries.database(role).states["sessions"].columns
+            }:
+                groups = rollups.cube(dimension, self._cv()).grouped(f.cells(), "v")
+                groups.sort(key=lambda g: (-g[1]["sessions"], g[0]))
+                return {
+                    "dimension": dimension,
+                    "rows": [
+                        {
+                            "value": v,
+                            "sessions": m["sessions"],
+                            "users": m["users"],
+                            "bounce_rate": m["bounce_rate"],
+                            "conversion_rate": m["conversion_rate"],
+                            "revenue": m["revenue"],
+                        }
+                        for v, m in groups[:limit]
+                    ],
+                }
             converted, value, _ = self._cv()
             where, params = f.where("session_date")
             rows = self._q(
@@ -345,6 +550,30 @@ class Dashboard:
                 return {"steps": []}
             start = datetime.combine(f.start, datetime.min.time(), UTC)
             end = datetime.combine(f.end + timedelta(days=1), datetime.min.time(), UTC)
+            column = FUNNEL_BREAKDOWNS[breakdown] if breakdown else None
+            state = self.queries.database(role).states["events"]
+            if (
+                state.arrow is None
+                and state.paths
+                and len(state.days) == len(state.paths)
+                and self._funnel_index.sync(state.paths, state.days, {c for c, _ in state.columns})
+            ):
+                found = run_funnel(
+                    self._funnel_index.rows(f.start, f.end),
+                    parsed,
+                    window_s,
+                    order,
+                    column,
+                    start,
+                    end,
+                    role.apps,
+                    f.app,
+                    self._include_bots,
+                )
+                if column:
+                    for r in found:
+                        r["breakdown"] = r.pop(column)
+                return {"order": order, "window_s": window_s, "steps": found}
             with self.queries.cursor(role, narrow={"events": (f.start, f.end)}) as cur:
                 table = funnel(
                     self.settings,
@@ -378,17 +607,21 @@ class Dashboard:
             if app is not None:
                 cond += " AND app_id = ?"
                 params.append(app)
+            # Only the files whose largest collector time (manifest bounds) is recent enough.
+            recent_files: dict[str, Narrow] = {"events": since}
             per_minute = self._q(
                 role,
                 f"""SELECT date_trunc('minute', collector_tstamp) AS minute, count(*) AS events
                 FROM events WHERE {cond} GROUP BY 1 ORDER BY 1""",
                 params,
+                recent_files,
             )
             recent = self._q(
                 role,
                 f"""SELECT collector_tstamp, app_id, event_type, event_name, page_path
                 FROM events WHERE {cond} ORDER BY collector_tstamp DESC LIMIT 20""",
                 params,
+                recent_files,
             )
             return {"since": since.isoformat(), "per_minute": per_minute, "recent": recent}
 
@@ -420,6 +653,9 @@ class Dashboard:
         def compute() -> dict[str, Any]:
             if not self._has(role, "failed_events"):
                 return {"failed_total": 0, "failed_by_reason": []}
+            state = self.queries.database(role).states["failed_events"]
+            if state.arrow is None and state.paths and examples <= SAMPLES:
+                return self._failures_from_rollup(role, f, state, examples)
             where = "CAST(collector_tstamp AS DATE) BETWEEN ? AND ?"
             params: list[Any] = [f.start, f.end]
             if f.app is not None:
@@ -463,6 +699,61 @@ class Dashboard:
             **failed,
         }
 
+    def _failures_from_rollup(
+        self, role: Role, f: Filters, state: TableState, examples: int
+    ) -> dict[str, Any]:
+        table = app_mask(self._failures.table(state.paths), role.apps, f.app)
+        table = table.filter(pc.and_(pc.greater_equal(table["d"], f.start), pc.less_equal(table["d"], f.end)))
+        reasons: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in table.select(["app_id", "stage", "error_type", "n", "examples"]).to_pylist():
+            r = reasons.setdefault((row["stage"], row["error_type"]), {"failed": 0, "examples": []})
+            r["failed"] += row["n"]
+            r["examples"].extend({**x, "app_id": row["app_id"]} for x in row["examples"])
+        by_reason = []
+        for (stage, error_type), r in reasons.items():
+            latest = sorted(r["examples"], key=lambda x: x["collector_tstamp"], reverse=True)[:examples]
+            by_reason.append(
+                {
+                    "stage": stage,
+                    "error_type": error_type,
+                    "failed": r["failed"],
+                    "examples": [
+                        {
+                            "collector_tstamp": _jsonable(x["collector_tstamp"]),
+                            "app_id": x["app_id"],
+                            "event_id": x["event_id"],
+                            "error_message": x["error_message"],
+                            # The raw payload is PII (it holds IPs, traits, ids): only for pii roles.
+                            "raw": x["raw"] if role.pii else None,
+                        }
+                        for x in latest
+                    ],
+                }
+            )
+        by_reason.sort(key=lambda r: (-r["failed"], r["error_type"] or "", r["stage"] or ""))
+        return {"failed_total": sum(r["failed"] for r in by_reason), "failed_by_reason": by_reason}
+
+    def _event_names(self, role: Role, first: date, last: date) -> list[str]:
+        state = self.queries.database(role).states["events"]
+        if state.arrow is None and state.paths:
+            table = app_mask(self._names_rollup.table(state.paths), role.apps, None)
+            table = table.filter(pc.greater_equal(table["d"], first))
+            counts = table.group_by("event_name").aggregate([("n", "sum")]).to_pylist()
+            counts.sort(key=lambda r: (-r["n_sum"], r["event_name"]))
+            return [r["event_name"] for r in counts[:50]]
+        return [
+            r["v"]
+            for r in self._q(
+                role,
+                """SELECT event_name AS v FROM events
+                WHERE event_name IS NOT NULL AND event_type IN ('track', 'page', 'screen')
+                    AND derived_tstamp >= ?
+                GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 50""",
+                [datetime.combine(first, datetime.min.time(), UTC)],
+                {"events": (first, last + timedelta(days=1))},
+            )
+        ]
+
     def filter_options(self, role: Role) -> dict[str, Any]:
         """Values the filters and the funnel builder offer: apps, channels, devices, dates, event names."""
 
@@ -475,43 +766,21 @@ class Dashboard:
                 "max_date": None,
             }
             out["event_names"] = []
-            if self._has(role, "sessions"):
-                out["apps"] = [
-                    r["v"] for r in self._q(role, "SELECT DISTINCT app_id AS v FROM sessions ORDER BY 1")
-                ]
-                out["channels"] = [
-                    r["v"]
-                    for r in self._q(
-                        role,
-                        "SELECT DISTINCT coalesce(default_channel_group, '(none)') AS v FROM sessions ORDER BY 1",
-                    )
-                ]
-                out["devices"] = [
-                    r["v"]
-                    for r in self._q(
-                        role, "SELECT DISTINCT coalesce(dvce_class, '(none)') AS v FROM sessions ORDER BY 1"
-                    )
-                ]
-                bounds = self._q(
-                    role, "SELECT min(session_date) AS lo, max(session_date) AS hi FROM sessions"
-                )
-                out["min_date"], out["max_date"] = bounds[0]["lo"], bounds[0]["hi"]
+            rollups = self.rollups(role)
+            if rollups is not None:
+                cube = rollups.cube(None, self._cv())
+                none_last = sorted(cube.values("app_id"), key=lambda v: (v is None, v))
+                out["apps"] = [v for v in none_last if v is not None]
+                out["channels"] = sorted("(none)" if v is None else v for v in cube.values("ch"))
+                out["devices"] = sorted("(none)" if v is None else v for v in cube.values("dv"))
+                days = cube.values("d")
+                if days:
+                    out["min_date"], out["max_date"] = min(days).isoformat(), max(days).isoformat()
             if self._has(role, "events"):
                 # The names seen in the last 28 days with data (what a funnel is built from).
                 last = date.fromisoformat(out["max_date"]) if out["max_date"] else datetime.now(UTC).date()
                 first = last - timedelta(days=27)
-                out["event_names"] = [
-                    r["v"]
-                    for r in self._q(
-                        role,
-                        """SELECT event_name AS v FROM events
-                        WHERE event_name IS NOT NULL AND event_type IN ('track', 'page', 'screen')
-                            AND derived_tstamp >= ?
-                        GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 50""",
-                        [datetime.combine(first, datetime.min.time(), UTC)],
-                        {"events": (first, last + timedelta(days=1))},
-                    )
-                ]
+                out["event_names"] = self._event_names(role, first, last)
             out["conversion"] = self.conversion
             return out
 
