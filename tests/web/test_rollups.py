@@ -1,0 +1,315 @@
+"""The dashboard's rollups give the same numbers as SQL over the role's own rows.
+
+Every expected value here is computed by a plain SQL statement over the role's locked views
+(what the dashboard computed per call before the rollups), for several roles and filters.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from clicklake.models.funnel import Step, funnel
+from clicklake.query.access import Role, authenticate
+from clicklake.query.engine import parquet_relation, quote_ident
+from clicklake.query.secure import SecureQueries, SnapshotCache
+from clicklake.web.dashboard import DIMENSIONS, Dashboard, Filters
+from clicklake.web.funnel_index import FunnelIndex, run_funnel
+from tests.web.fixtures import END, Lake
+
+LAST = END.date()
+FILTERS = [
+    Filters(LAST - timedelta(days=6), LAST),
+    Filters(LAST - timedelta(days=2), LAST - timedelta(days=2)),
+    Filters(LAST - timedelta(days=6), LAST, channel="Organic Search"),
+    Filters(LAST - timedelta(days=6), LAST, device="mobile"),
+    Filters(LAST - timedelta(days=6), LAST, channel="(none)"),
+    Filters(LAST - timedelta(days=30), LAST + timedelta(days=3)),
+]
+
+
+def _sql(q: SecureQueries, role: Role, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    return list(q.run(role, sql, params).table.to_pylist())
+
+
+def _close(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    # NaN (DuckDB's 0.0 / 0) is null in JSON, as the API sends it.
+    b = {k: None if isinstance(v, float) and v != v else v for k, v in b.items()}
+    for k in a:
+        if a[k] is None or b[k] is None:
+            assert a[k] == b[k], k
+            continue
+        if isinstance(b[k], float) or isinstance(a[k], float):
+            assert a[k] == pytest.approx(b[k], abs=1e-9), k
+        else:
+            assert a[k] == b[k], k
+
+
+@pytest.fixture(scope="module")
+def dash(lake: Lake) -> tuple[Dashboard, SecureQueries]:
+    settings = lake.settings.model_copy(
+        update={"api": lake.settings.api.model_copy(update={"cache_entries": 0})}
+    )
+    q = SecureQueries(settings, SnapshotCache(settings))
+    return Dashboard(settings, q), q
+
+
+ROLES = ["tok_shop", "tok_pii", "tok_admin", "tok_blog"]
+
+
+@pytest.mark.parametrize("token", ROLES)
+def test_kpis_timeseries_and_breakdowns_equal_sql(
+    lake: Lake, dash: tuple[Dashboard, SecureQueries], token: str
+) -> None:
+    d, q = dash
+    role = authenticate(lake.settings, token)
+    checked = 0
+    for f in [*FILTERS, Filters(LAST - timedelta(days=6), LAST, app="demo-shop")]:
+        if f.app is not None and not role.sees_app(f.app):
+            continue
+        where, params = f.where("session_date")
+        exp = _sql(
+            q,
+            role,
+            f"""SELECT count(DISTINCT user_key) AS users, count(*) AS sessions,
+                CAST(coalesce(sum(page_views), 0) AS BIGINT) AS page_views,
+                coalesce(avg(CASE WHEN is_bounce THEN 1.0 ELSE 0.0 END), 0.0) AS bounce_rate,
+                coalesce(avg(CASE WHEN is_engaged THEN 1.0 ELSE 0.0 END), 0.0) AS engagement_rate,
+                CAST(coalesce(sum(cv_order_volume), 0) AS BIGINT) AS conversions,
+                coalesce(avg(CASE WHEN cv_order_converted THEN 1.0 ELSE 0.0 END), 0.0) AS conversion_rate,
+                CAST(coalesce(sum(cv_order_value), 0.0) AS DOUBLE) AS revenue,
+                coalesce(avg(duration_s), 0.0) AS avg_session_duration_s
+            FROM sessions WHERE {where}""",
+            params,
+        )[0]
+        got = d.kpis(role, f)["current"]
+        _close({k: got[k] for k in exp}, {k: float(v) if isinstance(v, float) else v for k, v in exp.items()})
+        checked += exp["sessions"]
+
+        points = d.timeseries(role, f)["points"]
+        exp_points = _sql(
+            q,
+            role,
+            f"""SELECT CAST(session_date AS VARCHAR) AS t, count(DISTINCT user_key) AS users, count(*) AS sessions,
+                CAST(coalesce(sum(page_views), 0) AS BIGINT) AS page_views,
+                avg(CASE WHEN is_bounce THEN 1.0 ELSE 0.0 END) AS bounce_rate,
+                avg(CASE WHEN cv_order_converted THEN 1.0 ELSE 0.0 END) AS conversion_rate,
+                CAST(coalesce(sum(cv_order_volume), 0) AS BIGINT) AS conversions,
+                CAST(coalesce(sum(cv_order_value), 0.0) AS DOUBLE) AS revenue
+            FROM sessions WHERE {where} GROUP BY 1 ORDER BY 1""",
+            params,
+        )
+        assert len(points) == len(exp_points)
+        for a, b in zip(points, exp_points, strict=True):
+            _close(a, b)
+
+        for dim, col in DIMENSIONS.items():
+            rows = d.breakdown(role, f, dim, 5)["rows"]
+            exp_rows = _sql(
+                q,
+                role,
+                f"""SELECT coalesce(CAST({quote_ident(col)} AS VARCHAR), '(none)') AS value, count(*) AS sessions,
+                    count(DISTINCT user_key) AS users,
+                    avg(CASE WHEN is_bounce THEN 1.0 ELSE 0.0 END) AS bounce_rate,
+                    avg(CASE WHEN cv_order_converted THEN 1.0 ELSE 0.0 END) AS conversion_rate,
+                    CAST(coalesce(sum(cv_order_value), 0.0) AS DOUBLE) AS revenue
+                FROM sessions WHERE {where} GROUP BY 1 ORDER BY sessions DESC, value LIMIT 5""",
+                params,
+            )
+            assert len(rows) == len(exp_rows), dim
+            for a, b in zip(rows, exp_rows, strict=True):
+                _close(a, b)
+    assert checked > 0
+
+
+@pytest.mark.parametrize("token", ["tok_shop", "tok_admin"])
+def test_pages_equal_sql(lake: Lake, dash: tuple[Dashboard, SecureQueries], token: str) -> None:
+    d, q = dash
+    role = authenticate(lake.settings, token)
+    for f in FILTERS:
+        pv_where, pv_params = f.where("page_view_date")
+        s_where, s_params = f.where("session_date")
+        # sessions: those whose first view of the page falls in the period (see Dashboard.pages).
+        exp = _sql(
+            q,
+            role,
+            f"""WITH firsts AS (
+                SELECT *, row_number() OVER (PARTITION BY session_id, page_path_clean
+                    ORDER BY page_view_in_session_index, page_view_id) = 1 AS first_view
+                FROM page_views
+            ), pv AS (
+                SELECT page_path_clean AS page, count(*) AS views, count(*) FILTER (WHERE first_view) AS sessions,
+                    avg(engaged_time_s) AS avg_engaged_time_s
+                FROM firsts WHERE {pv_where} GROUP BY 1
+            ), ex AS (
+                SELECT exit_page_path AS page, count(*) AS exits FROM sessions
+                WHERE {s_where} AND exit_page_path IS NOT NULL GROUP BY 1
+            ), en AS (
+                SELECT landing_page_path AS page, count(*) AS entrances FROM sessions
+                WHERE {s_where} AND landing_page_path IS NOT NULL GROUP BY 1
+            )
+            SELECT pv.page, pv.views, pv.sessions, coalesce(en.entrances, 0) AS entrances,
+                coalesce(ex.exits, 0) AS exits, coalesce(ex.exits, 0) / pv.views AS exit_rate, pv.avg_engaged_time_s
+            FROM pv LEFT JOIN ex ON ex.page IS NOT DISTINCT FROM pv.page
+                LEFT JOIN en ON en.page IS NOT DISTINCT FROM pv.page
+            ORDER BY pv.views DESC, pv.page LIMIT 15""",
+            [*pv_params, *s_params, *s_params],
+        )
+        got = d.pages(role, f, 15)["pages"]
+        assert len(got) == len(exp)
+        for a, b in zip(got, exp, strict=True):
+            _close(a, b)
+
+
+FUNNELS: list[tuple[list[str], str, str | None, float]] = [
+    (["Product Viewed", "Product Added", "Order Completed"], "strict", None, 3600.0),
+    (["Product Viewed", "Product Added", "Order Completed"], "any", "channel", 86400.0),
+    (["Order Completed", "Product Viewed"], "strict", "country", 86400.0),
+    (["@^/products?/", "Product Added"], "strict", "device", 7200.0),
+    (["Page Ping", "@(checkout|cart)"], "any", None, 600.0),
+]
+
+
+@pytest.mark.parametrize("token", ["tok_shop", "tok_admin", "tok_blog"])
+def test_funnel_index_equals_the_sql_funnel(
+    lake: Lake, dash: tuple[Dashboard, SecureQueries], token: str
+) -> None:
+    from clicklake.web.dashboard import FUNNEL_BREAKDOWNS
+
+    d, q = dash
+    role = authenticate(lake.settings, token)
+    nonzero = 0
+    for f in (FILTERS[0], FILTERS[1], FILTERS[5]):
+        for steps, order, breakdown, window in FUNNELS:
+            got = d.funnel(role, f, steps, window, order, breakdown)["steps"]
+            parsed = [Step(event=e or None, path=p or None) for e, _, p in (s.partition("@") for s in steps)]
+            with q.cursor(role) as cur:
+                exp = funnel(
+                    lake.settings,
+                    parsed,
+                    window,
+                    order=order,
+                    breakdown=FUNNEL_BREAKDOWNS[breakdown] if breakdown else None,
+                    start=datetime.combine(f.start, datetime.min.time(), UTC),
+                    end=datetime.combine(f.end + timedelta(days=1), datetime.min.time(), UTC),
+                    con=cur,
+                ).to_pylist()
+            if breakdown:
+                for r in exp:
+                    r["breakdown"] = r.pop(FUNNEL_BREAKDOWNS[breakdown])
+            assert len(got) == len(exp), (steps, order, breakdown)
+            for a, b in zip(got, exp, strict=True):
+                _close(a, b)
+            nonzero += sum(r["entities"] for r in got)
+    assert nonzero > 0
+
+
+def test_funnel_index_follows_added_and_removed_files(lake: Lake) -> None:
+    # Snapshots that add files, then one that drops some (as compaction or retention would).
+    import duckdb
+
+    state = SnapshotCache(lake.settings).states()["events"]
+    columns = {c for c, _ in state.columns}
+    steps = [Step(event="Product Viewed"), Step(event="Product Added"), Step(event="Order Completed")]
+    start = datetime.combine(LAST - timedelta(days=6), datetime.min.time(), UTC)
+    end = datetime.combine(LAST + timedelta(days=1), datetime.min.time(), UTC)
+    index = FunnelIndex(1)
+    n = len(state.paths)
+    schema = None
+    for keep in (range(0, n, 2), range(n), range(1, n, 3)):
+        paths = [state.paths[i] for i in keep]
+        days = [state.days[i] for i in keep]
+        assert index.sync(paths, days, columns)
+        got = run_funnel(
+            index.rows(LAST - timedelta(days=6), LAST),
+            steps,
+            3600.0,
+            "strict",
+            "geo_country",
+            start,
+            end,
+            None,
+            None,
+            False,
+        )
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        if schema is None:
+            from clicklake.lakehouse.catalog import open_catalog
+            from clicklake.lakehouse.catalog import table_id as tid
+
+            schema = (
+                open_catalog(lake.settings, write=False)
+                .load_table(tid(lake.settings, "events"))
+                .schema()
+                .as_arrow()
+            )
+        con.execute(f"CREATE VIEW events AS {parquet_relation(con, paths, schema)}")
+        exp = funnel(
+            lake.settings, steps, 3600.0, breakdown="geo_country", start=start, end=end, con=con
+        ).to_pylist()
+        con.close()
+        assert len(got) == len(exp)
+        for a, b in zip(got, exp, strict=True):
+            _close(a, b)
+
+
+def test_live_reads_only_files_with_recent_collector_times(
+    lake: Lake, dash: tuple[Dashboard, SecureQueries]
+) -> None:
+    d, q = dash
+    state = SnapshotCache(lake.settings).states()["events"]
+    assert state.collector_max_us and all(h is not None for h in state.collector_max_us)
+    newest = max(h for h in state.collector_max_us if h is not None)
+    after = datetime.fromtimestamp(newest / 1e6 + 1, UTC)
+    empty = state.pruned(after)
+    assert empty is not None and "read_parquet" not in empty  # no file is opened
+    before = datetime.fromtimestamp(newest / 1e6 - 1, UTC)
+    some = state.pruned(before)
+    assert some is None or "read_parquet" in some
+    # The lake's events were collected in March 2026: nothing in the last 30 minutes.
+    role = authenticate(lake.settings, "tok_admin")
+    live = d.live(role, None, 30)
+    assert live["per_minute"] == [] and live["recent"] == []
+    # And what the pruned read finds equals the full read.
+    since = datetime.fromtimestamp(newest / 1e6 - 3600, UTC)
+    with q.cursor(role, narrow={"events": since}) as cur:
+        pruned = cur.sql("SELECT count(*) FROM events WHERE collector_tstamp >= ?", params=[since]).fetchall()
+    with q.cursor(role) as cur:
+        full = cur.sql("SELECT count(*) FROM events WHERE collector_tstamp >= ?", params=[since]).fetchall()
+    assert pruned == full and full[0][0] > 0
+
+
+def test_health_from_the_rollup_equals_sql(lake: Lake, dash: tuple[Dashboard, SecureQueries]) -> None:
+    d, q = dash
+    for token in ("tok_shop", "tok_pii", "tok_admin"):
+        role = authenticate(lake.settings, token)
+        f = Filters(LAST - timedelta(days=6), LAST)
+        got = d.health(role, f)
+        exp = _sql(
+            q,
+            role,
+            """SELECT stage, error_type, count(*) AS failed FROM failed_events
+            WHERE CAST(collector_tstamp AS DATE) BETWEEN ? AND ? GROUP BY 1, 2""",
+            [f.start, f.end],
+        )
+        assert {(r["stage"], r["error_type"]): r["failed"] for r in got["failed_by_reason"]} == {
+            (r["stage"], r["error_type"]): r["failed"] for r in exp
+        }
+        assert got["failed_total"] > 0
+        for r in got["failed_by_reason"]:
+            latest = _sql(
+                q,
+                role,
+                """SELECT event_id, left(CAST(raw AS VARCHAR), 300) AS raw FROM failed_events
+                WHERE CAST(collector_tstamp AS DATE) BETWEEN ? AND ? AND stage = ? AND error_type = ?
+                ORDER BY collector_tstamp DESC LIMIT 3""",
+                [f.start, f.end, r["stage"], r["error_type"]],
+            )
+            assert [x["raw"] for x in r["examples"]] == [x["raw"] for x in latest]
+            assert (role.pii and any(x["raw"] for x in r["examples"])) or all(
+                x["raw"] is None for x in r["examples"]
+            )
