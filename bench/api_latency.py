@@ -11,8 +11,17 @@ Steps:
    dashboard ``--rounds`` times: the nine calls the page makes (filters, kpis, timeseries,
    pages, breakdown by channel and by device, funnel, live, health). Each round picks its date
    range and channel from a fixed, seeded list, as users changing filters would.
-4. Twice: with the answer cache off (``api.cache_entries = 0``: every call runs its queries)
-   and on (the default: repeated filters are answered from memory until the next commit).
+4. Twice: with the answer cache off (``api.cache_entries = 0``: every call computes its answer
+   from the rollups) and on (the default: repeated filters are answered from memory until the
+   next commit). Each server first gets one untimed dashboard load with a 14-day range that no
+   timed call uses: it waits for the serving indexes ``clicklake serve`` builds at start (the
+   funnel index, the per-file rollups) and builds the role's session cubes, as a server that has
+   been running has done. Its duration is reported as the warm-up.
+5. The server's peak RSS (sampled every 100 ms) is reported: the rollups and the funnel index
+   live in memory.
+
+``--data DIR`` serves an existing data directory instead (for example the 10M-event input of
+``bench/models_build.py``); the server adds its ``audit_log`` table to it.
 
 Target: p99 < 300 ms for every call at 10,000,000 events on the 2-core bench machine.
 Results go to stdout and this bench's section of ``bench/RESULTS.md``.
@@ -34,6 +43,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import date, timedelta
 from pathlib import Path
@@ -87,6 +97,15 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).memory_info().rss) / 1e6
+    except psutil.Error:
+        return 0.0
 
 
 def start_server(data: Path, cache_entries: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -181,6 +200,21 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
 
 
+async def warm_up(url: str) -> float:
+    """One untimed dashboard load over a range no timed call uses; its seconds."""
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600
+    ) as c:
+        opts = (await c.get("/api/v1/filters")).json()
+        last = date.fromisoformat(opts["max_date"])
+        for name, path, params in calls(last - timedelta(days=13), last, None):
+            r = await c.get(path, params=params)
+            if r.status_code != 200:
+                sys.exit(f"warm-up call {name} failed: {r.status_code} {r.text[:300]}")
+    return time.perf_counter() - t0
+
+
 async def load(
     url: str, clients: int, rounds: int, seed: int
 ) -> tuple[dict[str, list[float]], list[str], float]:
@@ -214,28 +248,55 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="dashboard loads per client (default 5)")
     p.add_argument("--keep", action="store_true", help="keep the workdir afterwards (for --reuse)")
     p.add_argument("--reuse", action="store_true", help="reuse the input already built in the workdir")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="serve this existing data directory (built with --events events) instead of generating one",
+    )
     args = p.parse_args()
     workdir = OUT_DIR / NAME
-    inp = prepare(workdir, args.events, args.seed, args.days, args.reuse)
+    if args.data is not None:
+        if not (args.data / "catalog.db").exists():
+            sys.exit(f"--data {args.data}: no catalog.db there; give a clicklake data directory")
+        inp = {"events": args.events, "build_s": 0.0, "reused": True, "data": str(args.data)}
+        data = args.data
+    else:
+        inp = prepare(workdir, args.events, args.seed, args.days, args.reuse)
+        data = workdir / "data"
     modes: dict[str, dict[str, list[float]]] = {}
     walls: dict[str, float] = {}
     failures: dict[str, int] = {}
+    warm: dict[str, float] = {}
+    peak_rss: dict[str, float] = {}
     load_before = os.getloadavg()[0]
     try:
         for mode, entries in (("cache off", 0), ("cache on", 512)):
-            proc, url = start_server(workdir / "data", entries)
+            proc, url = start_server(data, entries)
+            peak = [0.0]
+            stop = threading.Event()
+
+            def sample(pid: int = proc.pid, peak: list[float] = peak, stop: threading.Event = stop) -> None:
+                while not stop.wait(0.1):
+                    peak[0] = max(peak[0], rss_mb(pid))
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
             try:
+                warm[mode] = asyncio.run(warm_up(url))
                 out, errors, wall = asyncio.run(load(url, args.clients, args.rounds, args.seed))
             finally:
+                stop.set()
+                sampler.join()
                 proc.terminate()
                 proc.wait(timeout=120)
+            peak_rss[mode] = peak[0]
             if errors:
                 print(f"{len(errors)} calls failed ({mode}), e.g. {errors[0]}", file=sys.stderr)
             failures[mode] = len(errors)
             modes[mode] = out
             walls[mode] = wall
     finally:
-        if not (args.keep or args.reuse):
+        if args.data is None and not (args.keep or args.reuse):
             shutil.rmtree(workdir, ignore_errors=True)
     at_reference = args.events >= REFERENCE_EVENTS
     load_after = os.getloadavg()[0]
@@ -264,14 +325,22 @@ def main() -> None:
             "",
             f"{utc_now()}; " + ", ".join(f"{k} {v}" for k, v in info.items()),
             "",
-            f"- Input: `clicklake generate --events {args.events} --seed {args.seed} --days {args.days}`, "
-            f"`run --once`, `models build` ({inp['build_s']:.0f} s"
-            + (", reused" if inp["reused"] else "")
-            + ").",
+            (
+                f"- Input: the existing data directory `{args.data}` ({args.events:,} generated events, "
+                "enriched, with models built)."
+                if args.data is not None
+                else f"- Input: `clicklake generate --events {args.events} --seed {args.seed} --days {args.days}`, "
+                f"`run --once`, `models build` ({inp['build_s']:.0f} s"
+                + (", reused" if inp["reused"] else "")
+                + ")."
+            ),
             f"- `clicklake serve --no-pipeline`; {args.clients} concurrent clients x {args.rounds} dashboard loads "
             f"(9 calls each, {n:,} calls per mode); filters drawn from 18 date-range/channel variants.",
             f"- Wall time: cache off {walls['cache off']:.1f} s, cache on {walls['cache on']:.1f} s; "
             f"failed calls (statement timeout): {failures['cache off']} / {failures['cache on']}; {load_note}.",
+            f"- Before timing, one untimed dashboard load (14-day range, not among the timed ones) waited for "
+            f"the serving indexes built at start: {warm['cache off']:.1f} s / {warm['cache on']:.1f} s. "
+            f"Server peak RSS: {peak_rss['cache off']:,.0f} MB / {peak_rss['cache on']:,.0f} MB (cache off / on).",
             f"- Target: p99 < {TARGET_P99_MS:.0f} ms per call at {REFERENCE_EVENTS:,} events"
             + ("" if at_reference else f" (not judged: this run is at {args.events:,} events)")
             + ".",

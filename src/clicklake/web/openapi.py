@@ -92,7 +92,9 @@ def openapi_spec() -> dict[str, Any]:
                 ],
             ),
             "/api/v1/pages": _get(
-                "Top clean page paths: views, entrances, exits, exit rate.", [*FILTERS, limit]
+                "Top clean page paths: views, sessions (those whose first view of the page falls in the "
+                "period), entrances, exits, exit rate, average engaged time.",
+                [*FILTERS, limit],
             ),
             "/api/v1/breakdown": _get(
                 "Sessions, users, bounce and conversion rate, revenue by a dimension.",
