@@ -31,7 +31,9 @@ from clicklake.query.engine import quote_ident
 from clicklake.query.secure import Narrow, SecureQueries, TableState
 from clicklake.web.funnel_index import FunnelIndex, run_funnel
 from clicklake.web.rollups import (
+    EVENT_NAMES_REDUCE_SQL,
     EVENT_NAMES_SQL,
+    FAILURES_REDUCE_SQL,
     FAILURES_SQL,
     SAMPLES,
     CellFilter,
@@ -204,8 +206,8 @@ class Dashboard:
         self._rollup_locks: dict[tuple[Any, ...], threading.Lock] = {}
         self._inflight: dict[tuple[Any, ...], threading.Event] = {}
         threads = settings.api.threads
-        self._names_rollup = FileRollups(EVENT_NAMES_SQL, threads)
-        self._failures = FileRollups(FAILURES_SQL, threads)
+        self._names_rollup = FileRollups(EVENT_NAMES_SQL, threads, EVENT_NAMES_REDUCE_SQL)
+        self._failures = FileRollups(FAILURES_SQL, threads, FAILURES_REDUCE_SQL)
         self._funnel_index = FunnelIndex(threads)
         self._include_bots = options_from_settings(settings).include_bots
 
@@ -569,6 +571,7 @@ class Dashboard:
                     role.apps,
                     f.app,
                     self._include_bots,
+                    self._funnel_index.repeated_ids(),
                 )
                 if column:
                     for r in found:

@@ -81,6 +81,10 @@ class FunnelIndex:
         self._lock = threading.Lock()
         self._days: dict[int, _Day] = {}
         self._key: tuple[str, ...] | None = None
+        # Every event id hash of the index, sorted, and those that occur more than once: a
+        # funnel dedups only the rows whose id is among the (few) repeated ones.
+        self._ids = np.zeros(0, dtype=np.uint64)
+        self._repeated = np.zeros(0, dtype=np.uint64)
 
     def sync(self, paths: Sequence[str], days: Sequence[int | None], columns: Collection[str]) -> bool:
         """Bring the index in step with one snapshot's files (``days``: each file's day partition).
@@ -100,6 +104,7 @@ class FunnelIndex:
             known = {p for day in self._days.values() for p in day.files}
             new = [p for p in paths if p not in known]
             parts = self._read(new, columns) if new else {}
+            removed = bool(known - set(paths))
             for d in list(self._days):
                 if d not in wanted:
                     del self._days[d]
@@ -127,11 +132,35 @@ class FunnelIndex:
                         )
                         next_no += 1
                 table = pa.concat_tables(pieces).unify_dictionaries().combine_chunks()
-                # Time order (then event id) within the day, so the days in a row are in time order.
-                table = table.take(pc.sort_indices(table, [("ts", "ascending"), ("eid", "ascending")]))
+                # By entity, then time (then event id): a funnel's stable sort by entity over the
+                # days in a row then only merges sorted runs, and keeps each entity in time order.
+                table = table.take(
+                    pc.sort_indices(table, [("k", "ascending"), ("ts", "ascending"), ("eid", "ascending")])
+                )
                 self._days[d] = _Day(table, numbers)
+            self._track_ids(parts, rebuild=removed)
             self._key = key
             return True
+
+    def _track_ids(self, parts: dict[str, pa.Table], rebuild: bool) -> None:
+        if rebuild:
+            chunks = [_column(day.table, "eid") for day in self._days.values()]
+            ids = np.sort(np.concatenate(chunks)) if chunks else np.zeros(0, dtype=np.uint64)
+        else:
+            new = [_column(t, "eid") for t in parts.values() if t.num_rows]
+            if not new:
+                return
+            # Two sorted runs: the stable sort merges them in linear time.
+            ids = np.concatenate([self._ids, np.sort(np.concatenate(new))])
+            ids = ids[np.argsort(ids, kind="stable")]
+        same = ids[1:] == ids[:-1]
+        self._ids = ids
+        self._repeated = np.unique(ids[1:][same])
+
+    def repeated_ids(self) -> np.ndarray:
+        """Event id hashes that occur more than once in the index."""
+        with self._lock:
+            return self._repeated
 
     def _read(self, paths: Sequence[str], columns: Collection[str]) -> dict[str, pa.Table]:
         con = duckdb.connect(":memory:", config={"threads": max(1, self.threads)})
@@ -171,30 +200,62 @@ class FunnelIndex:
             return [d.table for k, d in sorted(self._days.items()) if lo <= k <= hi and d.table.num_rows]
 
 
-def _matches(table: pa.Table, step: Step) -> np.ndarray:
-    mask = np.ones(table.num_rows, dtype=bool)
-    if step.event is not None:
-        mask &= _coded_mask(table["event_name"], lambda values: pc.equal(values, step.event))
-    if step.path is not None:
-        pattern = step.path
-        # RE2 search semantics, as DuckDB's regexp_matches; NULL paths match as ''.
-        empty = bool(pc.match_substring_regex(pa.array([""]), pattern)[0].as_py())
-        mask &= _coded_mask(
-            table["url_path"], lambda values: pc.match_substring_regex(values, pattern), null_value=empty
-        )
-    return mask
-
-
-def _coded_mask(column: pa.ChunkedArray | pa.Array, test: Any, null_value: bool = False) -> np.ndarray:
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not isinstance(arr.type, pa.DictionaryType):
-        hit = pc.fill_null(test(arr), null_value)
-        return np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
-    values = arr.dictionary
-    per_value = np.asarray(pc.fill_null(test(values), False).to_numpy(zero_copy_only=False), dtype=bool)
-    per_value[np.asarray(pc.equal(values, _NULL).to_numpy(zero_copy_only=False), dtype=bool)] = null_value
-    hits: np.ndarray = per_value[arr.indices.to_numpy()]
+def _per_value(dictionary: pa.Array, test: Any, null_value: bool) -> np.ndarray:
+    """``test`` over a dictionary's values (the NULL stand-in gets ``null_value``)."""
+    hits = np.asarray(pc.fill_null(test(dictionary), False).to_numpy(zero_copy_only=False), dtype=bool)
+    hits[np.asarray(pc.equal(dictionary, _NULL).to_numpy(zero_copy_only=False), dtype=bool)] = null_value
     return hits
+
+
+def _coded(table: pa.Table, name: str) -> tuple[np.ndarray, pa.Array]:
+    arr = table[name].chunk(0) if table[name].num_chunks == 1 else table[name].combine_chunks()
+    return arr.indices.to_numpy(), arr.dictionary
+
+
+def _step_bits(table: pa.Table, steps: Sequence[Step]) -> np.ndarray:
+    """Per row, bit ``i`` set when the row matches step ``i`` (dictionary lookups, one per column)."""
+    n = table.num_rows
+    bits = np.full(n, (1 << len(steps)) - 1, dtype=np.uint16)
+    if any(s.event is not None for s in steps):
+        idx, values = _coded(table, "event_name")
+        lut = np.zeros(len(values), dtype=np.uint16)
+        for i, s in enumerate(steps):
+            lut |= (
+                (
+                    _per_value(values, lambda v, e=s.event: pc.equal(v, e), False)
+                    if s.event is not None
+                    else True
+                )
+                * np.uint16(1 << i)
+            ).astype(np.uint16)
+        bits &= lut[idx]
+    if any(s.path is not None for s in steps):
+        idx, values = _coded(table, "url_path")
+        lut = np.zeros(len(values), dtype=np.uint16)
+        for i, s in enumerate(steps):
+            if s.path is None:
+                lut |= np.uint16(1 << i)
+                continue
+            # RE2 search semantics, as DuckDB's regexp_matches; a NULL path is matched as ''.
+            empty = bool(pc.match_substring_regex(pa.array([""]), s.path)[0].as_py())
+            hit = _per_value(values, lambda v, r=s.path: pc.match_substring_regex(v, r), empty)
+            lut |= (hit * np.uint16(1 << i)).astype(np.uint16)
+        bits &= lut[idx]
+    return bits
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    col = table[name]
+    arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    values: np.ndarray = arr.to_numpy()
+    return values
+
+
+def _first_of_runs(keys: np.ndarray) -> np.ndarray:
+    """Positions where a run of equal ``keys`` starts (``keys`` grouped)."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
 
 
 def run_funnel(
@@ -208,113 +269,125 @@ def run_funnel(
     apps: Collection[str] | None,
     app: str | None,
     include_bots: bool,
+    repeated: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Entities reaching each step over the index rows ``tables`` (see :func:`clicklake.models.funnel.funnel`).
+
+    ``repeated``: the event id hashes that may occur more than once (default: find them here).
 
     Returns:
         One dict per (breakdown value, step): ``[breakdown,] step, step_name, entities,
         conversion_from_start, conversion_from_previous, drop_off, drop_off_rate``.
     """
+    if not steps or len(steps) > 16:
+        raise InputError("a funnel has 1 to 16 steps")
     for s in steps:
         if s.event is None and s.path is None:
             raise InputError("a funnel step needs an event name, a path, or both")
     lo = int((start - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
     hi = int((end - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
-    picked: list[pa.Table] = []
+    n = len(steps)
+    names = [s.name() for s in steps]
+    bd_values: list[Any] = [None]
+    bd_global: dict[Any, int] = {None: 0}
+    app_global: dict[str, int] = {}
+    cols: dict[str, list[np.ndarray]] = {c: [] for c in ("k", "ts", "cts", "eid", "bits", "app", "bd")}
+    allowed = None if apps is None else set(apps)
     for t in tables:
-        masks = [_matches(t, s) for s in steps]
-        keep = np.logical_or.reduce(masks)
+        bits = _step_bits(t, steps)
+        keep = bits != 0
         if not include_bots:
-            keep &= t["is_bot"].combine_chunks().to_numpy() == 0
-        if apps is not None:
-            keep &= _coded_mask(
-                t["app_id"], lambda v: pc.is_in(v, value_set=pa.array(list(apps), pa.string()))
-            )
-        if app is not None:
-            keep &= _coded_mask(t["app_id"], lambda v: pc.equal(v, app))
+            keep &= _column(t, "is_bot") == 0
+        app_idx, app_values = _coded(t, "app_id")
+        app_names = [None if v == _NULL else v for v in app_values.to_pylist()]
+        ok_app = np.array(
+            [(allowed is None or v in allowed) and (app is None or v == app) for v in app_names], dtype=bool
+        )
+        if not ok_app.all():
+            keep &= ok_app[app_idx]
         idx = np.flatnonzero(keep)
         if len(idx) == 0:
             continue
-        sub = t.select(["app_id", "k", "ts", "cts", "eid", breakdown or "event_name"]).take(pa.array(idx))
-        for i, m in enumerate(masks, start=1):
-            sub = sub.append_column(f"m{i}", pa.array(m[idx]))
-        picked.append(sub)
-    n = len(steps)
-    names = [s.name() for s in steps]
-    if not picked:
+        for name in ("k", "ts", "cts", "eid"):
+            cols[name].append(_column(t, name)[idx])
+        cols["bits"].append(bits[idx])
+        app_map = np.array(
+            [app_global.setdefault(v or "", len(app_global)) for v in app_names], dtype=np.int64
+        )
+        cols["app"].append(app_map[app_idx[idx]])
+        if breakdown:
+            bd_idx, bd_dict = _coded(t, breakdown)
+            remap = []
+            for v in bd_dict.to_pylist():
+                key = None if v == _NULL else v
+                if key not in bd_global:
+                    bd_global[key] = len(bd_values)
+                    bd_values.append(key)
+                remap.append(bd_global[key])
+            cols["bd"].append(np.asarray(remap, dtype=np.int64)[bd_idx[idx]])
+        else:
+            cols["bd"].append(np.zeros(len(idx), dtype=np.int64))
+    if not cols["k"]:
         return []
-    # Rows stay in time order (each day is sorted by time, the days come in order).
-    cand = pa.concat_tables([p.cast(_plain_schema(p.schema)) for p in picked])
-    app_code = pc.dictionary_encode(pc.fill_null(cand["app_id"].combine_chunks(), "")).indices.to_numpy(
-        zero_copy_only=False
-    )
-    k = cand["k"].to_numpy()
-    ts = cand["ts"].to_numpy()
-    cts = cand["cts"].to_numpy()
-    eid = cand["eid"].to_numpy()
-    bd_values: list[Any] = [None]
-    bd_code = np.zeros(cand.num_rows, dtype=np.int64)
-    if breakdown:
-        coded = pc.dictionary_encode(pc.fill_null(cand[breakdown].combine_chunks(), _NULL))
-        values = coded.dictionary.to_pylist()
-        bd_values = [None, *values]
-        remap = np.array([0 if v == _NULL else j + 1 for j, v in enumerate(values)], dtype=np.int64)
-        bd_code = remap[coded.indices.to_numpy()]
-    m = np.column_stack([cand[f"m{i}"].to_numpy(zero_copy_only=False) for i in range(1, n + 1)]).astype(bool)
+    # Day after day, each day by (entity, time, event id).
+    k, ts, cts, eid, bits, app_code, bd_code = (np.concatenate(cols[name]) for name in cols)
     # Dedup: of the copies of an event id, the one collected first (then derived first).
-    keep_row = np.ones(len(eid), dtype=bool)
-    by_id = np.argsort(eid, kind="stable")
-    same = eid[by_id][1:] == eid[by_id][:-1]
-    if same.any():
-        dup_ids = np.unique(eid[by_id][1:][same])
-        rows_dup = np.flatnonzero(np.isin(eid, dup_ids))
+    keep_row = (ts >= lo) & (ts < hi)
+    if repeated is None:
+        by_id = np.sort(eid)
+        repeated = np.unique(by_id[1:][by_id[1:] == by_id[:-1]])
+    if len(repeated):
+        rows_dup = np.flatnonzero(np.isin(eid, repeated))
         o = rows_dup[np.lexsort((ts[rows_dup], cts[rows_dup], eid[rows_dup]))]
         later = np.zeros(len(o), dtype=bool)
         later[1:] = eid[o][1:] == eid[o][:-1]
         keep_row[o[later]] = False
-    keep_row &= (ts >= lo) & (ts < hi)
     rows = np.flatnonzero(keep_row)
     if len(rows) == 0:
         return []
-    # Entities (app_id, k), each one's rows in time order: a stable sort by entity keeps it.
+    # Entities (app_id, k); a stable sort by entity keeps each one's rows in time order (the days
+    # come in order), and with one app it only merges the days' sorted runs.
     ent_key = k[rows] + app_code[rows].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    ent_of, ent_rows = np.unique(ent_key, return_inverse=True)
-    o = np.argsort(ent_rows, kind="stable")
-    rows, ent = rows[o], ent_rows[o]
-    n_ent = len(ent_of)
+    o = np.argsort(ent_key, kind="stable")
+    rows, ent_key = rows[o], ent_key[o]
+    starts = _first_of_runs(ent_key)
+    ent = np.cumsum(np.r_[False, ent_key[1:] != ent_key[:-1]]) if len(ent_key) else ent_key
+    n_ent = len(starts)
     t = ts[rows]
-    mm = m[rows]
+    b = bits[rows]
     reached = np.zeros((n, n_ent), dtype=bool)
     anchor = np.zeros(n_ent, dtype=np.int64)
     w_us = round(window_s * 1_000_000)
     never = np.iinfo(np.int64).max
     if order == "strict":
-        r1 = np.flatnonzero(mm[:, 0])
-        e1, at = np.unique(ent[r1], return_index=True)
+        r1 = np.flatnonzero(b & 1)
+        first = r1[_first_of_runs(ent[r1])]
+        e1 = ent[first]
         t1 = np.full(n_ent, never, dtype=np.int64)
-        t1[e1] = t[r1[at]]
+        t1[e1] = t[first]
         reached[0, e1] = True
-        anchor[e1] = bd_code[rows[r1[at]]]
+        anchor[e1] = bd_code[rows[first]]
         prev = t1.copy()
         for i in range(1, n):
-            ri = np.flatnonzero(mm[:, i])
+            ri = np.flatnonzero(b & (1 << i))
             ei = ent[ri]
             ok = reached[i - 1, ei] & (t[ri] > prev[ei]) & (t[ri] - t1[ei] <= w_us)
             ri, ei = ri[ok], ei[ok]
-            ei_u, at = np.unique(ei, return_index=True)
-            reached[i, ei_u] = True
+            at = _first_of_runs(ei)
+            reached[i, ei[at]] = True
             prev = np.full(n_ent, never, dtype=np.int64)
-            prev[ei_u] = t[ri[at]]
+            prev[ei[at]] = t[ri[at]]
     else:
-        any_rows = np.flatnonzero(mm.any(axis=1))
-        e0, at = np.unique(ent[any_rows], return_index=True)
+        any_rows = np.flatnonzero(b)
+        first = any_rows[_first_of_runs(ent[any_rows])]
+        e0 = ent[first]
         t0 = np.full(n_ent, never, dtype=np.int64)
-        t0[e0] = t[any_rows[at]]
-        anchor[e0] = bd_code[rows[any_rows[at]]]
+        t0[e0] = t[first]
+        anchor[e0] = bd_code[rows[first]]
         inside = (t >= t0[ent]) & (t - t0[ent] <= w_us)
         hit = np.zeros((n, n_ent), dtype=bool)
         for i in range(n):
-            hit[i, ent[inside & mm[:, i]]] = True
+            hit[i, ent[inside & (b & (1 << i) != 0)]] = True
         reached[0] = hit[0]
         for i in range(1, n):
             reached[i] = reached[i - 1] & hit[i]
@@ -342,9 +415,3 @@ def run_funnel(
             )
             out.append(row)
     return out
-
-
-def _plain_schema(schema: pa.Schema) -> pa.Schema:
-    return pa.schema(
-        [pa.field(f.name, f.type.value_type) if isinstance(f.type, pa.DictionaryType) else f for f in schema]
-    )

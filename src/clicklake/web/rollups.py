@@ -262,10 +262,13 @@ class FileRollups:
         sql: A ``SELECT`` over ``{files}`` (a ``read_parquet`` with ``filename=true``) grouping
             by ``filename`` first.
         threads: DuckDB threads for the aggregation.
+        reduce_sql: A ``SELECT`` over ``merged`` (every file's rows of one snapshot) that
+            folds the files together; the snapshot's answer is its result.
     """
 
-    def __init__(self, sql: str, threads: int):
+    def __init__(self, sql: str, threads: int, reduce_sql: str | None = None):
         self.sql = sql
+        self.reduce_sql = reduce_sql
         self.threads = threads
         self._lock = threading.Lock()
         self._per_file: dict[str, pa.Table] = {}
@@ -302,6 +305,13 @@ class FileRollups:
             parts = [self._per_file[p] for p in key]
             # One chunk: compute kernels over thousands of one-file chunks cost more than the data.
             self._merged = pa.concat_tables(parts).combine_chunks() if parts else None
+            if self._merged is not None and self.reduce_sql is not None:
+                con = _private_con(self.threads)
+                try:
+                    con.register("merged", self._merged)
+                    self._merged = con.sql(self.reduce_sql).to_arrow_table().combine_chunks()
+                finally:
+                    con.close()
             self._paths = key
             if self._merged is None:
                 raise LookupError("no data files")
@@ -312,6 +322,17 @@ EVENT_NAMES_SQL = """SELECT filename, app_id, CAST(derived_tstamp AS DATE) AS d,
 FROM {files}
 WHERE event_name IS NOT NULL AND event_type IN ('track', 'page', 'screen')
 GROUP BY ALL"""
+
+#: Failures of all files per day, app and reason, with the latest examples of them all.
+FAILURES_REDUCE_SQL = (
+    """SELECT app_id, d, stage, error_type, CAST(sum(n) AS BIGINT) AS n,
+    list_reverse_sort(flatten(list(examples)))[1:"""
+    + str(SAMPLES)
+    + """] AS examples
+FROM merged GROUP BY ALL"""
+)
+#: Event names of all files per day and app.
+EVENT_NAMES_REDUCE_SQL = "SELECT app_id, d, event_name, CAST(sum(n) AS BIGINT) AS n FROM merged GROUP BY ALL"
 
 FAILURES_SQL = (
     """SELECT filename, app_id, CAST(collector_tstamp AS DATE) AS d, stage, error_type, count(*) AS n,
