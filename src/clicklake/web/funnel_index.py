@@ -2,7 +2,7 @@
 
 A funnel over a week of 10 million events reads about 2.5 million rows; from Parquet files that
 takes seconds per call. The index keeps, per data file, the few columns a funnel needs (about
-40 bytes per event: hashed entity and event ids, times, dictionary-coded names, paths and
+50 bytes per event: hashed entity and event ids, times, dictionary-coded names, paths and
 breakdown values), grouped by the file's day partition. A new snapshot reads only the files it
 adds; a day whose files changed is re-assembled. A funnel call then reads only the days of its
 range, picks the rows matching a step with dictionary lookups, and walks the steps with numpy.
@@ -60,6 +60,20 @@ def _index_sql(columns: Collection[str], files: str) -> str:
         {col("default_channel_group")} AS default_channel_group, {col("dvce_class")} AS dvce_class,
         {col("geo_country")} AS geo_country
     FROM {files}"""
+
+
+def _narrow_codes(table: pa.Table, width: pa.DataType | None = None) -> pa.Table:
+    """Dictionary indices as small as the dictionaries allow (most have a few dozen values).
+
+    With ``width``, that index type instead (so old and new pieces of a day concatenate).
+    """
+    for name in _CODED:
+        col = table[name]
+        size = max((len(c.dictionary) for c in col.chunks), default=0)
+        index = width or (pa.int8() if size < 2**7 else pa.int16() if size < 2**15 else pa.int32())
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, col.cast(pa.dictionary(index, pa.string())))
+    return table
 
 
 def _code(table: pa.Table) -> pa.Table:
@@ -120,7 +134,7 @@ class FunnelIndex:
                         kept = pc.is_in(
                             old.table["file"], value_set=pa.array([old.files[p] for p in survivors])
                         )
-                        pieces.append(old.table.filter(kept))
+                        pieces.append(_narrow_codes(old.table.filter(kept), pa.int32()))
                         numbers.update({p: old.files[p] for p in survivors})
                 next_no = max(numbers.values(), default=-1) + 1
                 for p in files:
@@ -128,10 +142,10 @@ class FunnelIndex:
                         numbers[p] = next_no
                         part = parts[p]
                         pieces.append(
-                            part.append_column("file", pa.array(np.full(part.num_rows, next_no, np.int32)))
+                            part.append_column("file", pa.array(np.full(part.num_rows, next_no, np.int16)))
                         )
                         next_no += 1
-                table = pa.concat_tables(pieces).unify_dictionaries().combine_chunks()
+                table = _narrow_codes(pa.concat_tables(pieces).unify_dictionaries().combine_chunks())
                 # By entity, then time (then event id): a funnel's stable sort by entity over the
                 # days in a row then only merges sorted runs, and keeps each entity in time order.
                 table = table.take(
