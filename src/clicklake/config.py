@@ -169,6 +169,7 @@ class ApiSettings(_Section):
     refresh_s: float = Field(default=5.0, ge=0)
     mask_salt: SecretStr = SecretStr("")
     cache_entries: int = Field(default=512, ge=0)
+    funnel_index_days: int = Field(default=90, ge=0)
 
 
 class _Step(_Section):

@@ -313,3 +313,31 @@ def test_health_from_the_rollup_equals_sql(lake: Lake, dash: tuple[Dashboard, Se
             assert (role.pii and any(x["raw"] for x in r["examples"])) or all(
                 x["raw"] is None for x in r["examples"]
             )
+
+
+def test_funnel_index_holds_only_the_last_days_and_older_ranges_read_the_files(lake: Lake) -> None:
+    api = lake.settings.api.model_copy(update={"cache_entries": 0, "funnel_index_days": 3})
+    settings = lake.settings.model_copy(update={"api": api})
+    q = SecureQueries(settings, SnapshotCache(settings))
+    d = Dashboard(settings, q)
+    role = authenticate(settings, "tok_admin")
+    steps = ["Product Viewed", "Product Added", "Order Completed"]
+    parsed = [Step(event=s) for s in steps]
+    for f in (Filters(LAST - timedelta(days=1), LAST), Filters(LAST - timedelta(days=6), LAST)):
+        got = d.funnel(role, f, steps, 86400.0, "strict", "channel")["steps"]
+        with q.cursor(role) as cur:
+            exp = funnel(
+                settings,
+                parsed,
+                86400.0,
+                breakdown="default_channel_group",
+                start=datetime.combine(f.start, datetime.min.time(), UTC),
+                end=datetime.combine(f.end + timedelta(days=1), datetime.min.time(), UTC),
+                con=cur,
+            ).to_pylist()
+        for r in exp:
+            r["breakdown"] = r.pop("default_channel_group")
+        assert len(got) == len(exp) > 0
+        for a, b in zip(got, exp, strict=True):
+            _close(a, b)
+    assert 0 < len(d._funnel_index._days) <= 3

@@ -224,8 +224,9 @@ class Dashboard:
         events = states.get("events")
         if events is not None and events.arrow is None and events.paths:
             self._names_rollup.table(events.paths)
-            if len(events.days) == len(events.paths):
-                self._funnel_index.sync(events.paths, events.days, {c for c, _ in events.columns})
+            indexed = self._funnel_files(events)
+            if indexed is not None:
+                self._funnel_index.sync(indexed[0], indexed[1], {c for c, _ in events.columns})
         failed = states.get("failed_events")
         if failed is not None and failed.arrow is None and failed.paths:
             self._failures.table(failed.paths)
@@ -554,11 +555,11 @@ class Dashboard:
             end = datetime.combine(f.end + timedelta(days=1), datetime.min.time(), UTC)
             column = FUNNEL_BREAKDOWNS[breakdown] if breakdown else None
             state = self.queries.database(role).states["events"]
+            indexed = self._funnel_files(state)
             if (
-                state.arrow is None
-                and state.paths
-                and len(state.days) == len(state.paths)
-                and self._funnel_index.sync(state.paths, state.days, {c for c, _ in state.columns})
+                indexed is not None
+                and f.start >= indexed[2]
+                and self._funnel_index.sync(indexed[0], indexed[1], {c for c, _ in state.columns})
             ):
                 found = run_funnel(
                     self._funnel_index.rows(f.start, f.end),
@@ -701,6 +702,24 @@ class Dashboard:
             "tables": tables,
             **failed,
         }
+
+    def _funnel_files(self, state: TableState) -> tuple[list[str], Sequence[int | None], date] | None:
+        """The files (and days) the funnel index holds, and its first day; ``None``: no index."""
+        keep_days = self.settings.api.funnel_index_days
+        if (
+            keep_days == 0
+            or state.arrow is not None
+            or not state.paths
+            or len(state.days) != len(state.paths)
+        ):
+            return None
+        known = [d for d in state.days if d is not None]
+        if len(known) != len(state.days):
+            return None
+        first = max(known) - keep_days + 1
+        paths = [p for p, d in zip(state.paths, state.days, strict=True) if d is not None and d >= first]
+        days = [d for d in state.days if d is not None and d >= first]
+        return paths, days, date(1970, 1, 1) + timedelta(days=first)
 
     def _failures_from_rollup(
         self, role: Role, f: Filters, state: TableState, examples: int
