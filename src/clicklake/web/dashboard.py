@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.exceptions import InputError
+from clicklake.exceptions import ClickLakeError, InputError
 from clicklake.lakehouse.audit import AUDIT_LOG
 from clicklake.models.funnel import Step, funnel
 from clicklake.models.render import options_from_settings
@@ -200,6 +200,7 @@ class Dashboard:
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._status: tuple[float, dict[str, Any]] | None = None
+        self._status_refreshing = False
         conv = settings.models.conversions
         self.conversion = conv[0].name if conv else None
         self._rollups: dict[tuple[Any, ...], Rollups] = {}
@@ -632,15 +633,40 @@ class Dashboard:
         return dict(self.cached(role, "live", (app, minutes, since), compute))
 
     def _pipeline_status(self) -> dict[str, Any]:
+        # Stale-while-revalidate: a status older than the TTL is answered while one background
+        # thread reads a fresh one (it reads the catalog and the spool: tens of milliseconds).
+        with self._lock:
+            current = self._status
+            stale = current is None or time.monotonic() - current[0] >= _STATUS_TTL_S
+            start = stale and current is not None and not self._status_refreshing
+            if start:
+                self._status_refreshing = True
+        if current is None:
+            return self._refresh_status()
+        if start:
+            threading.Thread(
+                target=self._refresh_status_quietly, name="clicklake-status", daemon=True
+            ).start()
+        return current[1]
+
+    def _refresh_status_quietly(self) -> None:
+        try:
+            self._refresh_status()
+        except (ClickLakeError, OSError) as exc:
+            # The stale status stays; the next call past the TTL tries again.
+            log.warning("event=status_refresh_failed error=%r", str(exc))
+
+    def _refresh_status(self) -> dict[str, Any]:
         from clicklake.status import collect_status
 
-        with self._lock:
-            if self._status is not None and time.monotonic() - self._status[0] < _STATUS_TTL_S:
-                return self._status[1]
-        status = collect_status(self.settings)
-        with self._lock:
-            self._status = (time.monotonic(), status)
-        return status
+        try:
+            status = collect_status(self.settings)
+            with self._lock:
+                self._status = (time.monotonic(), status)
+            return status
+        finally:
+            with self._lock:
+                self._status_refreshing = False
 
     def health(self, role: Role, f: Filters, examples: int = 3) -> dict[str, Any]:
         """Spool lag, age of each table's last commit, failed events by reason with examples."""
