@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -196,11 +196,32 @@ class Pipeline:
         log.info(
             "event=start source=%s pipeline=%s resume=%s", self.source.name, cfg.pipeline_id, _short(position)
         )
+        # One pool for the whole run: each worker keeps its DuckDB connection and scratch file
+        # from pass to pass.
+        decoders = ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="clicklake-decode")
+        try:
+            self._loop(position, decoders, once, poll_s)
+        finally:
+            decoders.shutdown(wait=True, cancel_futures=True)
+        log.info(
+            "event=finish events=%d failed=%d skipped=%d commits=%d",
+            self.stats.events,
+            self.stats.failed,
+            self.stats.skipped,
+            self.stats.commits,
+        )
+        return self.stats
+
+    def _loop(self, position: Position, decoders: ThreadPoolExecutor, once: bool, poll_s: float) -> None:
+        cfg = self.settings.pipeline
         last_commit = time.monotonic()
         while True:
             stopping = self._stop.is_set()  # a pass that starts after the stop is the last
-            for chunk, lines, bad_utf8 in _prefetched(self.source.chunks(position), _split_lines, self._halt):
-                self._process(chunk, lines, bad_utf8)
+            decoded = _prefetched(
+                self.source.chunks(position), self._decode_chunk, self._halt, decoders, depth=1
+            )
+            for chunk, table in decoded:
+                self._process(chunk, table)
                 position[chunk.stream] = chunk.end
                 if self._due(last_commit):
                     self._commit(position)
@@ -216,20 +237,18 @@ class Pipeline:
             if not self._stop.is_set():
                 self._stop.wait(poll_s)
         self._commit(position, wait=True)
-        log.info(
-            "event=finish events=%d failed=%d skipped=%d commits=%d",
-            self.stats.events,
-            self.stats.failed,
-            self.stats.skipped,
-            self.stats.commits,
-        )
-        return self.stats
 
-    def _process(self, chunk: Chunk, lines: pa.RecordBatch, bad_utf8: pa.Table | None) -> None:
-        data = chunk.data
+    def _decode_chunk(self, chunk: Chunk) -> tuple[Chunk, pa.Table]:
+        """Split and decode one chunk (on a decode worker: DuckDB runs without the GIL, so two
+        chunks decode at once while this thread enriches and buffers the one before)."""
+        lines, bad_utf8 = lines_of(chunk)
         decoded = decode(lines, chunk.envelope, self.options, int(time.time() * 1_000_000))
         if bad_utf8 is not None:
             decoded = pa.concat_tables([decoded, bad_utf8])
+        return chunk, decoded
+
+    def _process(self, chunk: Chunk, decoded: pa.Table) -> None:
+        data = chunk.data
         self.metrics.batch_rows.observe(decoded.num_rows)
         self.metrics.bytes_read.inc(len(data))
         good, bad = split(decoded)
@@ -371,22 +390,28 @@ def _failure_counts(rows: pa.Table | None) -> list[tuple[str, str, int]]:
     )
 
 
-def _split_lines(chunk: Chunk) -> tuple[Chunk, pa.RecordBatch, pa.Table | None]:
-    lines, bad_utf8 = lines_of(chunk)
-    return chunk, lines, bad_utf8
-
-
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
+# Chunks decoded at once. Decoding is most of the pipeline's CPU and runs in DuckDB without the
+# GIL; two workers keep both cores of a small machine busy while the loop enriches and buffers.
+DECODE_WORKERS = 2
+
 
 def _prefetched(
-    items: Iterator[_T], fn: Callable[[_T], _R], stop: threading.Event, depth: int = 2
+    items: Iterator[_T],
+    fn: Callable[[_T], _R],
+    stop: threading.Event,
+    pool: ThreadPoolExecutor,
+    depth: int = 2,
 ) -> Iterator[_R]:
-    """``fn(item)`` for each item, computed ahead on a reader thread (reading and splitting the
-    next chunk overlaps decoding this one). Errors surface in the caller, in order."""
+    """``fn(item)`` for each item, computed ahead on ``pool`` and yielded in order (reading and
+    decoding the next chunks overlaps processing this one). A reader thread submits the items;
+    at most ``depth`` + 1 wait beyond the one the caller holds. Errors surface in the caller,
+    in order."""
     q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
     done = threading.Event()
+    pending: set[Future[_R]] = set()  # submitted, not yet taken by the caller
 
     def put(msg: tuple[str, object]) -> bool:
         while not (stop.is_set() or done.is_set()):
@@ -400,7 +425,9 @@ def _prefetched(
     def produce() -> None:
         try:
             for item in items:
-                if not put(("item", fn(item))):
+                future = pool.submit(fn, item)
+                pending.add(future)
+                if not put(("item", future)):
                     return
             put(("end", None))
         except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -421,10 +448,17 @@ def _prefetched(
             if kind == "error":
                 assert isinstance(value, BaseException)
                 raise value
-            yield value  # type: ignore[misc]
+            assert isinstance(value, Future)
+            pending.discard(value)
+            yield value.result()
     finally:
         done.set()
         reader.join()
+        # What was read ahead and not taken is dropped (the next pass reads it again); wait for
+        # what is running, so that no decode outlives the pass.
+        for future in pending:
+            future.cancel()
+        wait(pending)
 
 
 def _short(position: Position) -> str:
