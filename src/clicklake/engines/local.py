@@ -73,6 +73,16 @@ def decode_options(settings: Settings, app_id: str | None = None) -> DecodeOptio
     )
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """A decoded chunk: where it ends in its stream, how many bytes it had, its rows."""
+
+    stream: str
+    end: int
+    nbytes: int
+    table: pa.Table
+
+
 class PipelineLock:
     """One process per pipeline id and data directory (two would both skip and both write)."""
 
@@ -197,8 +207,10 @@ class Pipeline:
             "event=start source=%s pipeline=%s resume=%s", self.source.name, cfg.pipeline_id, _short(position)
         )
         # One pool for the whole run: each worker keeps its DuckDB connection and scratch file
-        # from pass to pass.
-        decoders = ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="clicklake-decode")
+        # from pass to pass. With enrichment on, this thread's share (the chain) is as large as
+        # decoding, so a second decoder would add memory (a third chunk in flight), not speed.
+        workers = 1 if self.steps else DECODE_WORKERS
+        decoders = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clicklake-decode")
         try:
             self._loop(position, decoders, once, poll_s)
         finally:
@@ -220,8 +232,8 @@ class Pipeline:
             decoded = _prefetched(
                 self.source.chunks(position), self._decode_chunk, self._halt, decoders, depth=1
             )
-            for chunk, table in decoded:
-                self._process(chunk, table)
+            for chunk in decoded:
+                self._process(chunk)
                 position[chunk.stream] = chunk.end
                 if self._due(last_commit):
                     self._commit(position)
@@ -238,19 +250,20 @@ class Pipeline:
                 self._stop.wait(poll_s)
         self._commit(position, wait=True)
 
-    def _decode_chunk(self, chunk: Chunk) -> tuple[Chunk, pa.Table]:
+    def _decode_chunk(self, chunk: Chunk) -> _Decoded:
         """Split and decode one chunk (on a decode worker: DuckDB runs without the GIL, so two
         chunks decode at once while this thread enriches and buffers the one before)."""
         lines, bad_utf8 = lines_of(chunk)
         decoded = decode(lines, chunk.envelope, self.options, int(time.time() * 1_000_000))
         if bad_utf8 is not None:
             decoded = pa.concat_tables([decoded, bad_utf8])
-        return chunk, decoded
+        # The chunk's bytes are not kept: decoded rows waiting their turn hold only their own.
+        return _Decoded(chunk.stream, chunk.end, len(chunk.data), decoded)
 
-    def _process(self, chunk: Chunk, decoded: pa.Table) -> None:
-        data = chunk.data
+    def _process(self, chunk: _Decoded) -> None:
+        decoded = chunk.table
         self.metrics.batch_rows.observe(decoded.num_rows)
-        self.metrics.bytes_read.inc(len(data))
+        self.metrics.bytes_read.inc(chunk.nbytes)
         good, bad = split(decoded)
         if self.steps and good.num_rows:
             good, enrich_failed = self._enrich(good)
@@ -267,9 +280,9 @@ class Pipeline:
                 self.stats.failed_by_reason[item["values"]] = (
                     self.stats.failed_by_reason.get(item["values"], 0) + item["counts"]
                 )
-        self.stats.lines_bytes += len(data)
+        self.stats.lines_bytes += chunk.nbytes
         if self.progress:
-            self.progress(len(data))
+            self.progress(chunk.nbytes)
 
     def _enrich(self, good: pa.Table) -> tuple[pa.Table, pa.Table]:
         """Run the chain; drop resends the dedup step found, fail id conflicts and failed batches."""
@@ -292,7 +305,10 @@ class Pipeline:
             dups = pc.sum(pc.cast(pc.equal(verdict, "dup"), pa.int64())).as_py() or 0
             self.stats.duplicates += dups
             self.metrics.duplicates.inc(dups)
-            out = out.filter(pc.equal(verdict, "new")).drop_columns([VERDICT])
+            new = pc.equal(verdict, "new")
+            if pc.all(new).as_py() is not True:  # resends are rare: no copy of the batch without them
+                out = out.filter(new)
+            out = out.drop_columns([VERDICT])
         bad = pa.concat_tables(failed) if failed else FAILED_ARROW.empty_table()
         return out, bad
 
