@@ -212,7 +212,7 @@ class Pipeline:
         workers = 1 if self.steps else DECODE_WORKERS
         decoders = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clicklake-decode")
         try:
-            self._loop(position, decoders, once, poll_s)
+            self._loop(position, decoders, workers, once, poll_s)
         finally:
             decoders.shutdown(wait=True, cancel_futures=True)
         log.info(
@@ -224,13 +224,15 @@ class Pipeline:
         )
         return self.stats
 
-    def _loop(self, position: Position, decoders: ThreadPoolExecutor, once: bool, poll_s: float) -> None:
+    def _loop(
+        self, position: Position, decoders: ThreadPoolExecutor, workers: int, once: bool, poll_s: float
+    ) -> None:
         cfg = self.settings.pipeline
         last_commit = time.monotonic()
         while True:
             stopping = self._stop.is_set()  # a pass that starts after the stop is the last
             decoded = _prefetched(
-                self.source.chunks(position), self._decode_chunk, self._halt, decoders, depth=1
+                self.source.chunks(position), self._decode_chunk, self._halt, decoders, ahead=workers
             )
             for chunk in decoded:
                 self._process(chunk)
@@ -419,35 +421,33 @@ def _prefetched(
     fn: Callable[[_T], _R],
     stop: threading.Event,
     pool: ThreadPoolExecutor,
-    depth: int = 2,
+    ahead: int = 2,
 ) -> Iterator[_R]:
     """``fn(item)`` for each item, computed ahead on ``pool`` and yielded in order (reading and
-    decoding the next chunks overlaps processing this one). A reader thread submits the items;
-    at most ``depth`` + 1 wait beyond the one the caller holds. Errors surface in the caller,
-    in order."""
-    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    decoding the next chunks overlaps processing this one). At most ``ahead`` items are submitted
+    beyond the one the caller holds, which bounds memory. Errors surface in the caller, in order."""
+    q: queue.Queue[tuple[str, object]] = queue.Queue()
     done = threading.Event()
+    slots = threading.Semaphore(ahead)
     pending: set[Future[_R]] = set()  # submitted, not yet taken by the caller
 
-    def put(msg: tuple[str, object]) -> bool:
-        while not (stop.is_set() or done.is_set()):
-            try:
-                q.put(msg, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def halted() -> bool:
+        return stop.is_set() or done.is_set()
 
     def produce() -> None:
         try:
             for item in items:
+                while not slots.acquire(timeout=0.1):
+                    if halted():
+                        return
+                if halted():
+                    return
                 future = pool.submit(fn, item)
                 pending.add(future)
-                if not put(("item", future)):
-                    return
-            put(("end", None))
+                q.put(("item", future))
+            q.put(("end", None))
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            put(("error", exc))
+            q.put(("error", exc))
 
     reader = threading.Thread(target=produce, name="clicklake-reader", daemon=True)
     reader.start()
@@ -458,7 +458,9 @@ def _prefetched(
             except queue.Empty:
                 if reader.is_alive():
                     continue
-                return  # the reader gave up because stop was set
+                if q.empty():
+                    return  # the reader gave up because stop was set
+                continue
             if kind == "end":
                 return
             if kind == "error":
@@ -467,6 +469,7 @@ def _prefetched(
             assert isinstance(value, Future)
             pending.discard(value)
             yield value.result()
+            slots.release()  # the caller is done with it
     finally:
         done.set()
         reader.join()
