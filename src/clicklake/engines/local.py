@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,6 +71,16 @@ def decode_options(settings: Settings, app_id: str | None = None) -> DecodeOptio
         max_future_s=settings.pipeline.max_future_s,
         max_age_days=settings.pipeline.max_age_days,
     )
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A decoded chunk: where it ends in its stream, how many bytes it had, its rows."""
+
+    stream: str
+    end: int
+    nbytes: int
+    table: pa.Table
 
 
 class PipelineLock:
@@ -196,11 +206,36 @@ class Pipeline:
         log.info(
             "event=start source=%s pipeline=%s resume=%s", self.source.name, cfg.pipeline_id, _short(position)
         )
+        # One pool for the whole run: each worker keeps its DuckDB connection and scratch file
+        # from pass to pass. With enrichment on, this thread's share (the chain) is as large as
+        # decoding, so a second decoder would add memory (a third chunk in flight), not speed.
+        workers = 1 if self.steps else DECODE_WORKERS
+        decoders = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clicklake-decode")
+        try:
+            self._loop(position, decoders, workers, once, poll_s)
+        finally:
+            decoders.shutdown(wait=True, cancel_futures=True)
+        log.info(
+            "event=finish events=%d failed=%d skipped=%d commits=%d",
+            self.stats.events,
+            self.stats.failed,
+            self.stats.skipped,
+            self.stats.commits,
+        )
+        return self.stats
+
+    def _loop(
+        self, position: Position, decoders: ThreadPoolExecutor, workers: int, once: bool, poll_s: float
+    ) -> None:
+        cfg = self.settings.pipeline
         last_commit = time.monotonic()
         while True:
             stopping = self._stop.is_set()  # a pass that starts after the stop is the last
-            for chunk, lines, bad_utf8 in _prefetched(self.source.chunks(position), _split_lines, self._halt):
-                self._process(chunk, lines, bad_utf8)
+            decoded = _prefetched(
+                self.source.chunks(position), self._decode_chunk, self._halt, decoders, ahead=workers
+            )
+            for chunk in decoded:
+                self._process(chunk)
                 position[chunk.stream] = chunk.end
                 if self._due(last_commit):
                     self._commit(position)
@@ -216,22 +251,21 @@ class Pipeline:
             if not self._stop.is_set():
                 self._stop.wait(poll_s)
         self._commit(position, wait=True)
-        log.info(
-            "event=finish events=%d failed=%d skipped=%d commits=%d",
-            self.stats.events,
-            self.stats.failed,
-            self.stats.skipped,
-            self.stats.commits,
-        )
-        return self.stats
 
-    def _process(self, chunk: Chunk, lines: pa.RecordBatch, bad_utf8: pa.Table | None) -> None:
-        data = chunk.data
+    def _decode_chunk(self, chunk: Chunk) -> _Decoded:
+        """Split and decode one chunk (on a decode worker: DuckDB runs without the GIL, so two
+        chunks decode at once while this thread enriches and buffers the one before)."""
+        lines, bad_utf8 = lines_of(chunk)
         decoded = decode(lines, chunk.envelope, self.options, int(time.time() * 1_000_000))
         if bad_utf8 is not None:
             decoded = pa.concat_tables([decoded, bad_utf8])
+        # The chunk's bytes are not kept: decoded rows waiting their turn hold only their own.
+        return _Decoded(chunk.stream, chunk.end, len(chunk.data), decoded)
+
+    def _process(self, chunk: _Decoded) -> None:
+        decoded = chunk.table
         self.metrics.batch_rows.observe(decoded.num_rows)
-        self.metrics.bytes_read.inc(len(data))
+        self.metrics.bytes_read.inc(chunk.nbytes)
         good, bad = split(decoded)
         if self.steps and good.num_rows:
             good, enrich_failed = self._enrich(good)
@@ -248,9 +282,9 @@ class Pipeline:
                 self.stats.failed_by_reason[item["values"]] = (
                     self.stats.failed_by_reason.get(item["values"], 0) + item["counts"]
                 )
-        self.stats.lines_bytes += len(data)
+        self.stats.lines_bytes += chunk.nbytes
         if self.progress:
-            self.progress(len(data))
+            self.progress(chunk.nbytes)
 
     def _enrich(self, good: pa.Table) -> tuple[pa.Table, pa.Table]:
         """Run the chain; drop resends the dedup step found, fail id conflicts and failed batches."""
@@ -273,7 +307,10 @@ class Pipeline:
             dups = pc.sum(pc.cast(pc.equal(verdict, "dup"), pa.int64())).as_py() or 0
             self.stats.duplicates += dups
             self.metrics.duplicates.inc(dups)
-            out = out.filter(pc.equal(verdict, "new")).drop_columns([VERDICT])
+            new = pc.equal(verdict, "new")
+            if pc.all(new).as_py() is not True:  # resends are rare: no copy of the batch without them
+                out = out.filter(new)
+            out = out.drop_columns([VERDICT])
         bad = pa.concat_tables(failed) if failed else FAILED_ARROW.empty_table()
         return out, bad
 
@@ -371,40 +408,46 @@ def _failure_counts(rows: pa.Table | None) -> list[tuple[str, str, int]]:
     )
 
 
-def _split_lines(chunk: Chunk) -> tuple[Chunk, pa.RecordBatch, pa.Table | None]:
-    lines, bad_utf8 = lines_of(chunk)
-    return chunk, lines, bad_utf8
-
-
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
+# Chunks decoded at once. Decoding is most of the pipeline's CPU and runs in DuckDB without the
+# GIL; two workers keep both cores of a small machine busy while the loop enriches and buffers.
+DECODE_WORKERS = 2
+
 
 def _prefetched(
-    items: Iterator[_T], fn: Callable[[_T], _R], stop: threading.Event, depth: int = 2
+    items: Iterator[_T],
+    fn: Callable[[_T], _R],
+    stop: threading.Event,
+    pool: ThreadPoolExecutor,
+    ahead: int = 2,
 ) -> Iterator[_R]:
-    """``fn(item)`` for each item, computed ahead on a reader thread (reading and splitting the
-    next chunk overlaps decoding this one). Errors surface in the caller, in order."""
-    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    """``fn(item)`` for each item, computed ahead on ``pool`` and yielded in order (reading and
+    decoding the next chunks overlaps processing this one). At most ``ahead`` items are submitted
+    beyond the one the caller holds, which bounds memory. Errors surface in the caller, in order."""
+    q: queue.Queue[tuple[str, object]] = queue.Queue()
     done = threading.Event()
+    slots = threading.Semaphore(ahead)
+    pending: set[Future[_R]] = set()  # submitted, not yet taken by the caller
 
-    def put(msg: tuple[str, object]) -> bool:
-        while not (stop.is_set() or done.is_set()):
-            try:
-                q.put(msg, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def halted() -> bool:
+        return stop.is_set() or done.is_set()
 
     def produce() -> None:
         try:
             for item in items:
-                if not put(("item", fn(item))):
+                while not slots.acquire(timeout=0.1):
+                    if halted():
+                        return
+                if halted():
                     return
-            put(("end", None))
+                future = pool.submit(fn, item)
+                pending.add(future)
+                q.put(("item", future))
+            q.put(("end", None))
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            put(("error", exc))
+            q.put(("error", exc))
 
     reader = threading.Thread(target=produce, name="clicklake-reader", daemon=True)
     reader.start()
@@ -415,16 +458,26 @@ def _prefetched(
             except queue.Empty:
                 if reader.is_alive():
                     continue
-                return  # the reader gave up because stop was set
+                if q.empty():
+                    return  # the reader gave up because stop was set
+                continue
             if kind == "end":
                 return
             if kind == "error":
                 assert isinstance(value, BaseException)
                 raise value
-            yield value  # type: ignore[misc]
+            assert isinstance(value, Future)
+            pending.discard(value)
+            yield value.result()
+            slots.release()  # the caller is done with it
     finally:
         done.set()
         reader.join()
+        # What was read ahead and not taken is dropped (the next pass reads it again); wait for
+        # what is running, so that no decode outlives the pass.
+        for future in pending:
+            future.cancel()
+        wait(pending)
 
 
 def _short(position: Position) -> str:

@@ -177,9 +177,7 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
     n = len(ends)
     bad_utf8: pa.Table | None = None
     keep = np.ones(n, dtype=bool)
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
+    if not _is_utf8(data):
         # Slow path, only for broken input: find the lines that are not UTF-8.
         bad = np.zeros(n, dtype=bool)
         for i in range(n):
@@ -228,6 +226,20 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
     if not keep.all():
         batch = batch.filter(pa.array(keep))
     return batch, bad_utf8
+
+
+def _is_utf8(data: bytes) -> bool:
+    """Whether ``data`` is valid UTF-8, without decoding it into a string."""
+    if data.isascii():
+        return True
+    whole = pa.LargeStringArray.from_buffers(
+        1, pa.py_buffer(np.array([0, len(data)], dtype=np.int64).tobytes()), pa.py_buffer(data)
+    )
+    try:
+        whole.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _line_offsets(chunk: Chunk, starts: np.ndarray) -> np.ndarray:
@@ -681,7 +693,8 @@ def _connection() -> duckdb.DuckDBPyConnection:
     if con is None:
         # A bounded buffer pool keeps the pipeline's memory flat whatever the input size;
         # DuckDB spills to its temp directory past it.
-        con = duckdb.connect(config={"threads": 2, "memory_limit": "1GB"})
+        # Large string buffers: the decoded columns are large_string, so none needs a cast.
+        con = duckdb.connect(config={"threads": 2, "memory_limit": "1GB", "arrow_large_buffer_size": True})
         _local.con = con
     return con
 
@@ -708,7 +721,7 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
         # the exact path can tell them apart.
         return _run_exact(mode, lines, options, now_us)
     slow_rns = pc.filter(marker, pc.and_(is_marker, pc.greater_equal(marker, 0)))
-    fast = out.filter(pc.invert(is_marker)).drop_columns(["slow_rn"])
+    fast = _without_markers(out, marker, is_marker).drop_columns(["slow_rn"])
     # Failures need their raw text and events without messageId an id derived from it:
     # the exact path has both, so their whole lines go there.
     needs_text = pc.or_(pc.is_valid(fast.column("error_type")), pc.is_null(fast.column("event_id")))
@@ -722,6 +735,16 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
     if slow_lines.num_rows == 0:
         return fast
     return pa.concat_tables([fast, _run_exact(mode, slow_lines, options, now_us)])
+
+
+def _without_markers(out: pa.Table, marker: pa.ChunkedArray, is_marker: pa.ChunkedArray) -> pa.Table:
+    """The decoded rows of the fast path's output, without its marker rows. These usually come
+    out last, and then a zero-copy slice drops them instead of a filter copying every column."""
+    markers = len(marker) - marker.null_count
+    rows = out.num_rows - markers
+    if marker.slice(rows).null_count == 0:
+        return out.slice(0, rows)
+    return out.filter(pc.invert(is_marker))
 
 
 # The exact path parses and re-serializes each line several times: big batch lines (SDKs send up
@@ -744,8 +767,11 @@ def _run_exact(mode: EnvelopeMode, lines: pa.RecordBatch, options: DecodeOptions
 def _write_scratch(lines: pa.RecordBatch, sentinel: bytes) -> str:
     """Write the lines, one per line, and then ``sentinel``, to this thread's scratch file."""
     line = lines.column("line")
-    path = _scratch_path()
-    with open(path, "wb") as f:  # noqa: PTH123 - raw buffer writes
+    scratch = _scratch()
+    # Overwritten in place and cut to size, not truncated first: the file's pages (in /dev/shm,
+    # memory) are reused from chunk to chunk instead of being freed and zeroed again.
+    os.lseek(scratch.fd, 0, os.SEEK_SET)
+    with open(scratch.fd, "wb", closefd=False) as f:
         if len(line):
             offsets = np.frombuffer(
                 line.buffers()[1], dtype=np.int64, count=len(line) + 1, offset=line.offset * 8
@@ -755,18 +781,42 @@ def _write_scratch(lines: pa.RecordBatch, sentinel: bytes) -> str:
             if bytes(data[-1:]) != b"\n":
                 f.write(b"\n")
         f.write(sentinel)
-    return path
+        size = f.tell()
+    os.ftruncate(scratch.fd, size)
+    return scratch.path
 
 
-def _scratch_path() -> str:
-    path: str | None = getattr(_local, "scratch", None)
-    if path is None:
+class _Scratch:
+    """This thread's scratch file, open for the thread's whole life.
+
+    Where ``/proc/self/fd`` exists (Linux), the file is unlinked as soon as it is created and
+    read through its descriptor, so nothing is left behind in /dev/shm even by a process killed
+    with -9. It is closed (and elsewhere removed) when the thread ends, as its thread-local data
+    goes and this with it, or at exit.
+    """
+
+    def __init__(self) -> None:
         base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-        fd, path = tempfile.mkstemp(prefix="clicklake-decode-", suffix=".ndjson", dir=base)
-        os.close(fd)
-        weakref.finalize(_local, _unlink, path)
-        _local.scratch = path
-    return path
+        self.fd, name = tempfile.mkstemp(prefix="clicklake-decode-", suffix=".ndjson", dir=base)
+        if Path("/proc/self/fd").is_dir():
+            _unlink(name)
+            self.path = f"/proc/self/fd/{self.fd}"
+            weakref.finalize(self, os.close, self.fd)
+        else:
+            self.path = name
+            weakref.finalize(self, _close_and_unlink, self.fd, name)
+
+
+def _close_and_unlink(fd: int, path: str) -> None:
+    os.close(fd)
+    _unlink(path)
+
+
+def _scratch() -> _Scratch:
+    scratch: _Scratch | None = getattr(_local, "scratch", None)
+    if scratch is None:
+        scratch = _local.scratch = _Scratch()
+    return scratch
 
 
 def _unlink(path: str) -> None:
@@ -836,7 +886,12 @@ def _to_decoded(t: pa.Table) -> pa.Table:
 
 def split(decoded: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Good events (as :data:`EVENTS_ARROW`) and failures (as :data:`FAILED_ARROW`)."""
-    ok = pc.is_null(decoded.column("error_type"))
+    error_type = decoded.column("error_type")
+    if error_type.null_count == decoded.num_rows:
+        # Nothing failed, the common case: no filter, no copy.
+        good = decoded.select([c.name for c in EVENT_COLUMNS])
+        return good, FAILED_ARROW.empty_table()
+    ok = pc.is_null(error_type)
     good = decoded.filter(ok).select([c.name for c in EVENT_COLUMNS])
     bad = decoded.filter(pc.invert(ok))
     failed = pa.Table.from_arrays(

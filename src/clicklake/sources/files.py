@@ -93,23 +93,16 @@ class FilesSource:
                 _skip(f, offset)
             else:
                 f.seek(offset)
-        pending = b""
         while True:
             buf = f.read(self.chunk_bytes)
             if not buf:
                 break
-            buf = pending + buf
-            cut = buf.rfind(b"\n") + 1
-            if cut == 0:
-                pending = buf
-                continue
-            yield Chunk(stream, offset, buf[:cut], "segment")
-            offset += cut
-            pending = buf[cut:]
-        if pending:
-            # The last line of a file may lack its newline.
-            yield Chunk(stream, offset, pending, "segment")
-            offset += len(pending)
+            if buf[-1:] != b"\n":
+                # Complete the last line (one copy of the chunk, not a head and a tail carried
+                # into the next read); the last line of a file may lack its newline.
+                buf += f.readline()
+            yield Chunk(stream, offset, buf, "segment")
+            offset += len(buf)
         self._sizes[stream] = offset
 
     def total_bytes(self) -> int | None:
