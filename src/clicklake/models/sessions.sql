@@ -5,59 +5,118 @@
 -- user_mapping, so a finished day never changes when a visitor identifies later.
 -- is_engaged: duration_s > models.engaged_min_duration_s, or 2+ page views, or a conversion.
 -- is_bounce follows models.bounce (single_pageview | not_engaged | min_duration).
-WITH ev AS (
+-- Cost: one hash aggregate over the session's rows; the few events at the instants that matter
+-- (the start, the last user_id, the first anonymous_id) are then ranked by event_id, instead of
+-- sorting every event of every session.
+WITH counts AS (
+    SELECT
+        key_id,
+        session_start_us,
+        count(*) AS events,
+        min(tstamp) AS start_tstamp,
+        max(tstamp) AS end_tstamp,
+        max(tstamp_us) AS end_us,
+        max(CASE WHEN user_id IS NOT NULL THEN tstamp_us END) AS user_us,
+        min(CASE WHEN anonymous_id IS NOT NULL THEN tstamp_us END) AS anonymous_us,
+        bool_or(is_bot) AS is_bot{{cv_aggregates}}
+    FROM sessionized
+    GROUP BY key_id, session_start_us
+),
+picks AS (
     SELECT
         s.*,
-        row_number() OVER (PARTITION BY session_id ORDER BY tstamp_us, event_id) AS ev_index,
-        last_value(user_id IGNORE NULLS) OVER (
-            PARTITION BY session_id
-            ORDER BY tstamp_us, event_id
-            ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING
-        ) AS last_user_id,
-        first_value(anonymous_id IGNORE NULLS) OVER (
-            PARTITION BY session_id
-            ORDER BY tstamp_us, event_id
-            ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING
-        ) AS first_anonymous_id
+        s.tstamp_us = s.session_start_us AS at_start,
+        (s.tstamp_us = c.user_us AND s.user_id IS NOT NULL) AS at_user,
+        (s.tstamp_us = c.anonymous_us AND s.anonymous_id IS NOT NULL) AS at_anonymous
     FROM sessionized AS s
+    JOIN counts AS c ON c.key_id = s.key_id AND c.session_start_us = s.session_start_us
+    WHERE s.tstamp_us = s.session_start_us OR s.tstamp_us = c.user_us OR s.tstamp_us = c.anonymous_us
+),
+ranked_picks AS (
+    SELECT
+        p.*,
+        CASE WHEN at_start THEN row_number() OVER (
+            PARTITION BY key_id, session_start_us, at_start ORDER BY event_id
+        ) END AS start_rank,
+        CASE WHEN at_user THEN row_number() OVER (
+            PARTITION BY key_id, session_start_us, at_user ORDER BY event_id DESC NULLS FIRST
+        ) END AS user_rank,
+        CASE WHEN at_anonymous THEN row_number() OVER (
+            PARTITION BY key_id, session_start_us, at_anonymous ORDER BY event_id
+        ) END AS anonymous_rank
+    FROM picks AS p
+),
+firsts AS (
+    SELECT
+        key_id,
+        session_start_us,
+        max(CASE WHEN start_rank = 1 THEN app_id END) AS app_id,
+        max(CASE WHEN start_rank = 1 THEN session_id END) AS session_id,
+        max(CASE WHEN start_rank = 1 THEN client_session_id END) AS client_session_id,
+        max(CASE WHEN start_rank = 1 THEN coalesce(anonymous_id, user_id) END) AS device_key,
+        max(CASE WHEN anonymous_rank = 1 THEN anonymous_id END) AS anonymous_id,
+        max(CASE WHEN user_rank = 1 THEN user_id END) AS user_id,
+        max(CASE WHEN start_rank = 1 THEN local_date END) AS session_date,
+        max(CASE WHEN start_rank = 1 THEN page_referrer END) AS page_referrer,
+        max(CASE WHEN start_rank = 1 THEN refr_urlhost END) AS refr_urlhost,
+        max(CASE WHEN start_rank = 1 THEN refr_medium END) AS refr_medium,
+        max(CASE WHEN start_rank = 1 THEN refr_source END) AS refr_source,
+        max(CASE WHEN start_rank = 1 THEN refr_term END) AS refr_term,
+        max(CASE WHEN start_rank = 1 THEN mkt_source END) AS mkt_source,
+        max(CASE WHEN start_rank = 1 THEN mkt_medium END) AS mkt_medium,
+        max(CASE WHEN start_rank = 1 THEN mkt_campaign END) AS mkt_campaign,
+        max(CASE WHEN start_rank = 1 THEN mkt_term END) AS mkt_term,
+        max(CASE WHEN start_rank = 1 THEN mkt_content END) AS mkt_content,
+        max(CASE WHEN start_rank = 1 THEN mkt_clickid END) AS mkt_clickid,
+        max(CASE WHEN start_rank = 1 THEN mkt_network END) AS mkt_network,
+        max(CASE WHEN start_rank = 1 THEN default_channel_group END) AS default_channel_group,
+        max(CASE WHEN start_rank = 1 THEN geo_country END) AS geo_country,
+        max(CASE WHEN start_rank = 1 THEN geo_region END) AS geo_region,
+        max(CASE WHEN start_rank = 1 THEN geo_city END) AS geo_city,
+        max(CASE WHEN start_rank = 1 THEN br_family END) AS br_family,
+        max(CASE WHEN start_rank = 1 THEN os_family END) AS os_family,
+        max(CASE WHEN start_rank = 1 THEN dvce_family END) AS dvce_family,
+        max(CASE WHEN start_rank = 1 THEN dvce_class END) AS dvce_class
+    FROM ranked_picks
+    GROUP BY key_id, session_start_us
 ),
 agg AS (
     SELECT
-        app_id,
-        session_id,
-        max(CASE WHEN ev_index = 1 THEN client_session_id END) AS client_session_id,
-        max(CASE WHEN ev_index = 1 THEN device_key END) AS device_key,
-        max(first_anonymous_id) AS anonymous_id,
-        max(last_user_id) AS user_id,
-        min(tstamp) AS start_tstamp,
-        max(tstamp) AS end_tstamp,
-        min(tstamp_us) AS start_us,
-        max(tstamp_us) AS end_us,
-        max(CASE WHEN ev_index = 1 THEN local_date END) AS session_date,
-        count(*) AS events,
-        max(CASE WHEN ev_index = 1 THEN page_referrer END) AS page_referrer,
-        max(CASE WHEN ev_index = 1 THEN refr_urlhost END) AS refr_urlhost,
-        max(CASE WHEN ev_index = 1 THEN refr_medium END) AS refr_medium,
-        max(CASE WHEN ev_index = 1 THEN refr_source END) AS refr_source,
-        max(CASE WHEN ev_index = 1 THEN refr_term END) AS refr_term,
-        max(CASE WHEN ev_index = 1 THEN mkt_source END) AS mkt_source,
-        max(CASE WHEN ev_index = 1 THEN mkt_medium END) AS mkt_medium,
-        max(CASE WHEN ev_index = 1 THEN mkt_campaign END) AS mkt_campaign,
-        max(CASE WHEN ev_index = 1 THEN mkt_term END) AS mkt_term,
-        max(CASE WHEN ev_index = 1 THEN mkt_content END) AS mkt_content,
-        max(CASE WHEN ev_index = 1 THEN mkt_clickid END) AS mkt_clickid,
-        max(CASE WHEN ev_index = 1 THEN mkt_network END) AS mkt_network,
-        max(CASE WHEN ev_index = 1 THEN default_channel_group END) AS default_channel_group,
-        max(CASE WHEN ev_index = 1 THEN geo_country END) AS geo_country,
-        max(CASE WHEN ev_index = 1 THEN geo_region END) AS geo_region,
-        max(CASE WHEN ev_index = 1 THEN geo_city END) AS geo_city,
-        max(CASE WHEN ev_index = 1 THEN br_family END) AS br_family,
-        max(CASE WHEN ev_index = 1 THEN os_family END) AS os_family,
-        max(CASE WHEN ev_index = 1 THEN dvce_family END) AS dvce_family,
-        max(CASE WHEN ev_index = 1 THEN dvce_class END) AS dvce_class,
-        bool_or(is_bot) AS is_bot{{cv_aggregates}}
-    FROM ev
-    GROUP BY app_id, session_id
+        f.app_id,
+        f.session_id,
+        f.client_session_id,
+        f.device_key,
+        f.anonymous_id,
+        f.user_id,
+        c.start_tstamp,
+        c.end_tstamp,
+        c.session_start_us AS start_us,
+        c.end_us,
+        f.session_date,
+        c.events,
+        f.page_referrer,
+        f.refr_urlhost,
+        f.refr_medium,
+        f.refr_source,
+        f.refr_term,
+        f.mkt_source,
+        f.mkt_medium,
+        f.mkt_campaign,
+        f.mkt_term,
+        f.mkt_content,
+        f.mkt_clickid,
+        f.mkt_network,
+        f.default_channel_group,
+        f.geo_country,
+        f.geo_region,
+        f.geo_city,
+        f.br_family,
+        f.os_family,
+        f.dvce_family,
+        f.dvce_class,
+        c.* EXCLUDE (key_id, session_start_us, events, start_tstamp, end_tstamp, end_us, user_us, anonymous_us)
+    FROM counts AS c
+    JOIN firsts AS f ON f.key_id = c.key_id AND f.session_start_us = c.session_start_us
 ),
 pv AS (
     SELECT
