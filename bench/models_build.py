@@ -415,7 +415,7 @@ def report(
     args: argparse.Namespace,
     inp: InputInfo,
     compaction: Measured | None,
-    files_built: int,
+    files: tuple[int, int],
     full: Measured,
     noop: Measured,
     duck_rows: dict[str, int],
@@ -518,14 +518,17 @@ def report(
         + (" Input reused from an earlier run (`--reuse`)." if inp.reused else "")
     )
     how_lines = [f"  - `{name}`: {h}" for name, h in how.items()]
+    files_before, files_built = files
     if compaction is None:
         compact_line = f"- No compaction (`--no-compact`): the build read the {files_built:,} data files the pipeline wrote."
     else:
         compact_line = (
             "- Compaction: `clicklake maintain compact --table events` in its own process before the build "
             f"({compaction.wall_s:.1f} s wall, {compaction.cpu_s:.1f} CPU s; routine lakehouse maintenance, issue 8, "
-            f"timed separately and **not included in the build time**): {inp.data_files:,} data files became "
-            f"{files_built:,}. Spark reads the same compacted files."
+            f"timed separately and **not included in the build time**): {files_before:,} data files became "
+            f"{files_built:,}"
+            + (" (already compacted by an earlier run: a no-op)" if files_before == files_built else "")
+            + ". Spark reads the same compacted files."
         )
     step_line = ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
     return "\n".join(
@@ -620,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         inp = prepare_input(workdir, args.events, args.seed, args.reuse)
 
         compaction: Measured | None = None
+        files_before = _events_table_stats(workdir)[1]
         if not args.no_compact:
             print(
                 "clicklake maintain compact --table events (timed on its own, before the build) ...",
@@ -664,7 +668,9 @@ def main(argv: list[str] | None = None) -> int:
                     except Exception as exc:
                         kpi_check = f"not compared ({_first_line(exc)})"
 
-        section = report(args, inp, compaction, files_built, full, noop, duck_rows, spark, kpi_check)
+        section = report(
+            args, inp, compaction, (files_before, files_built), full, noop, duck_rows, spark, kpi_check
+        )
         write_results_section(NAME, section, args.results)
         print(f"\nwrote the {NAME} section of {args.results}")
     finally:
