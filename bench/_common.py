@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ class Measured:
             as seen by sampling (a peak shorter than the poll interval can be missed).
         stdout: captured standard output.
         stderr: captured standard error.
+        cpu_s: user + system CPU seconds of the process and the descendants it waited for.
     """
 
     returncode: int
@@ -58,6 +60,7 @@ class Measured:
     peak_rss: int
     stdout: str
     stderr: str
+    cpu_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -105,9 +108,10 @@ def run_measured(
         poll_s: sampling interval for RSS, in seconds.
 
     Returns:
-        The exit code, wall time, peak tree RSS and captured output.
+        The exit code, wall time, peak tree RSS, captured output and CPU seconds.
     """
     full_env = {**os.environ, **(env or {})}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         child = subprocess.Popen([os.fspath(c) for c in cmd], stdout=out, stderr=err, env=full_env, cwd=cwd)
@@ -125,7 +129,9 @@ def run_measured(
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
-    return Measured(returncode, wall, peak, stdout, stderr)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Measured(returncode, wall, peak, stdout, stderr, cpu)
 
 
 class RssSampler:

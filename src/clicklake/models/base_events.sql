@@ -3,9 +3,16 @@
 -- source position), before anything is counted. Only page, screen and track events (page pings
 -- included) take part in sessions; identify/group/alias only feed user_mapping. Bots are dropped
 -- unless models.include_bots. The window filter keeps the days being recomputed.
--- The row-level expressions come first, so that the dedup window sorts narrow rows (no JSON
--- columns): a 10M-event build would otherwise carry every properties/context string through it.
-WITH narrowed AS (
+-- key_id numbers the session keys (app_id, session_key), in that order, for the window passes of
+-- sessionized: sorting two integers is much cheaper than sorting strings.
+-- Cost: the events files are read once, into narrow rows (JSON is parsed only where its value is
+-- used: heartbeat and scroll depth of page pings). The pipeline already drops client retries, so
+-- copies are rare: they are found with one hash aggregate over event_id and only their rows are
+-- ranked. The descriptive columns (titles, referrers, marketing, device, geo) are not carried:
+-- sessionized reads them for the few rows that show them (page views, first events of sessions),
+-- and has_copies tells it which event_ids need the same copy choice again. Event type and name
+-- are kept for page views, page_url for page views and pings: the other rows do not show them.
+WITH ev AS (
     SELECT
         event_id,
         event_type,
@@ -14,75 +21,83 @@ WITH narrowed AS (
         user_id,
         anonymous_id,
         session_id AS client_session_id,
-        coalesce(anonymous_id, user_id) AS device_key,
         CASE
             WHEN session_id IS NOT NULL THEN 's:' || session_id
             ELSE 'd:' || coalesce(anonymous_id, user_id)
         END AS session_key,
-        derived_tstamp AS tstamp,
-        epoch_us(derived_tstamp) AS tstamp_us,
-        CAST(derived_tstamp AT TIME ZONE {{tz}} AS DATE) AS local_date,
-        event_type IN ('page', 'screen') AS is_page_view,
-        (event_type = 'track' AND event_name = 'Page Ping') AS is_ping,
-        coalesce(
-            CASE WHEN event_type = 'track' AND event_name = 'Page Ping'
-                 THEN TRY_CAST(json_extract_string(properties, '$.heartbeat') AS DOUBLE) END,
-            {{heartbeat_s}}
-        ) AS heartbeat_s,
-        coalesce(
-            TRY_CAST(json_extract_string(properties, '$.percent_scrolled') AS DOUBLE),
-            TRY_CAST(json_extract_string(properties, '$.scroll_depth') AS DOUBLE)
-        ) AS scroll_depth_pct,
-        page_url,
-        page_title,
-        page_referrer,
-        coalesce(
-            nullif(page_urlpath, ''),
-            nullif(page_path, ''),
-            nullif(regexp_extract(page_url, '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*([^?#]*)', 1), ''),
-            '/'
-        ) AS page_urlpath,
-        page_urlhost,
-        page_urlquery,
-        refr_urlhost,
-        refr_medium,
-        refr_source,
-        refr_term,
-        mkt_source,
-        mkt_medium,
-        mkt_campaign,
-        mkt_term,
-        mkt_content,
-        mkt_clickid,
-        mkt_network,
-        default_channel_group,
-        coalesce(is_bot, false) AS is_bot,
-        br_family,
-        os_family,
-        dvce_family,
-        dvce_class,
-        geo_country,
-        geo_region,
-        geo_city{{conversion_columns}},
         derived_tstamp,
+        CASE WHEN event_type = 'track' AND event_name = 'Page Ping' THEN
+            coalesce(TRY_CAST(json_extract_string(properties, '$.heartbeat') AS DOUBLE), {{heartbeat_s}})
+        END AS heartbeat_s,
+        CASE WHEN event_type = 'track' AND event_name = 'Page Ping' THEN
+            coalesce(
+                TRY_CAST(json_extract_string(properties, '$.percent_scrolled') AS DOUBLE),
+                TRY_CAST(json_extract_string(properties, '$.scroll_depth') AS DOUBLE)
+            )
+        END AS scroll_depth_pct,
+        CASE WHEN event_type IN ('page', 'screen') OR (event_type = 'track' AND event_name = 'Page Ping') THEN
+            page_url
+        END AS page_url,
+        coalesce(is_bot, false) AS is_bot{{conversion_columns}},
         collector_tstamp AS _collector_tstamp,
         source_stream AS _source_stream,
         source_offset AS _source_offset,
         source_index AS _source_index
-    FROM src_events AS e
+    FROM src_events
 ),
-ranked AS (
-    SELECT
-        n.*,
-        row_number() OVER (
-            PARTITION BY n.event_id
-            ORDER BY n._collector_tstamp, n.derived_tstamp, n._source_stream, n._source_offset, n._source_index
-        ) AS copy_rank
-    FROM narrowed AS n
+copies AS (
+    SELECT event_id
+    FROM ev
+    GROUP BY event_id
+    HAVING count(*) > 1
+),
+keys AS (
+    SELECT app_id, session_key, row_number() OVER (ORDER BY app_id, session_key) AS key_id
+    FROM (SELECT DISTINCT app_id, session_key FROM ev) AS k
+),
+deduped AS (
+    SELECT ev.*, false AS has_copies
+    FROM ev
+    LEFT JOIN copies AS c ON c.event_id = ev.event_id
+    WHERE c.event_id IS NULL AND ev.event_id IS NOT NULL
+    UNION ALL
+    SELECT * EXCLUDE (copy_rank)
+    FROM (
+        SELECT
+            ev.*,
+            true AS has_copies,
+            row_number() OVER (
+                PARTITION BY event_id
+                ORDER BY _collector_tstamp, derived_tstamp, _source_stream, _source_offset, _source_index
+            ) AS copy_rank
+        FROM ev
+        WHERE event_id IS NULL OR event_id IN (SELECT event_id FROM copies)
+    ) AS ranked
+    WHERE copy_rank = 1
 )
-SELECT * EXCLUDE (derived_tstamp, _collector_tstamp, _source_stream, _source_offset, _source_index, copy_rank)
-FROM ranked
-WHERE copy_rank = 1
-    AND event_type IN ('page', 'screen', 'track')
+SELECT
+    d.event_id,
+    d.has_copies,
+    CASE WHEN d.event_type IN ('page', 'screen') THEN d.event_type END AS event_type,
+    CASE WHEN d.event_type IN ('page', 'screen') THEN d.event_name END AS event_name,
+    d.app_id,
+    d.user_id,
+    d.anonymous_id,
+    d.client_session_id,
+    d.session_key,
+    k.key_id,
+    d.derived_tstamp AS tstamp,
+    epoch_us(d.derived_tstamp) AS tstamp_us,
+    CAST(d.derived_tstamp AT TIME ZONE {{tz}} AS DATE) AS local_date,
+    d.event_type IN ('page', 'screen') AS is_page_view,
+    (d.event_type = 'track' AND d.event_name = 'Page Ping') AS is_ping,
+    d.* EXCLUDE (
+        event_id, has_copies, event_type, event_name, app_id, user_id, anonymous_id, client_session_id,
+        session_key, derived_tstamp, _collector_tstamp, _source_stream, _source_offset, _source_index
+    )
+FROM deduped AS d
+JOIN keys AS k
+    ON k.app_id IS NOT DISTINCT FROM d.app_id AND k.session_key IS NOT DISTINCT FROM d.session_key
+WHERE d.event_type IN ('page', 'screen', 'track')
     AND ({{window}})
     AND ({{bot_filter}})

@@ -4,60 +4,82 @@
 -- floor(ping time / heartbeat) buckets among its pings, engaged_time_s = 0 if n = 0, else
 -- heartbeat * (n - 1) + models.page_ping_min_visit_s; duplicate or jittered pings inside one
 -- bucket count once. absolute_time_s = last attached ping time - page view time (0 without pings).
+-- Cost: a session is (key_id, session_start_us) here (see sessionized), pages are numbered by
+-- URL (url_no) and page views by their position in the session, so the attaching window sorts
+-- integers; it runs over narrow rows, and only pings whose URL some page view has take part.
 WITH pv AS (
     SELECT * FROM sessionized WHERE is_page_view
 ),
+pv_order AS (
+    SELECT
+        event_id,
+        key_id,
+        session_start_us,
+        tstamp_us,
+        coalesce(page_url, '') AS url_key,
+        row_number() OVER (PARTITION BY key_id, session_start_us ORDER BY tstamp_us, event_id) AS pv_index
+    FROM pv
+),
+urls AS (
+    SELECT url_key, row_number() OVER (ORDER BY url_key) AS url_no
+    FROM (SELECT DISTINCT url_key FROM pv_order) AS u
+),
 stream AS (
     SELECT
-        session_id, coalesce(page_url, '') AS url_key, tstamp_us, 0 AS kind, event_id,
-        event_id AS pv_id, CAST(NULL AS DOUBLE) AS heartbeat_s, CAST(NULL AS DOUBLE) AS scroll_depth_pct
-    FROM pv
+        o.key_id, o.session_start_us, u.url_no, o.tstamp_us, 0 AS kind, o.pv_index,
+        CAST(NULL AS DOUBLE) AS heartbeat_s, CAST(NULL AS DOUBLE) AS scroll_depth_pct
+    FROM pv_order AS o
+    JOIN urls AS u ON u.url_key = o.url_key
     UNION ALL
     SELECT
-        session_id, coalesce(page_url, '') AS url_key, tstamp_us, 1 AS kind, event_id,
-        CAST(NULL AS VARCHAR) AS pv_id, heartbeat_s, scroll_depth_pct
-    FROM sessionized
-    WHERE is_ping
+        s.key_id, s.session_start_us, u.url_no, s.tstamp_us, 1 AS kind, CAST(NULL AS BIGINT) AS pv_index,
+        s.heartbeat_s, s.scroll_depth_pct
+    FROM sessionized AS s
+    JOIN urls AS u ON u.url_key = coalesce(s.page_url, '')
+    WHERE s.is_ping
 ),
 attached AS (
     SELECT
         s.*,
-        last_value(pv_id IGNORE NULLS) OVER (
-            PARTITION BY session_id, url_key
-            ORDER BY tstamp_us, kind, event_id
+        last_value(pv_index IGNORE NULLS) OVER (
+            PARTITION BY key_id, session_start_us, url_no
+            ORDER BY tstamp_us, kind, pv_index
             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-        ) AS owner_id
+        ) AS owner_index
     FROM stream AS s
 ),
 ping_stats AS (
     SELECT
-        owner_id,
+        key_id,
+        session_start_us,
+        owner_index,
         count(DISTINCT CAST(floor(tstamp_us / (heartbeat_s * 1000000)) AS BIGINT)) AS ping_buckets,
         max(heartbeat_s) AS heartbeat_s,
         max(tstamp_us) AS last_ping_us,
         max(scroll_depth_pct) AS max_scroll_depth_pct
     FROM attached
-    WHERE kind = 1 AND owner_id IS NOT NULL
-    GROUP BY owner_id
+    WHERE kind = 1 AND owner_index IS NOT NULL
+    GROUP BY key_id, session_start_us, owner_index
 ),
 cleaned AS (
     SELECT
         pv.*,
+        o.pv_index,
         {{page_path_clean}} AS page_path_clean
     FROM pv
+    JOIN pv_order AS o ON o.event_id IS NOT DISTINCT FROM pv.event_id
 )
 SELECT
     c.event_id AS page_view_id,
     c.app_id,
     c.session_id,
     c.client_session_id,
-    c.device_key,
+    coalesce(c.anonymous_id, c.user_id) AS device_key,
     c.anonymous_id,
     c.user_id,
     c.local_date AS page_view_date,
     c.tstamp AS derived_tstamp,
-    CAST(row_number() OVER (PARTITION BY c.session_id ORDER BY c.tstamp_us, c.event_id) AS BIGINT)
-        AS page_view_in_session_index,
+    CAST(c.pv_index AS BIGINT) AS page_view_in_session_index,
     c.event_type,
     c.event_name AS page_name,
     c.page_url,
@@ -87,4 +109,5 @@ SELECT
     p.max_scroll_depth_pct,
     c.is_bot
 FROM cleaned AS c
-LEFT JOIN ping_stats AS p ON p.owner_id = c.event_id
+LEFT JOIN ping_stats AS p
+    ON p.key_id = c.key_id AND p.session_start_us = c.session_start_us AND p.owner_index = c.pv_index

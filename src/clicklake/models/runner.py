@@ -226,6 +226,11 @@ class _Builder:
         self.events_table = events
         self.opts = opts
         self.con = new_connection()
+        # Every result is sorted when it is fetched; not keeping insertion order lets DuckDB
+        # materialize the temp tables in parallel without re-ordering them.
+        self.con.execute("SET preserve_insertion_order = false")
+        # The models read the events files several times (dedup, rows, descriptive columns).
+        self.con.execute("SET parquet_metadata_cache = true")
         snap = events.current_snapshot()
         # -1: events has no snapshot yet (stored as such, so an empty build is up to date too).
         self.snapshot_id: int = snap.snapshot_id if snap else -1
@@ -367,6 +372,9 @@ class _Builder:
     def _create(self, name: str, sql: str) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {quote_ident(name)} AS {sql}")
 
+    def _drop(self, name: str) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+
     def compute_windowed(self, windows: Sequence[Window] | None) -> dict[str, pa.Table]:
         window, ranges = self._window_sql(windows, margin_days=1)
         src = " UNION ALL ".join(self.events.relation(lo, hi) for lo, hi in ranges)
@@ -374,8 +382,11 @@ class _Builder:
         values = template_values(self.opts, window)
         self._create("base_events", render("base_events", values))
         self._create("sessionized", render("sessionized", values))
+        # Each intermediate is dropped once read for the last time: at 10M events they are GBs.
+        self._drop("base_events")
         self._create("page_views_new", render("page_views", values))
         self._create("sessions_new", render("sessions", values))
+        self._drop("sessionized")
         return {
             "page_views": self.con.sql(
                 "SELECT * FROM page_views_new ORDER BY page_view_date, session_id, page_view_in_session_index"

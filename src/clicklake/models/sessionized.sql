@@ -1,71 +1,149 @@
 -- sessionized: base_events with their session.
 -- Per (app_id, session_key) -- the client session id when sent, else the device key
--- coalesce(anonymous_id, user_id) -- events ordered by (derived time, event_id) form runs: a new
--- run starts after models.session_gap_minutes of inactivity (and, with models.split_at_midnight,
--- when the local date changes). A run longer than models.max_session_length_hours is cut into
--- pieces of that length counted from the run's first event. One piece is one session; its id is
+-- coalesce(anonymous_id, user_id) -- events ordered by derived time form runs: a new run starts
+-- after models.session_gap_minutes of inactivity (and, with models.split_at_midnight, when the
+-- local date changes). A run longer than models.max_session_length_hours is cut into pieces of
+-- that length counted from the run's first event. One piece is one session; its id is
 -- md5(app_id | session_key | first event time in microseconds). Sessions made only of page pings
--- are dropped (a tab left open is not a visit).
--- The window passes run over the few columns sessions are cut by; the wide rows join back at
--- the end (event_id is unique in base_events), so no pass sorts URLs, referrers or JSON.
-WITH narrow AS (
-    SELECT event_id, app_id, session_key, tstamp_us, local_date, is_ping FROM base_events
+-- are dropped (a tab left open is not a visit). Cuts depend on times alone: events at the same
+-- instant always share a session.
+-- Cost: the cuts are computed over the distinct (key_id, time) points (see base_events), so the
+-- window passes sort two integers. A session is (key_id, session_start_us) in the models; rows
+-- find theirs by time range. The descriptive columns are read from src_events only for page views
+-- and the events at a session's start (the candidates for its first event), taking the copy
+-- base_events kept; elsewhere they are NULL, as are session_id, app_id and client_session_id
+-- (nothing reads them there).
+WITH points AS (
+    SELECT
+        key_id,
+        tstamp_us,
+        max(local_date) AS local_date,
+        sum(CASE WHEN is_ping THEN 0 ELSE 1 END) AS non_ping
+    FROM base_events
+    GROUP BY key_id, tstamp_us
 ),
 ordered AS (
     SELECT
-        b.*,
-        lag(tstamp_us) OVER w AS prev_us,
-        lag(local_date) OVER w AS prev_date
-    FROM narrow AS b
-    WINDOW w AS (PARTITION BY app_id, session_key ORDER BY tstamp_us, event_id)
-),
-flagged AS (
-    SELECT
-        o.*,
-        CASE
-            WHEN prev_us IS NULL OR tstamp_us - prev_us >= {{gap_us}}{{midnight_clause}} THEN 1
-            ELSE 0
-        END AS is_new_run
-    FROM ordered AS o
+        p.*,
+        lag(tstamp_us) OVER (PARTITION BY key_id ORDER BY tstamp_us) AS prev_us,
+        lag(local_date) OVER (PARTITION BY key_id ORDER BY tstamp_us) AS prev_date
+    FROM points AS p
 ),
 runs AS (
     SELECT
-        f.*,
-        sum(is_new_run) OVER (
-            PARTITION BY app_id, session_key
-            ORDER BY tstamp_us, event_id
+        o.*,
+        max(
+            CASE
+                WHEN prev_us IS NULL OR tstamp_us - prev_us >= {{gap_us}}{{midnight_clause}} THEN tstamp_us
+            END
+        ) OVER (
+            PARTITION BY key_id
+            ORDER BY tstamp_us
             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-        ) AS run_no
-    FROM flagged AS f
+        ) AS run_start_us
+    FROM ordered AS o
 ),
 pieces AS (
     SELECT
-        r.*,
-        CAST(
-            floor((tstamp_us - min(tstamp_us) OVER (PARTITION BY app_id, session_key, run_no)) / {{max_len_us}})
-            AS BIGINT
-        ) AS piece_no
-    FROM runs AS r
+        key_id,
+        tstamp_us,
+        non_ping,
+        run_start_us,
+        CAST(floor((tstamp_us - run_start_us) / {{max_len_us}}) AS BIGINT) AS piece_no
+    FROM runs
 ),
-keyed AS (
+spans AS (
     SELECT
-        p.*,
-        min(tstamp_us) OVER (PARTITION BY app_id, session_key, run_no, piece_no) AS session_start_us,
-        sum(CASE WHEN is_ping THEN 0 ELSE 1 END) OVER (
-            PARTITION BY app_id, session_key, run_no, piece_no
-        ) AS non_ping_events
-    FROM pieces AS p
+        key_id,
+        min(tstamp_us) AS session_start_us,
+        max(tstamp_us) AS session_end_us,
+        sum(non_ping) AS non_ping_events
+    FROM pieces
+    GROUP BY key_id, run_start_us, piece_no
+),
+named AS (
+    SELECT key_id, session_start_us, session_end_us
+    FROM spans
+    WHERE non_ping_events > 0
+),
+shown AS (
+    SELECT b.event_id, b.has_copies
+    FROM base_events AS b
+    LEFT JOIN named AS n ON n.key_id = b.key_id AND n.session_start_us = b.tstamp_us
+    WHERE b.is_page_view OR n.key_id IS NOT NULL
+),
+matched AS (
+    SELECT
+        s.has_copies,
+        e.event_id,
+        e.collector_tstamp AS _collector_tstamp,
+        e.derived_tstamp AS _derived_tstamp,
+        e.source_stream AS _source_stream,
+        e.source_offset AS _source_offset,
+        e.source_index AS _source_index,
+        e.page_title,
+        e.page_referrer,
+        coalesce(
+            nullif(e.page_urlpath, ''),
+            nullif(e.page_path, ''),
+            nullif(regexp_extract(e.page_url, '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*([^?#]*)', 1), ''),
+            '/'
+        ) AS page_urlpath,
+        e.page_urlhost,
+        e.page_urlquery,
+        e.refr_urlhost,
+        e.refr_medium,
+        e.refr_source,
+        e.refr_term,
+        e.mkt_source,
+        e.mkt_medium,
+        e.mkt_campaign,
+        e.mkt_term,
+        e.mkt_content,
+        e.mkt_clickid,
+        e.mkt_network,
+        e.default_channel_group,
+        e.br_family,
+        e.os_family,
+        e.dvce_family,
+        e.dvce_class,
+        e.geo_country,
+        e.geo_region,
+        e.geo_city
+    FROM src_events AS e
+    JOIN shown AS s ON s.event_id IS NOT DISTINCT FROM e.event_id
+),
+described AS (
+    SELECT * EXCLUDE (has_copies, _collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index)
+    FROM matched
+    WHERE NOT has_copies
+    UNION ALL
+    SELECT * EXCLUDE (has_copies, _collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index, copy_rank)
+    FROM (
+        SELECT
+            m.*,
+            row_number() OVER (
+                PARTITION BY event_id
+                ORDER BY _collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index
+            ) AS copy_rank
+        FROM matched AS m
+        WHERE has_copies
+    ) AS ranked
+    WHERE copy_rank = 1
 )
 SELECT
-    b.*,
-    k.prev_us,
-    k.prev_date,
-    k.is_new_run,
-    k.run_no,
-    k.piece_no,
-    k.session_start_us,
-    k.non_ping_events,
-    md5(b.app_id || '|' || b.session_key || '|' || CAST(k.session_start_us AS VARCHAR)) AS session_id
-FROM keyed AS k
-JOIN base_events AS b ON b.event_id = k.event_id
-WHERE k.non_ping_events > 0
+    b.event_id,
+    b.key_id,
+    n.session_start_us,
+    CASE WHEN b.is_page_view OR b.tstamp_us = n.session_start_us THEN
+        md5(b.app_id || '|' || b.session_key || '|' || CAST(n.session_start_us AS VARCHAR))
+    END AS session_id,
+    CASE WHEN b.is_page_view OR b.tstamp_us = n.session_start_us THEN b.app_id END AS app_id,
+    CASE WHEN b.is_page_view OR b.tstamp_us = n.session_start_us THEN b.client_session_id END
+        AS client_session_id,
+    b.* EXCLUDE (event_id, key_id, has_copies, app_id, client_session_id, session_key),
+    d.* EXCLUDE (event_id)
+FROM base_events AS b
+JOIN named AS n
+    ON n.key_id = b.key_id AND b.tstamp_us >= n.session_start_us AND b.tstamp_us <= n.session_end_us
+LEFT JOIN described AS d ON d.event_id IS NOT DISTINCT FROM b.event_id

@@ -5,59 +5,127 @@
 -- user_mapping, so a finished day never changes when a visitor identifies later.
 -- is_engaged: duration_s > models.engaged_min_duration_s, or 2+ page views, or a conversion.
 -- is_bounce follows models.bounce (single_pageview | not_engaged | min_duration).
-WITH ev AS (
+-- Cost: one hash aggregate over the session's rows; of the few events at the instants that matter
+-- (the start, the last user_id, the first anonymous_id) the one with the smallest (largest, for
+-- the user_id) event_id is then picked, instead of sorting every event of every session.
+WITH counts AS (
+    SELECT
+        key_id,
+        session_start_us,
+        count(*) AS events,
+        min(tstamp) AS start_tstamp,
+        max(tstamp) AS end_tstamp,
+        max(tstamp_us) AS end_us,
+        max(CASE WHEN user_id IS NOT NULL THEN tstamp_us END) AS user_us,
+        min(CASE WHEN anonymous_id IS NOT NULL THEN tstamp_us END) AS anonymous_us,
+        bool_or(is_bot) AS is_bot{{cv_aggregates}}
+    FROM sessionized
+    GROUP BY key_id, session_start_us
+),
+picks AS (
     SELECT
         s.*,
-        row_number() OVER (PARTITION BY session_id ORDER BY tstamp_us, event_id) AS ev_index,
-        last_value(user_id IGNORE NULLS) OVER (
-            PARTITION BY session_id
-            ORDER BY tstamp_us, event_id
-            ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING
-        ) AS last_user_id,
-        first_value(anonymous_id IGNORE NULLS) OVER (
-            PARTITION BY session_id
-            ORDER BY tstamp_us, event_id
-            ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING
-        ) AS first_anonymous_id
+        s.tstamp_us = s.session_start_us AS at_start,
+        (s.tstamp_us = c.user_us AND s.user_id IS NOT NULL) AS at_user,
+        (s.tstamp_us = c.anonymous_us AND s.anonymous_id IS NOT NULL) AS at_anonymous
     FROM sessionized AS s
+    JOIN counts AS c ON c.key_id = s.key_id AND c.session_start_us = s.session_start_us
+    WHERE s.tstamp_us = s.session_start_us OR s.tstamp_us = c.user_us OR s.tstamp_us = c.anonymous_us
+),
+picked AS (
+    SELECT
+        key_id,
+        session_start_us,
+        min(CASE WHEN at_start THEN event_id END) AS start_event_id,
+        max(CASE WHEN at_user THEN event_id END) AS user_event_id,
+        min(CASE WHEN at_anonymous THEN event_id END) AS anonymous_event_id
+    FROM picks
+    GROUP BY key_id, session_start_us
+),
+chosen AS (
+    SELECT
+        p.*,
+        p.at_start AND p.event_id IS NOT DISTINCT FROM c.start_event_id AS is_first,
+        p.at_user AND p.event_id IS NOT DISTINCT FROM c.user_event_id AS is_last_user,
+        p.at_anonymous AND p.event_id IS NOT DISTINCT FROM c.anonymous_event_id AS is_first_anonymous
+    FROM picks AS p
+    JOIN picked AS c ON c.key_id = p.key_id AND c.session_start_us = p.session_start_us
+),
+firsts AS (
+    SELECT
+        f.key_id,
+        f.session_start_us,
+        f.app_id,
+        f.session_id,
+        f.client_session_id,
+        coalesce(f.anonymous_id, f.user_id) AS device_key,
+        a.anonymous_id,
+        u.user_id,
+        f.local_date AS session_date,
+        f.page_referrer,
+        f.refr_urlhost,
+        f.refr_medium,
+        f.refr_source,
+        f.refr_term,
+        f.mkt_source,
+        f.mkt_medium,
+        f.mkt_campaign,
+        f.mkt_term,
+        f.mkt_content,
+        f.mkt_clickid,
+        f.mkt_network,
+        f.default_channel_group,
+        f.geo_country,
+        f.geo_region,
+        f.geo_city,
+        f.br_family,
+        f.os_family,
+        f.dvce_family,
+        f.dvce_class
+    FROM chosen AS f
+    LEFT JOIN chosen AS u
+        ON u.is_last_user AND u.key_id = f.key_id AND u.session_start_us = f.session_start_us
+    LEFT JOIN chosen AS a
+        ON a.is_first_anonymous AND a.key_id = f.key_id AND a.session_start_us = f.session_start_us
+    WHERE f.is_first
 ),
 agg AS (
     SELECT
-        app_id,
-        session_id,
-        max(CASE WHEN ev_index = 1 THEN client_session_id END) AS client_session_id,
-        max(CASE WHEN ev_index = 1 THEN device_key END) AS device_key,
-        max(first_anonymous_id) AS anonymous_id,
-        max(last_user_id) AS user_id,
-        min(tstamp) AS start_tstamp,
-        max(tstamp) AS end_tstamp,
-        min(tstamp_us) AS start_us,
-        max(tstamp_us) AS end_us,
-        max(CASE WHEN ev_index = 1 THEN local_date END) AS session_date,
-        count(*) AS events,
-        max(CASE WHEN ev_index = 1 THEN page_referrer END) AS page_referrer,
-        max(CASE WHEN ev_index = 1 THEN refr_urlhost END) AS refr_urlhost,
-        max(CASE WHEN ev_index = 1 THEN refr_medium END) AS refr_medium,
-        max(CASE WHEN ev_index = 1 THEN refr_source END) AS refr_source,
-        max(CASE WHEN ev_index = 1 THEN refr_term END) AS refr_term,
-        max(CASE WHEN ev_index = 1 THEN mkt_source END) AS mkt_source,
-        max(CASE WHEN ev_index = 1 THEN mkt_medium END) AS mkt_medium,
-        max(CASE WHEN ev_index = 1 THEN mkt_campaign END) AS mkt_campaign,
-        max(CASE WHEN ev_index = 1 THEN mkt_term END) AS mkt_term,
-        max(CASE WHEN ev_index = 1 THEN mkt_content END) AS mkt_content,
-        max(CASE WHEN ev_index = 1 THEN mkt_clickid END) AS mkt_clickid,
-        max(CASE WHEN ev_index = 1 THEN mkt_network END) AS mkt_network,
-        max(CASE WHEN ev_index = 1 THEN default_channel_group END) AS default_channel_group,
-        max(CASE WHEN ev_index = 1 THEN geo_country END) AS geo_country,
-        max(CASE WHEN ev_index = 1 THEN geo_region END) AS geo_region,
-        max(CASE WHEN ev_index = 1 THEN geo_city END) AS geo_city,
-        max(CASE WHEN ev_index = 1 THEN br_family END) AS br_family,
-        max(CASE WHEN ev_index = 1 THEN os_family END) AS os_family,
-        max(CASE WHEN ev_index = 1 THEN dvce_family END) AS dvce_family,
-        max(CASE WHEN ev_index = 1 THEN dvce_class END) AS dvce_class,
-        bool_or(is_bot) AS is_bot{{cv_aggregates}}
-    FROM ev
-    GROUP BY app_id, session_id
+        f.app_id,
+        f.session_id,
+        f.client_session_id,
+        f.device_key,
+        f.anonymous_id,
+        f.user_id,
+        c.start_tstamp,
+        c.end_tstamp,
+        c.session_start_us AS start_us,
+        c.end_us,
+        f.session_date,
+        c.events,
+        f.page_referrer,
+        f.refr_urlhost,
+        f.refr_medium,
+        f.refr_source,
+        f.refr_term,
+        f.mkt_source,
+        f.mkt_medium,
+        f.mkt_campaign,
+        f.mkt_term,
+        f.mkt_content,
+        f.mkt_clickid,
+        f.mkt_network,
+        f.default_channel_group,
+        f.geo_country,
+        f.geo_region,
+        f.geo_city,
+        f.br_family,
+        f.os_family,
+        f.dvce_family,
+        f.dvce_class,
+        c.* EXCLUDE (key_id, session_start_us, events, start_tstamp, end_tstamp, end_us, user_us, anonymous_us)
+    FROM counts AS c
+    JOIN firsts AS f ON f.key_id = c.key_id AND f.session_start_us = c.session_start_us
 ),
 pv AS (
     SELECT
