@@ -181,7 +181,7 @@ class Rollups:
 def _work_con(threads: int) -> Any:
     import duckdb
 
-    con = duckdb.connect(":memory:", config={"threads": max(1, threads)})
+    con = duckdb.connect(":memory:", config={"threads": max(1, threads), "memory_limit": "1GB"})
     con.execute("SET TimeZone = 'UTC'")
     return con
 

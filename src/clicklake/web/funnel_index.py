@@ -20,6 +20,7 @@ import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -42,6 +43,27 @@ _NULL = "\x00"
 class _Day:
     table: pa.Table  # sorted by (ts, eid); column "file" numbers each row's data file
     files: dict[str, int]  # path -> its number in "file"
+
+
+#: Parquet bytes read per query while building: bounds the memory a build takes on the side.
+_CHUNK_BYTES = 48 * 1024 * 1024
+
+
+def _by_size(paths: Sequence[str]) -> list[list[str]]:
+    """``paths`` in groups of about :data:`_CHUNK_BYTES` of files (at most 500 files)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for p in paths:
+        try:
+            n = Path(p).stat().st_size
+        except OSError:
+            n = 0
+        if groups[-1] and (size + n > _CHUNK_BYTES or len(groups[-1]) >= 500):
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += n
+    return [g for g in groups if g]
 
 
 def _index_sql(columns: Collection[str], files: str) -> str:
@@ -177,12 +199,11 @@ class FunnelIndex:
             return self._repeated
 
     def _read(self, paths: Sequence[str], columns: Collection[str]) -> dict[str, pa.Table]:
-        con = duckdb.connect(":memory:", config={"threads": max(1, self.threads)})
+        con = duckdb.connect(":memory:", config={"threads": max(1, self.threads), "memory_limit": "1GB"})
         out: dict[str, pa.Table] = {}
         try:
             con.execute("SET TimeZone = 'UTC'")
-            for i in range(0, len(paths), 500):
-                chunk = list(paths[i : i + 500])
+            for chunk in _by_size(paths):
                 files = "[" + ", ".join(quote_literal(p) for p in chunk) + "]"
                 table = con.sql(
                     _index_sql(columns, f"read_parquet({files}, filename=true, union_by_name=true)")

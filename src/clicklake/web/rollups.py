@@ -46,7 +46,7 @@ SAMPLES = 5
 
 def _private_con(threads: int) -> duckdb.DuckDBPyConnection:
     # Server-internal work over Arrow tables already narrowed to the role: no files, no catalog.
-    con = duckdb.connect(":memory:", config={"threads": max(1, threads)})
+    con = duckdb.connect(":memory:", config={"threads": max(1, threads), "memory_limit": "1GB"})
     con.execute("SET TimeZone = 'UTC'")
     return con
 
