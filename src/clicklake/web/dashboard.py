@@ -42,6 +42,7 @@ from clicklake.web.rollups import (
     SessionCube,
     app_mask,
     value_expression,
+    work_connection,
 )
 
 log = logging.getLogger("clicklake.web")
@@ -157,7 +158,7 @@ class Rollups:
         with self._lock:
             if dimension not in self._cubes:
                 value = None if dimension is None else value_expression(DIMENSIONS[dimension])
-                con = _work_con(self.threads)
+                con = work_connection(self.threads)
                 try:
                     self._cubes[dimension] = SessionCube.build(con, self.sessions, value, conversion)
                 finally:
@@ -170,20 +171,12 @@ class Rollups:
             return None
         with self._lock:
             if self._pages is None:
-                con = _work_con(self.threads)
+                con = work_connection(self.threads)
                 try:
                     self._pages = PageCube.build(con, self.page_views, self.sessions)
                 finally:
                     con.close()
             return self._pages
-
-
-def _work_con(threads: int) -> Any:
-    import duckdb
-
-    con = duckdb.connect(":memory:", config={"threads": max(1, threads), "memory_limit": "1GB"})
-    con.execute("SET TimeZone = 'UTC'")
-    return con
 
 
 class Dashboard:
@@ -462,32 +455,7 @@ class Dashboard:
                 return {"pages": []}
             rollups = self.rollups(role)
             cube = rollups.pages() if rollups is not None else None
-            if cube is not None:
-                return {"pages": cube.top(f.cells(), limit)}
-            pv_where, pv_params = f.where("page_view_date")
-            s_where, s_params = f.where("session_date")
-            rows = self._q(
-                role,
-                f"""WITH pv AS (
-                    SELECT page_path_clean AS page, count(*) AS views, count(DISTINCT session_id) AS sessions,
-                        avg(engaged_time_s) AS avg_engaged_time_s
-                    FROM page_views WHERE {pv_where} GROUP BY 1
-                ), ex AS (
-                    SELECT exit_page_path AS page, count(*) AS exits
-                    FROM sessions WHERE {s_where} AND exit_page_path IS NOT NULL GROUP BY 1
-                ), en AS (
-                    SELECT landing_page_path AS page, count(*) AS entrances
-                    FROM sessions WHERE {s_where} AND landing_page_path IS NOT NULL GROUP BY 1
-                )
-                SELECT pv.page, pv.views, pv.sessions, coalesce(en.entrances, 0) AS entrances,
-                    coalesce(ex.exits, 0) AS exits, coalesce(ex.exits, 0) / pv.views AS exit_rate,
-                    pv.avg_engaged_time_s
-                FROM pv LEFT JOIN ex ON ex.page IS NOT DISTINCT FROM pv.page
-                    LEFT JOIN en ON en.page IS NOT DISTINCT FROM pv.page
-                ORDER BY pv.views DESC, pv.page LIMIT ?""",
-                [*pv_params, *s_params, *s_params, limit],
-            )
-            return {"pages": rows}
+            return {"pages": cube.top(f.cells(), limit) if cube is not None else []}
 
         return dict(self.cached(role, "pages", (f, limit), compute))
 
@@ -499,38 +467,29 @@ class Dashboard:
             if not self._has(role, "sessions"):
                 return {"dimension": dimension, "rows": []}
             rollups = self.rollups(role)
-            if rollups is not None and col in {
-                c for c, _ in self.queries.database(role).states["sessions"].columns
-            }:
-                groups = rollups.cube(dimension, self._cv()).grouped(f.cells(), "v")
-                groups.sort(key=lambda g: (-g[1]["sessions"], g[0]))
-                return {
-                    "dimension": dimension,
-                    "rows": [
-                        {
-                            "value": v,
-                            "sessions": m["sessions"],
-                            "users": m["users"],
-                            "bounce_rate": m["bounce_rate"],
-                            "conversion_rate": m["conversion_rate"],
-                            "revenue": m["revenue"],
-                        }
-                        for v, m in groups[:limit]
-                    ],
-                }
-            converted, value, _ = self._cv()
-            where, params = f.where("session_date")
-            rows = self._q(
-                role,
-                f"""SELECT coalesce(CAST({col} AS VARCHAR), '(none)') AS value, count(*) AS sessions,
-                    count(DISTINCT user_key) AS users,
-                    avg(CASE WHEN is_bounce THEN 1.0 ELSE 0.0 END) AS bounce_rate,
-                    avg(CASE WHEN {converted} THEN 1.0 ELSE 0.0 END) AS conversion_rate,
-                    CAST(coalesce(sum({value}), 0.0) AS DOUBLE) AS revenue
-                FROM sessions WHERE {where} GROUP BY 1 ORDER BY sessions DESC, value LIMIT ?""",
-                [*params, limit],
-            )
-            return {"dimension": dimension, "rows": rows}
+            if rollups is None:
+                return {"dimension": dimension, "rows": []}
+            if col not in {c for c, _ in self.queries.database(role).states["sessions"].columns}:
+                raise InputError(
+                    f"sessions has no column {col} for the {dimension} breakdown; rebuild the models "
+                    "(clicklake models build --full-refresh)"
+                )
+            groups = rollups.cube(dimension, self._cv()).grouped(f.cells(), "v")
+            groups.sort(key=lambda g: (-g[1]["sessions"], g[0]))
+            return {
+                "dimension": dimension,
+                "rows": [
+                    {
+                        "value": v,
+                        "sessions": m["sessions"],
+                        "users": m["users"],
+                        "bounce_rate": m["bounce_rate"],
+                        "conversion_rate": m["conversion_rate"],
+                        "revenue": m["revenue"],
+                    }
+                    for v, m in groups[:limit]
+                ],
+            }
 
         return dict(self.cached(role, "breakdown", (f, dimension, limit), compute))
 

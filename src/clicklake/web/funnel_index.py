@@ -23,7 +23,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,6 +30,7 @@ import pyarrow.compute as pc
 from clicklake.exceptions import InputError
 from clicklake.models.funnel import Step
 from clicklake.query.engine import quote_ident, quote_literal
+from clicklake.web.rollups import work_connection
 
 _EPOCH = date(1970, 1, 1)
 #: Columns kept as dictionaries (names, paths, breakdown values repeat a lot).
@@ -199,10 +199,9 @@ class FunnelIndex:
             return self._repeated
 
     def _read(self, paths: Sequence[str], columns: Collection[str]) -> dict[str, pa.Table]:
-        con = duckdb.connect(":memory:", config={"threads": max(1, self.threads), "memory_limit": "1GB"})
+        con = work_connection(self.threads)
         out: dict[str, pa.Table] = {}
         try:
-            con.execute("SET TimeZone = 'UTC'")
             for chunk in _by_size(paths):
                 files = "[" + ", ".join(quote_literal(p) for p in chunk) + "]"
                 table = con.sql(

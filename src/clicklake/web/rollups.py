@@ -44,8 +44,8 @@ CELL = ("app_id", "d", "ch", "dv")
 SAMPLES = 5
 
 
-def _private_con(threads: int) -> duckdb.DuckDBPyConnection:
-    # Server-internal work over Arrow tables already narrowed to the role: no files, no catalog.
+def work_connection(threads: int) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for the serving layer's own builds (UTC, bounded to 1 GB)."""
     con = duckdb.connect(":memory:", config={"threads": max(1, threads), "memory_limit": "1GB"})
     con.execute("SET TimeZone = 'UTC'")
     return con
@@ -283,7 +283,7 @@ class FileRollups:
                 return self._merged
             missing = [p for p in key if p not in self._per_file]
             if missing:
-                con = _private_con(self.threads)
+                con = work_connection(self.threads)
                 try:
                     for i in range(0, len(missing), 500):
                         chunk = missing[i : i + 500]
@@ -306,7 +306,7 @@ class FileRollups:
             # One chunk: compute kernels over thousands of one-file chunks cost more than the data.
             self._merged = pa.concat_tables(parts).combine_chunks() if parts else None
             if self._merged is not None and self.reduce_sql is not None:
-                con = _private_con(self.threads)
+                con = work_connection(self.threads)
                 try:
                     con.register("merged", self._merged)
                     self._merged = con.sql(self.reduce_sql).to_arrow_table().combine_chunks()
