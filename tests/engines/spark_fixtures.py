@@ -94,7 +94,7 @@ def shared_storage(postgres_uri: str, tmp_path_factory: pytest.TempPathFactory) 
     return {"catalog_uri": postgres_uri, "warehouse": warehouse.as_uri()}
 
 
-SPARK_TEST_CONF = {"spark.sql.shuffle.partitions": "2", "spark.driver.memory": "1g"}
+SPARK_TEST_CONF = {"spark.sql.shuffle.partitions": "2", "spark.driver.memory": "2g"}
 
 
 def spark_settings(shared: dict[str, str], data_dir: Path, namespace: str, **sections: object) -> Settings:

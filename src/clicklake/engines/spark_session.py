@@ -112,6 +112,9 @@ def session_conf(settings: Settings) -> dict[str, str]:
         # One file, one partition: each NDJSON file is decoded whole by one Python worker.
         "spark.sql.files.openCostInBytes": str(1 << 40),
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+        # The model SQL inlines its CTEs into plans whose explain text (built for every adaptive
+        # re-plan, UI or not) ran the driver out of heap; 1 MB of it is plenty to read.
+        "spark.sql.maxPlanStringLength": str(1 << 20),
     }
     if not settings.spark.remote and settings.spark.master.startswith("local"):
         conf["spark.driver.bindAddress"] = "127.0.0.1"
