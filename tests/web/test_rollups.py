@@ -7,8 +7,10 @@ Every expected value here is computed by a plain SQL statement over the role's l
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from clicklake.models.funnel import Step, funnel
@@ -16,7 +18,7 @@ from clicklake.query.access import Role, authenticate
 from clicklake.query.engine import parquet_relation, quote_ident
 from clicklake.query.secure import SecureQueries, SnapshotCache
 from clicklake.web.dashboard import DIMENSIONS, Dashboard, Filters
-from clicklake.web.funnel_index import FunnelIndex, run_funnel
+from clicklake.web.funnel_index import FunnelIndex
 from tests.web.fixtures import END, Lake
 
 LAST = END.date()
@@ -207,9 +209,14 @@ def test_funnel_index_equals_the_sql_funnel(
     assert nonzero > 0
 
 
-def test_funnel_index_follows_added_and_removed_files(lake: Lake) -> None:
-    # Snapshots that add files, then one that drops some (as compaction or retention would).
+def test_funnel_index_follows_added_and_removed_files(lake: Lake, tmp_path: Path) -> None:
+    # Snapshots that add files, then one that drops some (as compaction or retention would),
+    # then one whose added files resend events already held: each copy is collected a second
+    # earlier than its original (so the copy is the one that counts), is derived 50 minutes
+    # later and names another country, so a funnel that kept the wrong copy would differ.
     import duckdb
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     state = SnapshotCache(lake.settings).states()["events"]
     columns = {c for c, _ in state.columns}
@@ -219,21 +226,32 @@ def test_funnel_index_follows_added_and_removed_files(lake: Lake) -> None:
     index = FunnelIndex(1)
     n = len(state.paths)
     schema = None
-    for keep in (range(0, n, 2), range(n), range(1, n, 3)):
-        paths = [state.paths[i] for i in keep]
-        days = [state.days[i] for i in keep]
+    copies: list[str] = []
+    copy_days: list[int | None] = []
+    for i in range(n):
+        t = pq.read_table(state.paths[i])
+        t = t.filter(pc.less(pc.hour(t["derived_tstamp"]), 22))
+        if t.num_rows == 0 or i % 2:
+            continue
+        for name, value in (
+            ("collector_tstamp", pc.subtract(t["collector_tstamp"], pa.scalar(timedelta(seconds=1)))),
+            ("derived_tstamp", pc.add(t["derived_tstamp"], pa.scalar(timedelta(minutes=50)))),
+            ("geo_country", pa.array(["ZZ"] * t.num_rows, t.schema.field("geo_country").type)),
+        ):
+            t = t.set_column(t.schema.get_field_index(name), name, value)
+        copies.append(str(tmp_path / f"copy-{i}.parquet"))
+        copy_days.append(state.days[i])
+        pq.write_table(t, copies[-1])
+    assert copies
+    snapshots = [
+        ([state.paths[i] for i in keep], [state.days[i] for i in keep])
+        for keep in (range(0, n, 2), range(n), range(1, n, 3))
+    ]
+    snapshots.append(([*state.paths, *copies], [*state.days, *copy_days]))
+    for paths, days in snapshots:
         assert index.sync(paths, days, columns)
-        got = run_funnel(
-            index.rows(LAST - timedelta(days=6), LAST),
-            steps,
-            3600.0,
-            "strict",
-            "geo_country",
-            start,
-            end,
-            None,
-            None,
-            False,
+        got = index.funnel(
+            LAST - timedelta(days=6), LAST, steps, 3600.0, "strict", "geo_country", None, None, False
         )
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
@@ -255,6 +273,8 @@ def test_funnel_index_follows_added_and_removed_files(lake: Lake) -> None:
         assert len(got) == len(exp)
         for a, b in zip(got, exp, strict=True):
             _close(a, b)
+    assert len(index.repeated_ids()) > 0
+    assert any(r["geo_country"] == "ZZ" for r in got)
 
 
 def test_live_reads_only_files_with_recent_collector_times(

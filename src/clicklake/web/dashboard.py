@@ -29,7 +29,7 @@ from clicklake.models.render import options_from_settings
 from clicklake.query.access import Role
 from clicklake.query.engine import quote_ident
 from clicklake.query.secure import Narrow, SecureQueries, TableState
-from clicklake.web.funnel_index import FunnelIndex, run_funnel
+from clicklake.web.funnel_index import FunnelIndex
 from clicklake.web.rollups import (
     EVENT_NAMES_REDUCE_SQL,
     EVENT_NAMES_SQL,
@@ -521,18 +521,8 @@ class Dashboard:
                 and f.start >= indexed[2]
                 and self._funnel_index.sync(indexed[0], indexed[1], {c for c, _ in state.columns})
             ):
-                found = run_funnel(
-                    self._funnel_index.rows(f.start, f.end),
-                    parsed,
-                    window_s,
-                    order,
-                    column,
-                    start,
-                    end,
-                    role.apps,
-                    f.app,
-                    self._include_bots,
-                    self._funnel_index.repeated_ids(),
+                found = self._funnel_index.funnel(
+                    f.start, f.end, parsed, window_s, order, column, role.apps, f.app, self._include_bots
                 )
                 if column:
                     for r in found:

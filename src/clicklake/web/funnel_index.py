@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,68 @@ _NULL = "\x00"
 
 @dataclass
 class _Day:
-    table: pa.Table  # sorted by (ts, eid); column "file" numbers each row's data file
-    files: dict[str, int]  # path -> its number in "file"
+    """One day partition's index rows, sorted by (event name, entity, time, event id).
+
+    Column ``file`` numbers each row's data file (``files``: path -> its number); ``ent`` is
+    the row's entity as a dense number shared by all days of the index. Because rows are
+    grouped by name, the rows of a funnel step that names an event are one contiguous slice,
+    already in (entity, time) order: a funnel reads only its steps' rows, without copying or
+    sorting them. ``dup`` flags the rows whose event id occurs more than once in the index.
+    """
+
+    table: pa.Table
+    files: dict[str, int]
+    dup: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    _names: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _paths: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    ts_range: tuple[int, int] = (0, 0)  # smallest and largest ``ts``
+
+    def __post_init__(self) -> None:
+        ts = self.array("ts")
+        self.ts_range = (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
+        codes, values = _coded(self.table, "event_name")
+        starts = _first_of_runs(codes)
+        ends = np.r_[starts[1:], len(codes)].astype(np.int64)
+        names = values.to_pylist()
+        self._names = {names[int(codes[s])]: (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
+
+    def array(self, name: str) -> np.ndarray:
+        """A column as numpy (dictionary columns: their indices), without copying."""
+        found = self._arrays.get(name)
+        if found is None:
+            col = self.table[name]
+            arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+            found = (arr.indices if pa.types.is_dictionary(arr.type) else arr).to_numpy()
+            self._arrays[name] = found
+        return found
+
+    def dictionary(self, name: str) -> pa.Array:
+        col = self.table[name]
+        return (col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()).dictionary
+
+    def name_slice(self, event: str) -> tuple[int, int]:
+        """The rows ``[start, end)`` of event name ``event``."""
+        return self._names.get(event, (0, 0))
+
+    def path_rows(self, pattern: str) -> np.ndarray:
+        """The rows whose path matches ``pattern``, in (entity, time, event id) order."""
+        if self._paths is None:
+            codes = self.array("url_path")
+            rows = np.argsort(codes, kind="stable").astype(np.int64)
+            counts = np.bincount(codes.astype(np.int64), minlength=len(self.dictionary("url_path")))
+            bounds = np.zeros(len(counts) + 1, dtype=np.int64)
+            np.cumsum(counts, out=bounds[1:])
+            self._paths = (rows, bounds)  # a race only computes the same lists twice
+        rows, bounds = self._paths
+        hit = _path_hits(self.dictionary("url_path"), pattern)
+        pieces = [rows[bounds[c] : bounds[c + 1]] for c in np.flatnonzero(hit)]
+        if not pieces:
+            return np.zeros(0, dtype=np.int64)
+        picked = np.concatenate(pieces)
+        return picked[
+            np.lexsort((self.array("eid")[picked], self.array("ts")[picked], self.array("ent")[picked]))
+        ]
 
 
 #: Parquet bytes read per query while building: bounds the memory a build takes on the side.
@@ -121,6 +181,11 @@ class FunnelIndex:
         # funnel dedups only the rows whose id is among the (few) repeated ones.
         self._ids = np.zeros(0, dtype=np.uint64)
         self._repeated = np.zeros(0, dtype=np.uint64)
+        # Entities (app, coalesce(anonymous_id, user_id)) as dense numbers: their keys sorted,
+        # and each key's number.
+        self._apps: dict[str, int] = {}
+        self._ent_keys = np.zeros(0, dtype=np.uint64)
+        self._ent_ids = np.zeros(0, dtype=np.int32)
 
     def sync(self, paths: Sequence[str], days: Sequence[int | None], columns: Collection[str]) -> bool:
         """Bring the index in step with one snapshot's files (``days``: each file's day partition).
@@ -163,20 +228,57 @@ class FunnelIndex:
                     if p not in numbers:
                         numbers[p] = next_no
                         part = parts[p]
+                        part = part.append_column("ent", pa.array(self._entities(part)))
                         pieces.append(
-                            part.append_column("file", pa.array(np.full(part.num_rows, next_no, np.int16)))
+                            part.drop_columns(["k"]).append_column(
+                                "file", pa.array(np.full(part.num_rows, next_no, np.int16))
+                            )
                         )
                         next_no += 1
                 table = _narrow_codes(pa.concat_tables(pieces).unify_dictionaries().combine_chunks())
-                # By entity, then time (then event id): a funnel's stable sort by entity over the
-                # days in a row then only merges sorted runs, and keeps each entity in time order.
-                table = table.take(
-                    pc.sort_indices(table, [("k", "ascending"), ("ts", "ascending"), ("eid", "ascending")])
+                # By name, then entity, time and event id: a step's rows are one slice, in order.
+                order = np.lexsort(
+                    (
+                        _column(table, "eid"),
+                        _column(table, "ts"),
+                        _column(table, "ent"),
+                        _coded(table, "event_name")[0],
+                    )
                 )
+                table = table.take(order)
                 self._days[d] = _Day(table, numbers)
+            before = self._repeated
             self._track_ids(parts, rebuild=removed)
+            changed = not np.array_equal(before, self._repeated)
+            for day in self._days.values():
+                if changed or len(day.dup) != day.table.num_rows:
+                    day.dup = np.isin(day.array("eid"), self._repeated)
             self._key = key
             return True
+
+    def _entities(self, part: pa.Table) -> np.ndarray:
+        """The entity number of each row of ``part`` (new entities get new numbers)."""
+        if part.num_rows == 0:
+            return np.zeros(0, dtype=np.int32)
+        app_idx, app_values = _coded(part, "app_id")
+        codes = np.array(
+            [self._apps.setdefault(v, len(self._apps)) for v in app_values.to_pylist()], dtype=np.uint64
+        )
+        keys = _column(part, "k") + codes[app_idx] * np.uint64(0x9E3779B97F4A7C15)
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        at = np.searchsorted(self._ent_keys, uniq)
+        known = at < len(self._ent_keys)
+        known[known] = self._ent_keys[at[known]] == uniq[known]
+        ids = np.empty(len(uniq), dtype=np.int32)
+        ids[known] = self._ent_ids[at[known]]
+        fresh = np.flatnonzero(~known)
+        ids[fresh] = np.arange(len(self._ent_ids), len(self._ent_ids) + len(fresh), dtype=np.int32)
+        merged = np.concatenate([self._ent_keys, uniq[fresh]])
+        order = np.argsort(merged, kind="stable")
+        self._ent_keys = merged[order]
+        self._ent_ids = np.concatenate([self._ent_ids, ids[fresh]])[order]
+        entities: np.ndarray = ids[inverse.reshape(-1)]
+        return entities
 
     def _track_ids(self, parts: dict[str, pa.Table], rebuild: bool) -> None:
         if rebuild:
@@ -227,11 +329,33 @@ class FunnelIndex:
             con.close()
         return out
 
-    def rows(self, first: date, last: date) -> list[pa.Table]:
-        """The index tables of the days ``first..last``."""
+    def rows(self, first: date, last: date) -> list[_Day]:
+        """The index days ``first..last``, in order."""
         lo, hi = (first - _EPOCH).days, (last - _EPOCH).days
         with self._lock:
-            return [d.table for k, d in sorted(self._days.items()) if lo <= k <= hi and d.table.num_rows]
+            return [d for k, d in sorted(self._days.items()) if lo <= k <= hi and d.table.num_rows]
+
+    def funnel(
+        self,
+        first: date,
+        last: date,
+        steps: Sequence[Step],
+        window_s: float,
+        order: str,
+        breakdown: str | None,
+        apps: Collection[str] | None,
+        app: str | None,
+        include_bots: bool,
+    ) -> list[dict[str, Any]]:
+        """:func:`run_funnel` over the days ``first..last`` (each whole day, UTC)."""
+        days = self.rows(first, last)
+        with self._lock:
+            entities = len(self._ent_ids)  # only grows: covers the days read above
+        start = datetime.combine(first, datetime.min.time(), UTC)
+        end = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC)
+        return run_funnel(
+            days, entities, steps, window_s, order, breakdown, start, end, apps, app, include_bots
+        )
 
 
 def _per_value(dictionary: pa.Array, test: Any, null_value: bool) -> np.ndarray:
@@ -246,36 +370,13 @@ def _coded(table: pa.Table, name: str) -> tuple[np.ndarray, pa.Array]:
     return arr.indices.to_numpy(), arr.dictionary
 
 
-def _step_bits(table: pa.Table, steps: Sequence[Step]) -> np.ndarray:
-    """Per row, bit ``i`` set when the row matches step ``i`` (dictionary lookups, one per column)."""
-    n = table.num_rows
-    bits = np.full(n, (1 << len(steps)) - 1, dtype=np.uint16)
-    if any(s.event is not None for s in steps):
-        idx, values = _coded(table, "event_name")
-        lut = np.zeros(len(values), dtype=np.uint16)
-        for i, s in enumerate(steps):
-            lut |= (
-                (
-                    _per_value(values, lambda v, e=s.event: pc.equal(v, e), False)
-                    if s.event is not None
-                    else True
-                )
-                * np.uint16(1 << i)
-            ).astype(np.uint16)
-        bits &= lut[idx]
-    if any(s.path is not None for s in steps):
-        idx, values = _coded(table, "url_path")
-        lut = np.zeros(len(values), dtype=np.uint16)
-        for i, s in enumerate(steps):
-            if s.path is None:
-                lut |= np.uint16(1 << i)
-                continue
-            # RE2 search semantics, as DuckDB's regexp_matches; a NULL path is matched as ''.
-            empty = bool(pc.match_substring_regex(pa.array([""]), s.path)[0].as_py())
-            hit = _per_value(values, lambda v, r=s.path: pc.match_substring_regex(v, r), empty)
-            lut |= (hit * np.uint16(1 << i)).astype(np.uint16)
-        bits &= lut[idx]
-    return bits
+def _path_hits(values: pa.Array, pattern: str) -> np.ndarray:
+    """Per path dictionary value, whether ``pattern`` matches it.
+
+    RE2 search semantics, as DuckDB's ``regexp_matches``; a NULL path is matched as ''.
+    """
+    empty = bool(pc.match_substring_regex(pa.array([""]), pattern)[0].as_py())
+    return _per_value(values, lambda v: pc.match_substring_regex(v, pattern), empty)
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
@@ -293,7 +394,8 @@ def _first_of_runs(keys: np.ndarray) -> np.ndarray:
 
 
 def run_funnel(
-    tables: Sequence[pa.Table],
+    days: Sequence[_Day],
+    entities: int,
     steps: Sequence[Step],
     window_s: float,
     order: str,
@@ -303,11 +405,11 @@ def run_funnel(
     apps: Collection[str] | None,
     app: str | None,
     include_bots: bool,
-    repeated: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Entities reaching each step over the index rows ``tables`` (see :func:`clicklake.models.funnel.funnel`).
+    """Entities reaching each step over the index ``days`` (see :func:`clicklake.models.funnel.funnel`).
 
-    ``repeated``: the event id hashes that may occur more than once (default: find them here).
+    ``days``: the index days of the range in order, as :meth:`FunnelIndex.rows` gives;
+    ``entities``: how many entity numbers the index has given out.
 
     Returns:
         One dict per (breakdown value, step): ``[breakdown,] step, step_name, entities,
@@ -321,118 +423,154 @@ def run_funnel(
     lo = int((start - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
     hi = int((end - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
     n = len(steps)
-    names = [s.name() for s in steps]
+    allowed = None if apps is None else set(apps)
     bd_values: list[Any] = [None]
     bd_global: dict[Any, int] = {None: 0}
-    app_global: dict[str, int] = {}
-    cols: dict[str, list[np.ndarray]] = {c: [] for c in ("k", "ts", "cts", "eid", "bits", "app", "bd")}
-    allowed = None if apps is None else set(apps)
-    for t in tables:
-        bits = _step_bits(t, steps)
-        keep = bits != 0
-        if not include_bots:
-            keep &= _column(t, "is_bot") == 0
-        app_idx, app_values = _coded(t, "app_id")
-        app_names = [None if v == _NULL else v for v in app_values.to_pylist()]
+
+    # Per day and step: the rows matching the step that pass the bot and app filters, in
+    # (entity, time, event id) order. A step naming an event reads only that name's slice.
+    picked: list[list[np.ndarray]] = []
+    for day in days:
+        app_names = [None if v == _NULL else v for v in day.dictionary("app_id").to_pylist()]
         ok_app = np.array(
             [(allowed is None or v in allowed) and (app is None or v == app) for v in app_names], dtype=bool
         )
-        if not ok_app.all():
-            keep &= ok_app[app_idx]
-        idx = np.flatnonzero(keep)
-        if len(idx) == 0:
-            continue
-        for name in ("k", "ts", "cts", "eid"):
-            cols[name].append(_column(t, name)[idx])
-        cols["bits"].append(bits[idx])
-        app_map = np.array(
-            [app_global.setdefault(v or "", len(app_global)) for v in app_names], dtype=np.int64
+        per_step: list[np.ndarray] = []
+        memo: dict[tuple[str | None, str | None], np.ndarray] = {}
+        for st in steps:
+            if (st.event, st.path) not in memo:
+                if st.event is not None:
+                    a, b = day.name_slice(st.event)
+                    cut: slice | np.ndarray = slice(a, b)
+                    size = b - a
+                else:
+                    cut = day.path_rows(st.path or "")
+                    size = len(cut)
+                mask = np.ones(size, dtype=bool)
+                if st.event is not None and st.path is not None:
+                    mask &= _path_hits(day.dictionary("url_path"), st.path)[day.array("url_path")[cut]]
+                if not include_bots:
+                    mask &= day.array("is_bot")[cut] == 0
+                if not ok_app.all():
+                    mask &= ok_app[day.array("app_id")[cut]]
+                hits = np.flatnonzero(mask)
+                memo[(st.event, st.path)] = cut.start + hits if isinstance(cut, slice) else cut[hits]
+            per_step.append(memo[(st.event, st.path)])
+        picked.append(per_step)
+
+    # Dedup: of the copies of an event id among these rows, the one collected first (then
+    # derived first) counts. Only rows whose id occurs more than once in the index are looked at.
+    losers: list[np.ndarray | None] = [None] * len(days)
+    flagged: list[tuple[int, np.ndarray]] = []
+    for di, (day, per_step) in enumerate(zip(days, picked, strict=True)):
+        found = [r[day.dup[r]] for r in per_step]
+        if any(len(f) for f in found):
+            flagged.append((di, np.unique(np.concatenate(found))))
+    if flagged:
+        d_day = np.concatenate([np.full(len(r), di, dtype=np.int64) for di, r in flagged])
+        d_row = np.concatenate([r for _, r in flagged])
+        eid, cts, ts = (
+            np.concatenate([days[di].array(name)[r] for di, r in flagged]) for name in ("eid", "cts", "ts")
         )
-        cols["app"].append(app_map[app_idx[idx]])
-        if breakdown:
-            bd_idx, bd_dict = _coded(t, breakdown)
-            remap = []
-            for v in bd_dict.to_pylist():
-                key = None if v == _NULL else v
-                if key not in bd_global:
-                    bd_global[key] = len(bd_values)
-                    bd_values.append(key)
-                remap.append(bd_global[key])
-            cols["bd"].append(np.asarray(remap, dtype=np.int64)[bd_idx[idx]])
-        else:
-            cols["bd"].append(np.zeros(len(idx), dtype=np.int64))
-    if not cols["k"]:
-        return []
-    # Day after day, each day by (entity, time, event id).
-    k, ts, cts, eid, bits, app_code, bd_code = (np.concatenate(cols[name]) for name in cols)
-    # Dedup: of the copies of an event id, the one collected first (then derived first).
-    keep_row = (ts >= lo) & (ts < hi)
-    if repeated is None:
-        by_id = np.sort(eid)
-        repeated = np.unique(by_id[1:][by_id[1:] == by_id[:-1]])
-    if len(repeated):
-        rows_dup = np.flatnonzero(np.isin(eid, repeated))
-        o = rows_dup[np.lexsort((ts[rows_dup], cts[rows_dup], eid[rows_dup]))]
-        later = np.zeros(len(o), dtype=bool)
-        later[1:] = eid[o][1:] == eid[o][:-1]
-        keep_row[o[later]] = False
-    rows = np.flatnonzero(keep_row)
-    if len(rows) == 0:
-        return []
-    # Entities (app_id, k); a stable sort by entity keeps each one's rows in time order (the days
-    # come in order), and with one app it only merges the days' sorted runs.
-    ent_key = k[rows] + app_code[rows].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    o = np.argsort(ent_key, kind="stable")
-    rows, ent_key = rows[o], ent_key[o]
-    starts = _first_of_runs(ent_key)
-    ent = np.cumsum(np.r_[False, ent_key[1:] != ent_key[:-1]]) if len(ent_key) else ent_key
-    n_ent = len(starts)
-    t = ts[rows]
-    b = bits[rows]
-    reached = np.zeros((n, n_ent), dtype=bool)
-    anchor = np.zeros(n_ent, dtype=np.int64)
+        o = np.lexsort((ts, cts, eid))
+        later = o[1:][eid[o][1:] == eid[o][:-1]]
+        for di in np.unique(d_day[later]):
+            losers[int(di)] = d_row[later][d_day[later] == di]
+    for di, (day, per_step) in enumerate(zip(days, picked, strict=True)):
+        ts = day.array("ts")
+        inside = day.ts_range[0] >= lo and day.ts_range[1] < hi  # the whole day is in the range
+        gone = losers[di]
+        if inside and gone is None:
+            continue
+        for i, rows in enumerate(per_step):
+            keep = np.ones(len(rows), dtype=bool) if inside else (ts[rows] >= lo) & (ts[rows] < hi)
+            if gone is not None:
+                keep &= ~np.isin(rows, gone)
+            per_step[i] = rows[keep]
+
+    def anchor_values(day: _Day, rows: np.ndarray) -> np.ndarray:
+        if not breakdown:
+            return np.zeros(len(rows), dtype=np.int64)
+        remap = []
+        for v in day.dictionary(breakdown).to_pylist():
+            key = None if v == _NULL else v
+            if key not in bd_global:
+                bd_global[key] = len(bd_values)
+                bd_values.append(key)
+            remap.append(bd_global[key])
+        values: np.ndarray = np.asarray(remap, dtype=np.int64)[day.array(breakdown)[rows]]
+        return values
+
     w_us = round(window_s * 1_000_000)
     never = np.iinfo(np.int64).max
+    anchor = np.zeros(entities if breakdown else 0, dtype=np.int64)
+    reached: list[np.ndarray] = []
     if order == "strict":
-        r1 = np.flatnonzero(b & 1)
-        first = r1[_first_of_runs(ent[r1])]
-        e1 = ent[first]
-        t1 = np.full(n_ent, never, dtype=np.int64)
-        t1[e1] = t[first]
-        reached[0, e1] = True
-        anchor[e1] = bd_code[rows[first]]
-        prev = t1.copy()
-        for i in range(1, n):
-            ri = np.flatnonzero(b & (1 << i))
-            ei = ent[ri]
-            ok = reached[i - 1, ei] & (t[ri] > prev[ei]) & (t[ri] - t1[ei] <= w_us)
-            ri, ei = ri[ok], ei[ok]
-            at = _first_of_runs(ei)
-            reached[i, ei[at]] = True
-            prev = np.full(n_ent, never, dtype=np.int64)
-            prev[ei[at]] = t[ri[at]]
-    else:
-        any_rows = np.flatnonzero(b)
-        first = any_rows[_first_of_runs(ent[any_rows])]
-        e0 = ent[first]
-        t0 = np.full(n_ent, never, dtype=np.int64)
-        t0[e0] = t[first]
-        anchor[e0] = bd_code[rows[first]]
-        inside = (t >= t0[ent]) & (t - t0[ent] <= w_us)
-        hit = np.zeros((n, n_ent), dtype=bool)
+        # Step by step: an entity's first row of step i after its step i-1 and within the window
+        # of its first step 1. Days come in time order, so the first day that has one wins.
+        t1 = prev = np.zeros(0, dtype=np.int64)
         for i in range(n):
-            hit[i, ent[inside & (b & (1 << i) != 0)]] = True
-        reached[0] = hit[0]
-        for i in range(1, n):
-            reached[i] = reached[i - 1] & hit[i]
-    counts = np.stack([np.bincount(anchor[reached[i]], minlength=len(bd_values)) for i in range(n)])
+            first = np.full(entities, never, dtype=np.int64)
+            for day, per_step in zip(days, picked, strict=True):
+                rows = per_step[i]
+                if len(rows) == 0:
+                    continue
+                e, t = day.array("ent")[rows], day.array("ts")[rows]
+                if i:
+                    ok = (t > prev[e]) & (t - t1[e] <= w_us)
+                    rows, e, t = rows[ok], e[ok], t[ok]
+                at = _first_of_runs(e)
+                new = at[first[e[at]] == never]
+                first[e[new]] = t[new]
+                if i == 0 and breakdown:
+                    anchor[e[new]] = anchor_values(day, rows[new])
+            if i == 0:
+                t1 = first
+            prev = first
+            reached.append(first != never)
+    else:
+        # Any order: from each entity's first row of any step (by time, then event id), which
+        # steps it has within the window.
+        t0 = np.full(entities, never, dtype=np.int64)
+        id0 = np.zeros(entities, dtype=np.uint64)
+        for i in range(n):
+            if any(steps[j] == steps[i] for j in range(i)):
+                continue
+            for day, per_step in zip(days, picked, strict=True):
+                rows = per_step[i]
+                if len(rows) == 0:
+                    continue
+                e = day.array("ent")[rows]
+                at = _first_of_runs(e)
+                e, rows = e[at], rows[at]
+                t, ids = day.array("ts")[rows], day.array("eid")[rows]
+                better = (t < t0[e]) | ((t == t0[e]) & (ids < id0[e]))
+                e, rows = e[better], rows[better]
+                t0[e], id0[e] = t[better], ids[better]
+                if breakdown:
+                    anchor[e] = anchor_values(day, rows)
+        for i in range(n):
+            hit = np.zeros(entities, dtype=bool)
+            for day, per_step in zip(days, picked, strict=True):
+                rows = per_step[i]
+                e, t = day.array("ent")[rows], day.array("ts")[rows]
+                inside = (t >= t0[e]) & (t - t0[e] <= w_us)
+                hit[e[inside]] = True
+            reached.append(hit if i == 0 else reached[i - 1] & hit)
+    if breakdown:
+        counts = np.stack([np.bincount(anchor[r], minlength=len(bd_values)) for r in reached])
+    else:
+        counts = np.array([[np.count_nonzero(r)] for r in reached], dtype=np.int64)
+    if counts[0].sum() == 0:
+        return []
+    names = [s.name() for s in steps]
     present = [c for c in range(len(bd_values)) if counts[0, c] > 0]
     present.sort(key=lambda c: (bd_values[c] is not None, bd_values[c] if bd_values[c] is not None else ""))
     out: list[dict[str, Any]] = []
     for c in present:
         for i in range(n):
-            entities, first_n = int(counts[i, c]), int(counts[0, c])
-            prev_n = int(counts[i - 1, c]) if i else entities
+            entities_i, first_n = int(counts[i, c]), int(counts[0, c])
+            prev_n = int(counts[i - 1, c]) if i else entities_i
             row: dict[str, Any] = {}
             if breakdown:
                 row[breakdown] = bd_values[c]
@@ -440,11 +578,11 @@ def run_funnel(
                 {
                     "step": i + 1,
                     "step_name": names[i],
-                    "entities": entities,
-                    "conversion_from_start": entities / first_n if first_n else None,
-                    "conversion_from_previous": entities / prev_n if prev_n else None,
-                    "drop_off": prev_n - entities,
-                    "drop_off_rate": 1.0 - entities / prev_n if prev_n else None,
+                    "entities": entities_i,
+                    "conversion_from_start": entities_i / first_n if first_n else None,
+                    "conversion_from_previous": entities_i / prev_n if prev_n else None,
+                    "drop_off": prev_n - entities_i,
+                    "drop_off_rate": 1.0 - entities_i / prev_n if prev_n else None,
                 }
             )
             out.append(row)
