@@ -290,6 +290,7 @@ def test_live_reads_only_files_with_recent_collector_times(
     before = datetime.fromtimestamp(newest / 1e6 - 1, UTC)
     some = state.pruned(before)
     assert some is None or "read_parquet" in some
+    assert state.none_since(after) and not state.none_since(before)
     # The lake's events were collected in March 2026: nothing in the last 30 minutes.
     role = authenticate(lake.settings, "tok_admin")
     live = d.live(role, None, 30)
@@ -301,6 +302,16 @@ def test_live_reads_only_files_with_recent_collector_times(
     with q.cursor(role) as cur:
         full = cur.sql("SELECT count(*) FROM events WHERE collector_tstamp >= ?", params=[since]).fetchall()
     assert pruned == full and full[0][0] > 0
+    # A window that reaches back to the last hour of data: the live counts are those rows.
+    minutes = int((datetime.now(UTC) - since).total_seconds() // 60)
+    live = d.live(role, None, minutes)
+    with q.cursor(role) as cur:
+        expected = cur.sql(
+            "SELECT count(*) FROM events WHERE collector_tstamp >= ?",
+            params=[datetime.fromisoformat(live["since"])],
+        ).fetchall()[0][0]
+    assert expected > 0 and sum(r["events"] for r in live["per_minute"]) == expected
+    assert len(live["recent"]) == min(20, expected)
 
 
 def test_health_from_the_rollup_equals_sql(lake: Lake, dash: tuple[Dashboard, SecureQueries]) -> None:

@@ -131,6 +131,13 @@ class TableState:
     days: tuple[int | None, ...] = ()
     collector_max_us: tuple[int | None, ...] = ()
 
+    def none_since(self, since: datetime) -> bool:
+        """Whether the manifests prove that no row was collected at or after ``since``."""
+        if self.arrow is not None or len(self.collector_max_us) != len(self.paths):
+            return False
+        at = int(since.timestamp() * 1_000_000)
+        return all(h is not None and h < at for h in self.collector_max_us)
+
     def pruned(self, bounds: Narrow) -> str | None:
         """``relation`` over only the files that can hold rows of ``bounds``; ``None`` when that prunes nothing.
 

@@ -556,6 +556,10 @@ class Dashboard:
         def compute() -> dict[str, Any]:
             if not self._has(role, "events"):
                 return {"since": since.isoformat(), "per_minute": [], "recent": []}
+            state = self.queries.database(role).states["events"]
+            if state.none_since(since):
+                # No data file holds an event collected since then (manifest bounds): nothing to read.
+                return {"since": since.isoformat(), "per_minute": [], "recent": []}
             cond = "collector_tstamp >= ?"
             params: list[Any] = [since]
             if app is not None:
