@@ -40,6 +40,22 @@ _NULL = "\x00"
 
 
 @dataclass
+class _Rows:
+    """One funnel step's rows of one day, ascending (so in (entity, time, event id) order)."""
+
+    rows: np.ndarray
+    dup: np.ndarray  # those of ``rows`` whose event id occurs more than once in the index
+    ent: np.ndarray  # the entity of each row
+    _firsts: np.ndarray | None = None
+
+    def firsts(self) -> np.ndarray:
+        """The first row of each entity (the rows are grouped by entity)."""
+        if self._firsts is None:
+            self._firsts = self.rows[_first_of_runs(self.ent)]
+        return self._firsts
+
+
+@dataclass
 class _Day:
     """One day partition's index rows, sorted by (event name, entity, time, event id).
 
@@ -56,6 +72,9 @@ class _Day:
     _names: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     _paths: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # A step's rows per (step, apps seen, bots counted): the same funnel asked again, by the
+    # same role, does not select them again. Emptied when ``dup`` changes.
+    _steps: dict[tuple[Any, ...], _Rows] = field(default_factory=dict, repr=False)
     ts_range: tuple[int, int] = (0, 0)  # smallest and largest ``ts``
 
     def __post_init__(self) -> None:
@@ -81,6 +100,45 @@ class _Day:
         col = self.table[name]
         return (col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()).dictionary
 
+    def step_rows(
+        self, step: Step, apps: frozenset[str] | None, app: str | None, include_bots: bool
+    ) -> _Rows:
+        """The rows of ``step`` from the apps seen (``apps``: ``None`` = all; ``app``: just
+        that one), bots left out unless ``include_bots``."""
+        key = (step, apps, app, include_bots)
+        found = self._steps.get(key)
+        if found is not None:
+            return found
+        if step.event is not None:
+            a, b = self.name_slice(step.event)
+            cut: slice | np.ndarray = slice(a, b)
+            size = b - a
+        else:
+            cut = self.path_rows(step.path or "")
+            size = len(cut)
+        mask = np.ones(size, dtype=bool)
+        if step.event is not None and step.path is not None:
+            mask &= _path_hits(self.dictionary("url_path"), step.path)[self.array("url_path")[cut]]
+        if not include_bots:
+            mask &= self.array("is_bot")[cut] == 0
+        names = [None if v == _NULL else v for v in self.dictionary("app_id").to_pylist()]
+        ok_app = np.array(
+            [(apps is None or v in apps) and (app is None or v == app) for v in names], dtype=bool
+        )
+        if not ok_app.all():
+            mask &= ok_app[self.array("app_id")[cut]]
+        hits = np.flatnonzero(mask)
+        rows = (cut.start + hits if isinstance(cut, slice) else cut[hits]).astype(np.int32)
+        found = _Rows(rows, rows[self.dup[rows]], self.array("ent")[rows])
+        if len(self._steps) >= _STEPS_KEPT:
+            self._steps.pop(next(iter(self._steps)), None)  # the oldest
+        self._steps[key] = found
+        return found
+
+    def forget_steps(self) -> None:
+        """Drop the remembered step rows (their ``dup`` subsets are out of date)."""
+        self._steps = {}
+
     def name_slice(self, event: str) -> tuple[int, int]:
         """The rows ``[start, end)`` of event name ``event``."""
         return self._names.get(event, (0, 0))
@@ -104,6 +162,9 @@ class _Day:
             np.lexsort((self.array("eid")[picked], self.array("ts")[picked], self.array("ent")[picked]))
         ]
 
+
+#: Step row sets remembered per day (about 12 bytes per row of the step).
+_STEPS_KEPT = 8
 
 #: Parquet bytes read per query while building: bounds the memory a build takes on the side.
 _CHUNK_BYTES = 48 * 1024 * 1024
@@ -253,6 +314,7 @@ class FunnelIndex:
             for day in self._days.values():
                 if changed or len(day.dup) != day.table.num_rows:
                     day.dup = np.isin(day.array("eid"), self._repeated)
+                    day.forget_steps()
             self._key = key
             return True
 
@@ -429,42 +491,16 @@ def run_funnel(
 
     # Per day and step: the rows matching the step that pass the bot and app filters, in
     # (entity, time, event id) order. A step naming an event reads only that name's slice.
-    picked: list[list[np.ndarray]] = []
-    for day in days:
-        app_names = [None if v == _NULL else v for v in day.dictionary("app_id").to_pylist()]
-        ok_app = np.array(
-            [(allowed is None or v in allowed) and (app is None or v == app) for v in app_names], dtype=bool
-        )
-        per_step: list[np.ndarray] = []
-        memo: dict[tuple[str | None, str | None], np.ndarray] = {}
-        for st in steps:
-            if (st.event, st.path) not in memo:
-                if st.event is not None:
-                    a, b = day.name_slice(st.event)
-                    cut: slice | np.ndarray = slice(a, b)
-                    size = b - a
-                else:
-                    cut = day.path_rows(st.path or "")
-                    size = len(cut)
-                mask = np.ones(size, dtype=bool)
-                if st.event is not None and st.path is not None:
-                    mask &= _path_hits(day.dictionary("url_path"), st.path)[day.array("url_path")[cut]]
-                if not include_bots:
-                    mask &= day.array("is_bot")[cut] == 0
-                if not ok_app.all():
-                    mask &= ok_app[day.array("app_id")[cut]]
-                hits = np.flatnonzero(mask)
-                memo[(st.event, st.path)] = cut.start + hits if isinstance(cut, slice) else cut[hits]
-            per_step.append(memo[(st.event, st.path)])
-        picked.append(per_step)
+    scope = None if allowed is None else frozenset(allowed)
+    picked = [[day.step_rows(st, scope, app, include_bots) for st in steps] for day in days]
 
     # Dedup: of the copies of an event id among these rows, the one collected first (then
     # derived first) counts. Only rows whose id occurs more than once in the index are looked at.
     losers: list[np.ndarray | None] = [None] * len(days)
     flagged: list[tuple[int, np.ndarray]] = []
-    for di, (day, per_step) in enumerate(zip(days, picked, strict=True)):
-        found = [r[day.dup[r]] for r in per_step]
-        if any(len(f) for f in found):
+    for di, per_step in enumerate(picked):
+        found = [r.dup for r in per_step if len(r.dup)]
+        if found:
             flagged.append((di, np.unique(np.concatenate(found))))
     if flagged:
         d_day = np.concatenate([np.full(len(r), di, dtype=np.int64) for di, r in flagged])
@@ -482,11 +518,11 @@ def run_funnel(
         gone = losers[di]
         if inside and gone is None:
             continue
-        for i, rows in enumerate(per_step):
-            keep = np.ones(len(rows), dtype=bool) if inside else (ts[rows] >= lo) & (ts[rows] < hi)
+        for i, r in enumerate(per_step):
+            keep = np.ones(len(r.rows), dtype=bool) if inside else (ts[r.rows] >= lo) & (ts[r.rows] < hi)
             if gone is not None:
-                keep &= ~np.isin(rows, gone)
-            per_step[i] = rows[keep]
+                keep &= ~np.isin(r.rows, gone)
+            per_step[i] = _Rows(r.rows[keep], r.dup[:0], r.ent[keep])
 
     def anchor_values(day: _Day, rows: np.ndarray) -> np.ndarray:
         if not breakdown:
@@ -512,15 +548,20 @@ def run_funnel(
         for i in range(n):
             first = np.full(entities, never, dtype=np.int64)
             for day, per_step in zip(days, picked, strict=True):
-                rows = per_step[i]
-                if len(rows) == 0:
+                step = per_step[i]
+                if len(step.rows) == 0:
                     continue
-                e, t = day.array("ent")[rows], day.array("ts")[rows]
-                if i:
+                if i == 0:
+                    rows = step.firsts()
+                    e, t = day.array("ent")[rows], day.array("ts")[rows]
+                else:
+                    rows, e = step.rows, step.ent
+                    t = day.array("ts")[rows]
                     ok = (t > prev[e]) & (t - t1[e] <= w_us)
                     rows, e, t = rows[ok], e[ok], t[ok]
-                at = _first_of_runs(e)
-                new = at[first[e[at]] == never]
+                    at = _first_of_runs(e)
+                    rows, e, t = rows[at], e[at], t[at]
+                new = first[e] == never
                 first[e[new]] = t[new]
                 if i == 0 and breakdown:
                     anchor[e[new]] = anchor_values(day, rows[new])
@@ -537,12 +578,10 @@ def run_funnel(
             if any(steps[j] == steps[i] for j in range(i)):
                 continue
             for day, per_step in zip(days, picked, strict=True):
-                rows = per_step[i]
+                rows = per_step[i].firsts()
                 if len(rows) == 0:
                     continue
                 e = day.array("ent")[rows]
-                at = _first_of_runs(e)
-                e, rows = e[at], rows[at]
                 t, ids = day.array("ts")[rows], day.array("eid")[rows]
                 better = (t < t0[e]) | ((t == t0[e]) & (ids < id0[e]))
                 e, rows = e[better], rows[better]
@@ -552,8 +591,7 @@ def run_funnel(
         for i in range(n):
             hit = np.zeros(entities, dtype=bool)
             for day, per_step in zip(days, picked, strict=True):
-                rows = per_step[i]
-                e, t = day.array("ent")[rows], day.array("ts")[rows]
+                e, t = per_step[i].ent, day.array("ts")[per_step[i].rows]
                 inside = (t >= t0[e]) & (t - t0[e] <= w_us)
                 hit[e[inside]] = True
             reached.append(hit if i == 0 else reached[i - 1] & hit)
