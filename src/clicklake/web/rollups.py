@@ -196,15 +196,18 @@ class PageCube:
         per_page = views.group_by("page").aggregate(
             [("views", "sum"), ("sessions", "sum"), ("engaged_sum", "sum"), ("engaged_n", "sum")]
         )
+        # Most views first, then the path (no path last), as ORDER BY views DESC, page would.
+        order = pc.sort_indices(
+            per_page, [("views_sum", "descending", "at_end"), ("page", "ascending", "at_end")]
+        )
+        top = per_page.take(order[:limit])
+        ends = ends.filter(pc.is_in(ends["page"], value_set=top["page"], skip_nulls=False))
         done = {
             r["page"]: r
             for r in ends.group_by("page").aggregate([("entrances", "sum"), ("exits", "sum")]).to_pylist()
         }
-        rows = per_page.to_pylist()
-        # Most views first, then the path (no path last), as ORDER BY views DESC, page would.
-        rows.sort(key=lambda r: (-r["views_sum"], r["page"] is None, r["page"] or ""))
         out = []
-        for r in rows[:limit]:
+        for r in top.to_pylist():
             e = done.get(r["page"], {})
             exits = int(e.get("exits_sum") or 0)
             out.append(
