@@ -147,6 +147,7 @@ class Pipeline:
         self.options = decode_options(settings, app_id)
         self.progress = progress
         self.stats = RunStats()
+        _use_jemalloc()
         self._stop = threading.Event()  # leave the loop (after a last pass when draining)
         self._halt = threading.Event()  # leave it now, after the current chunk
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicklake-commit")
@@ -397,6 +398,20 @@ class Pipeline:
         if self._inflight is not None:
             inflight, self._inflight = self._inflight, None
             inflight.result()
+
+
+def _use_jemalloc() -> None:
+    """Make jemalloc Arrow's allocator for this process, unless ``ARROW_DEFAULT_MEMORY_POOL``
+    chose one. Every chunk allocates and frees a few hundred MB of Arrow buffers from several
+    threads at once; at 1M events jemalloc (which returns freed pages after a decay) peaked
+    ~100 MB lower than mimalloc and spent less CPU."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without it
+        return
+    pa.set_memory_pool(pool)
 
 
 def _for_workers(step: Step) -> Step:
