@@ -17,6 +17,7 @@ the same order and gets the same verdict.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import duckdb
@@ -31,6 +32,8 @@ log = logging.getLogger("clicklake.enrich.dedup")
 
 FINGERPRINT = Column("event_fingerprint", "string", "hash of the event without send-time fields")
 VERDICT = "dedup_verdict"  # transient column: "dup" rows are dropped, "conflict" rows fail
+KEY = "dedup_key"  # transient column: what the window is keyed on, when judging comes later
+EXPIRE_EVERY = 50  # batches judged between two sweeps of ids older than the window
 
 # What a resend changes: when it was sent and received, and from where. Everything else a
 # client sent is the same in a true resend.
@@ -49,6 +52,7 @@ class DedupState:
     # The window follows event time (the newest collector time seen), not the wall clock, so
     # backfills and replays of old data dedup like live traffic.
     high_us: int = 0
+    _calls: int = 0
 
     @classmethod
     def empty(cls, window_hours: float) -> DedupState:
@@ -83,27 +87,37 @@ class DedupState:
 
     def judge(self, batch: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
         """Fingerprint each row and say ``new``, ``dup`` or ``conflict``; remember the new ones."""
-        self._advance(batch.column("collector_tstamp"))
-        self.con.register("b", pa.Table.from_batches([batch]))
+        key, fp = keys(batch, self.con)
+        return fp, self.judge_keys(key, fp, batch.column("collector_tstamp"))
+
+    def judge_keys(
+        self, key: pa.Array, fp: pa.Array, collector_tstamp: pa.Array | pa.ChunkedArray
+    ) -> pa.Array:
+        """Say ``new``, ``dup`` or ``conflict`` for rows already keyed and fingerprinted by
+        :func:`keys` (which needs no state, so it can run anywhere), in order; remember the new
+        ones. Batches must come in order: each is judged against every one before it."""
+        self._calls += 1
+        if self._calls % EXPIRE_EVERY == 0:
+            self.expire()
+        self._advance(collector_tstamp)
+        self.con.register("b", pa.table({"k": key, "fp": fp, "ts": collector_tstamp}))
         try:
             out = self.con.sql(
-                f"""WITH x AS (
-                      SELECT row_number() OVER () AS i, app_id || chr(31) || event_id AS k,
-                             {_FINGERPRINT_SQL} AS fp, epoch_us(collector_tstamp) AS ts
-                      FROM b),
+                """WITH x AS (
+                      SELECT row_number() OVER () AS i, k, fp, epoch_us(ts) AS ts FROM b),
                     firsts AS (
                       SELECT i, k, fp, ts,
                              first_value(fp) OVER (PARTITION BY k ORDER BY i) AS first_fp,
                              row_number() OVER (PARTITION BY k ORDER BY i) AS nth
                       FROM x)
-                    SELECT f.i, f.fp,
+                    SELECT f.i,
                       CASE WHEN f.k IS NULL THEN 'new'
                            WHEN s.k IS NOT NULL AND (s.fp IS NULL OR s.fp = f.fp) THEN 'dup'
                            WHEN s.k IS NOT NULL THEN 'conflict'
                            WHEN f.nth > 1 AND f.first_fp = f.fp THEN 'dup'
                            WHEN f.nth > 1 THEN 'conflict'
                            ELSE 'new' END AS verdict,
-                      f.k, f.ts
+                      f.k, f.fp, f.ts
                     FROM firsts f LEFT JOIN seen s ON s.k = f.k
                     ORDER BY f.i"""
             ).to_arrow_table()
@@ -114,7 +128,7 @@ class DedupState:
             self.con.unregister("judged")
         finally:
             self.con.unregister("b")
-        return out.column("fp").combine_chunks(), out.column("verdict").combine_chunks()
+        return out.column("verdict").combine_chunks()
 
     def expire(self, now_us: int | None = None) -> None:
         """Forget ids older than the window, counted back from ``now_us`` (default: the newest
@@ -125,6 +139,19 @@ class DedupState:
     def size(self) -> int:
         rows = self.con.execute("SELECT count(*) FROM seen").fetchall()
         return int(rows[0][0])
+
+
+def keys(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> tuple[pa.Array, pa.Array]:
+    """``(key, fingerprint)`` of each row: what :meth:`DedupState.judge_keys` judges. Pure, on
+    any connection (one per thread)."""
+    con.register("fp_in", pa.Table.from_batches([batch]))
+    try:
+        out = con.sql(
+            f"SELECT app_id || chr(31) || event_id AS k, {_FINGERPRINT_SQL} AS fp FROM fp_in"
+        ).to_arrow_table()
+    finally:
+        con.unregister("fp_in")
+    return out.column("k").combine_chunks(), out.column("fp").combine_chunks()
 
 
 def fingerprints(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> pa.Array:
@@ -138,15 +165,37 @@ def fingerprints(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> pa.Ar
     return pc.cast(out.column("fp").combine_chunks(), pa.large_string())
 
 
+_local = threading.local()
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
+    if con is None:
+        con = _local.con = duckdb.connect(config={"threads": 1})
+    return con
+
+
+def key_step(state: DedupState) -> Step:
+    """The dedup step split for an engine that enriches batches out of order (several at once)
+    and judges them in order afterwards: it appends ``event_fingerprint`` and the transient
+    :data:`KEY` column; the engine passes both, with ``collector_tstamp``, to
+    :meth:`DedupState.judge_keys` in source order and drops the verdict's losers and
+    :data:`KEY`. Rows get the same verdicts as with the step :func:`build` makes."""
+
+    def mark(batch: pa.RecordBatch) -> pa.RecordBatch:
+        key, fp = keys(batch, _connection())
+        return append_columns(
+            batch, {FINGERPRINT.name: pc.cast(fp, pa.large_string()), KEY: pc.cast(key, pa.large_string())}
+        )
+
+    return Step("dedup", mark, (FINGERPRINT,), state=state)
+
+
 def build(settings: Settings, state: DedupState | None = None) -> Step:
     """The dedup step; ``state`` is the window (the pipeline rebuilds it from ``events``)."""
     st = state or DedupState.empty(settings.enrich.dedup.window_hours)
-    calls = {"n": 0}
 
     def dedup(batch: pa.RecordBatch) -> pa.RecordBatch:
-        calls["n"] += 1
-        if calls["n"] % 50 == 0:
-            st.expire()
         if batch.num_rows == 0:
             return append_columns(
                 batch,

@@ -126,15 +126,43 @@ class IpAnonymizer:
         anonymized = pc.take(values, encoded.indices)
         out = {IP_COLUMN: anonymized}
         if "context" in batch.schema.names:
-            out["context"] = _scrub_context(batch.column("context"), column, anonymized)
+            out["context"] = _scrub_context(batch.column("context"), encoded.indices, distinct, values)
         return append_columns(batch, out)
 
 
-def _scrub_context(context: pa.Array, original: pa.Array, anonymized: pa.Array) -> pa.Array:
+def _scrub_context(
+    context: pa.Array, ip_indices: pa.Array, distinct: pa.Array, anonymized: pa.Array
+) -> pa.Array:
     """The context JSON with the original address (``context.ip``) replaced by the anonymized
-    one, so the full address does not survive in the JSON beside the truncated column."""
+    one, so the full address does not survive in the JSON beside the truncated column.
+
+    Rewritten once per distinct (context, address) pair: a visitor sends the same context event
+    after event, and rewriting every row's JSON cost more than the rest of the step.
+
+    Args:
+        context: The ``context`` column.
+        ip_indices: Each row's address, as an index into ``distinct`` (null: no address).
+        distinct: The distinct original addresses.
+        anonymized: Their anonymized values, aligned with ``distinct``.
+    """
+    m = len(distinct)
+    if m == 0:
+        return context
+    ctx = pc.dictionary_encode(context)
+    # One int64 per row naming its (context, address) pair; null when either is null (kept as is).
+    pair = pc.add(
+        pc.multiply(ctx.indices.cast(pa.int64()), pa.scalar(m, pa.int64())), ip_indices.cast(pa.int64())
+    )
+    pairs = pc.dictionary_encode(pair)
+    ci = pc.divide(pairs.dictionary, pa.scalar(m, pa.int64()))
+    ii = pc.subtract(pairs.dictionary, pc.multiply(ci, pa.scalar(m, pa.int64())))
     con = _connection()
-    con.register("t", pa.table({"c": context, "o": original, "a": anonymized}))
+    con.register(
+        "t",
+        pa.table(
+            {"c": pc.take(ctx.dictionary, ci), "o": pc.take(distinct, ii), "a": pc.take(anonymized, ii)}
+        ),
+    )
     try:
         result = con.sql(
             """SELECT CASE WHEN c IS NULL OR o IS NULL OR o IS NOT DISTINCT FROM a
@@ -144,7 +172,8 @@ def _scrub_context(context: pa.Array, original: pa.Array, anonymized: pa.Array) 
         ).to_arrow_table()
     finally:
         con.unregister("t")
-    return result.column("c").combine_chunks().cast(context.type)
+    scrubbed = pc.take(result.column("c").combine_chunks().cast(context.type), pairs.indices)
+    return pc.if_else(pc.is_null(pair), context, scrubbed) if pair.null_count else scrubbed
 
 
 _local = threading.local()

@@ -102,7 +102,10 @@ class TableSink:
                     pc.greater_equal(rows.column("source_offset"), done),
                 )
                 keep = m if keep is None else pc.or_(keep, m)
-            rows = rows.filter(keep)
+            # Only a replay after a restart holds rows the checkpoint covers; otherwise the
+            # filter would copy every batch for nothing.
+            if pc.all(keep, skip_nulls=False).as_py() is not True:
+                rows = rows.filter(keep)
         if rows.num_rows:
             self._pending.append(rows)
             self.pending_rows += rows.num_rows
