@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import tempfile
 import threading
@@ -58,6 +59,16 @@ import pyarrow.compute as pc
 
 from clicklake.events.schema import EVENT_COLUMNS, EVENTS_ARROW, FAILED_ARROW
 from clicklake.sources.base import Chunk, EnvelopeMode
+
+try:
+    from clicklake.events import _cdecode  # type: ignore[attr-defined]
+except ImportError as exc:  # not built (no compiler at install time): the DuckDB paths alone
+    _cdecode = None
+    _CDECODE_MISSING: str | None = str(exc)
+else:
+    _CDECODE_MISSING = None
+
+log = logging.getLogger("clicklake.events")
 
 CALL_TYPES = ("track", "page", "screen", "identify", "group", "alias")
 
@@ -702,6 +713,8 @@ def _connection() -> duckdb.DuckDBPyConnection:
 def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, now_us: int) -> pa.Table:
     """Decode and validate a batch of lines.
 
+    Rows come out in source order: by ``source_offset``, then ``source_index``.
+
     Args:
         lines: ``rn``, ``line``, ``source_stream``, ``source_offset`` (see :func:`lines_of`).
         mode: ``"spool"`` for collector envelopes, ``"segment"`` for bare Segment lines.
@@ -712,7 +725,24 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
         A table of :data:`DECODED_ARROW`: good events have ``error_type`` NULL.
     """
     if not options.fast_path or lines.num_rows == 0:
-        return _run_exact(mode, lines, options, now_us)
+        return _in_source_order(_run_exact(mode, lines, options, now_us))
+    if _cdecode is None:
+        _note_compiled_missing()
+        return _in_source_order(_decode_duckdb(lines, mode, options, now_us))
+    return _decode_compiled(lines, mode, options, now_us)
+
+
+def _note_compiled_missing() -> None:
+    global _CDECODE_MISSING
+    if _CDECODE_MISSING is not None:
+        log.warning("event=decoder_compiled_path_missing fallback=duckdb error=%r", _CDECODE_MISSING)
+        _CDECODE_MISSING = None
+
+
+def _decode_duckdb(
+    lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, now_us: int
+) -> pa.Table:
+    """The DuckDB fast path (read_json), with the exact path for the lines it cannot take."""
     out = _run(_FAST_SQL[mode], lines, options, now_us, scratch=_write_scratch(lines, _SENTINEL_LINE[mode]))
     marker = out.column("slow_rn")
     is_marker = pc.is_valid(marker)
@@ -735,6 +765,101 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
     if slow_lines.num_rows == 0:
         return fast
     return pa.concat_tables([fast, _run_exact(mode, slow_lines, options, now_us)])
+
+
+def _in_source_order(t: pa.Table) -> pa.Table:
+    """``t`` ordered by source position (offset, then index in the batch); usually it already is,
+    and then it is returned as is."""
+    if t.num_rows < 2:
+        return t
+    offset = t.column("source_offset").to_numpy()
+    index = t.column("source_index").to_numpy()
+    step = np.diff(offset)
+    if (step > 0).all() or ((step >= 0).all() and (np.diff(index)[step == 0] > 0).all()):
+        return t
+    return t.take(pa.array(np.lexsort((index, offset))))
+
+
+# String columns the compiled decoder writes, in its order; "app" is the envelope's app (spool)
+# or the write key (files), mapped to the app id here.
+_COMPILED_STRINGS = (
+    "event_id",
+    "event_type",
+    "event_name",
+    "app",
+    "user_id",
+    "anonymous_id",
+    "session_id",
+    "user_key",
+    "group_id",
+    "previous_id",
+    "page_url",
+    "page_path",
+    "page_title",
+    "page_referrer",
+    "user_agent",
+    "user_ipaddress",
+    "library_name",
+    "library_version",
+    "properties",
+    "traits",
+    "context",
+)
+_COMPILED_TIMESTAMPS = ("dvce_created_tstamp", "dvce_sent_tstamp", "collector_tstamp", "derived_tstamp")
+
+
+def _decode_compiled(
+    lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, now_us: int
+) -> pa.Table:
+    """Typical lines through the compiled decoder, the lines it flags through the DuckDB paths."""
+    line = lines.column("line")
+    if line.null_count:
+        return _in_source_order(_decode_duckdb(lines, mode, options, now_us))
+    _, offsets, data = line.buffers()
+    fallback, n, strings, stamps, source_index, line_idx = _cdecode.decode_lines(
+        data,
+        offsets,
+        line.offset,
+        len(line),
+        mode == "spool",
+        options.max_event_bytes,
+        options.max_request_bytes,
+        now_us,
+        int(options.max_future_s * 1_000_000),
+        int(options.max_age_days * 86_400_000_000),
+    )
+    cols: dict[str, pa.Array] = {}
+    for name, (valid, nulls, offs, chars) in zip(_COMPILED_STRINGS, strings, strict=True):
+        cols[name] = pa.LargeStringArray.from_buffers(
+            n, pa.py_buffer(offs), pa.py_buffer(chars), pa.py_buffer(valid) if nulls else None, nulls
+        )
+    ts = pa.timestamp("us", tz="UTC")
+    for name, (valid, nulls, values) in zip(_COMPILED_TIMESTAMPS, stamps, strict=True):
+        cols[name] = pa.Array.from_buffers(
+            ts, n, [pa.py_buffer(valid) if nulls else None, pa.py_buffer(values)], null_count=nulls
+        )
+    app = cols.pop("app")
+    if mode == "spool":
+        cols["app_id"] = app
+    else:
+        keys = pa.array(list(options.write_keys), pa.large_string())
+        apps = pa.array(list(options.write_keys.values()), pa.large_string())
+        cols["app_id"] = pc.fill_null(
+            pc.take(apps, pc.index_in(app, value_set=keys)),
+            pa.scalar(options.default_app_id, pa.large_string()),
+        )
+    take = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(line_idx)])
+    cols["source_stream"] = lines.column("source_stream").take(take)
+    cols["source_offset"] = lines.column("source_offset").take(take)
+    cols["source_index"] = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(source_index)])
+    fast = pa.Table.from_arrays(
+        [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in DECODED_ARROW], schema=DECODED_ARROW
+    )
+    redo = np.frombuffer(fallback, dtype=np.uint8).view(bool)
+    if not redo.any():
+        return fast
+    rest = _decode_duckdb(lines.filter(pa.array(redo)), mode, options, now_us)
+    return _in_source_order(pa.concat_tables([fast, rest]))
 
 
 def _without_markers(out: pa.Table, marker: pa.ChunkedArray, is_marker: pa.ChunkedArray) -> pa.Table:
