@@ -14,6 +14,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* ---------------------------------------------------------------- owned buffers for Python */
 
@@ -128,6 +131,75 @@ static inline int read_hex4(const uint8_t *p) {
 /* 1: plain printable ASCII that needs nothing. */
 static uint8_t PLAIN[256];
 
+/* Past the plain ASCII bytes of a string from p: to the first quote, backslash, control or
+ * non-ASCII byte (or end). */
+static inline const uint8_t *skip_plain(const uint8_t *p, const uint8_t *end) {
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
+    while (end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)p);
+        /* signed compare: bytes >= 0x80 are negative, so below 0x20 as well */
+        __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
+                                 _mm_cmplt_epi8(x, space));
+        int bits = _mm_movemask_epi8(m);
+        if (bits) return p + __builtin_ctz((unsigned)bits);
+        p += 16;
+    }
+#endif
+    while (p < end && PLAIN[*p]) p++;
+    return p;
+}
+
+/* Past the rest of a string whose opening quote is just before p, without validating it (the
+ * emitting pass does): to after its closing quote. NULL if it does not end. */
+static inline const uint8_t *skip_string_fast(const uint8_t *p, const uint8_t *end) {
+    for (;;) {
+#ifdef __SSE2__
+        const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+        while (end - p >= 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)p);
+            int bits = _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)));
+            if (bits) {
+                p += __builtin_ctz((unsigned)bits);
+                goto found;
+            }
+            p += 16;
+        }
+#endif
+        while (p < end && *p != '"' && *p != '\\') p++;
+#ifdef __SSE2__
+    found:
+#endif
+        if (p >= end) return NULL;
+        if (*p == '"') return p + 1;
+        p += 2; /* a backslash and what it escapes */
+    }
+}
+
+/* Past an object or array at c->p by matching brackets only; the emitting pass validates it. */
+static int skip_composite(Cur *c) {
+    int depth = 0;
+    const uint8_t *p = c->p, *end = c->end;
+    while (p < end) {
+        uint8_t ch = *p;
+        if (ch == '"') {
+            p = skip_string_fast(p + 1, end);
+            if (p == NULL) return -1;
+            continue;
+        }
+        if (ch == '{' || ch == '[') {
+            depth++;
+        } else if (ch == '}' || ch == ']') {
+            if (--depth == 0) {
+                c->p = p + 1;
+                return 0;
+            }
+        }
+        p++;
+    }
+    return -1;
+}
+
 /* Validate a string at c->p (on its opening quote); on success c->p is past the closing quote.
  * Rejects what is not JSON, invalid UTF-8, lone surrogates and \u0000 (the DuckDB paths decide
  * those). Returns 0 ok, -1 fallback; sets *esc when it holds escapes. */
@@ -135,7 +207,7 @@ static int scan_string(Cur *c, char *esc) {
     const uint8_t *p = c->p + 1, *end = c->end;
     *esc = 0;
     for (;;) {
-        while (p < end && PLAIN[*p]) p++;
+        p = skip_plain(p, end);
         if (p >= end) return -1;
         uint8_t ch = *p;
         if (ch == '"') {
@@ -491,8 +563,9 @@ static int emit_value(Cur *c, Out *o, int strip, int depth) {
     return -1;
 }
 
-/* Validate the value at c->p and record its span. */
-static int scan_value(Cur *c, Span *sp) {
+/* Validate the value at c->p and record its span; lazy: objects and arrays are only skipped
+ * (for values that are emitted later, which validates them). */
+static int scan_value_lazy(Cur *c, Span *sp, int lazy) {
     skip_ws(c);
     if (c->p >= c->end) return -1;
     sp->s = c->p;
@@ -505,6 +578,9 @@ static int scan_value(Cur *c, Span *sp) {
         int is_int;
         if (scan_number(c, &is_int)) return -1;
         sp->kind = is_int ? 'n' : 'd';
+    } else if (lazy && (ch == '{' || ch == '[')) {
+        if (skip_composite(c)) return -1;
+        sp->kind = ch == '{' ? 'o' : 'a';
     } else {
         if (emit_value(c, NULL, 0, 1)) return -1;
         sp->kind = ch == '{' ? 'o' : ch == '[' ? 'a' : ch == 't' ? 't' : ch == 'f' ? 'f' : 'z';
@@ -513,10 +589,13 @@ static int scan_value(Cur *c, Span *sp) {
     return 0;
 }
 
+static int scan_value(Cur *c, Span *sp) { return scan_value_lazy(c, sp, 0); }
+
 /* Scan an object at c->p, recording the spans of the named keys. Keys with escapes, duplicates
  * of named keys, and (unless allow_other) other keys make it a fallback. A null value counts as
  * absent (DuckDB reads a JSON null as SQL NULL). Returns 0 ok, -1 fallback. */
-static int scan_fields(Cur *c, const char *const *names, const uint8_t *lens, int n, Span *out, int allow_other) {
+static int scan_fields_lazy(Cur *c, const char *const *names, const uint8_t *lens, int n, Span *out, int allow_other,
+                            uint64_t lazy) {
     for (int i = 0; i < n; i++) out[i].kind = 0;
     uint64_t seen = 0;
     skip_ws(c);
@@ -553,7 +632,7 @@ static int scan_fields(Cur *c, const char *const *names, const uint8_t *lens, in
         } else {
             if (seen & (1ULL << idx)) return -1;
             seen |= 1ULL << idx;
-            if (scan_value(c, &out[idx])) return -1;
+            if (scan_value_lazy(c, &out[idx], (int)((lazy >> idx) & 1))) return -1;
             if (out[idx].kind == 'z') out[idx].kind = 0;
         }
         skip_ws(c);
@@ -568,6 +647,96 @@ static int scan_fields(Cur *c, const char *const *names, const uint8_t *lens, in
         }
         return -1;
     }
+}
+
+static int scan_fields(Cur *c, const char *const *names, const uint8_t *lens, int n, Span *out, int allow_other) {
+    return scan_fields_lazy(c, names, lens, n, out, allow_other, 0);
+}
+
+/* Write an object span canonically (as emit_value does), recording where the named keys'
+ * values landed in the output, as spans into o (valid until o is written again). Keys with
+ * escapes and duplicates of named keys: fallback. A null value counts as absent. */
+static int emit_fields(const Span *obj, Out *o, const char *const *names, const uint8_t *lens, int n, Span *out) {
+    size_t so[8], eo[8];
+    uint64_t seen = 0;
+    for (int i = 0; i < n; i++) out[i].kind = 0;
+    Cur cc = {obj->s, obj->e}, *c = &cc;
+    c->p++;
+    out_byte(o, '{');
+    skip_ws(c);
+    if (c->p < c->end && *c->p == '}') {
+        c->p++;
+        out_byte(o, '}');
+    } else {
+        int first = 1;
+        for (;;) {
+            skip_ws(c);
+            if (c->p >= c->end || *c->p != '"') return -1;
+            const uint8_t *ks = c->p;
+            char kesc;
+            if (scan_string(c, &kesc) || kesc) return -1;
+            const uint8_t *ke = c->p;
+            skip_ws(c);
+            if (c->p >= c->end || *c->p != ':') return -1;
+            c->p++;
+            if (!first) out_byte(o, ',');
+            first = 0;
+            out_put(o, ks, (size_t)(ke - ks));
+            out_byte(o, ':');
+            size_t kl = (size_t)(ke - ks - 2);
+            int idx = -1;
+            for (int i = 0; i < n; i++) {
+                if (lens[i] == kl && memcmp(names[i], ks + 1, kl) == 0) {
+                    idx = i;
+                    break;
+                }
+            }
+            size_t vs = o->len;
+            if (emit_value(c, o, 0, 2)) return -1;
+            if (idx >= 0) {
+                if (seen & (1ULL << idx)) return -1;
+                seen |= 1ULL << idx;
+                so[idx] = vs;
+                eo[idx] = o->len;
+            }
+            skip_ws(c);
+            if (c->p >= c->end) return -1;
+            if (*c->p == ',') {
+                c->p++;
+                continue;
+            }
+            if (*c->p == '}') {
+                c->p++;
+                out_byte(o, '}');
+                break;
+            }
+            return -1;
+        }
+    }
+    if (c->p != obj->e || o->oom) return -1;
+    for (int i = 0; i < n; i++) {
+        if (!(seen & (1ULL << i))) continue;
+        Span *sp = &out[i];
+        sp->s = (const uint8_t *)o->d + so[i];
+        sp->e = (const uint8_t *)o->d + eo[i];
+        sp->esc = 0;
+        uint8_t ch = *sp->s;
+        if (ch == '"') {
+            sp->kind = 's';
+            sp->esc = memchr(sp->s + 1, '\\', (size_t)(sp->e - sp->s - 2)) != NULL;
+        } else if (ch == '{') {
+            sp->kind = 'o';
+        } else if (ch == '[') {
+            sp->kind = 'a';
+        } else if (ch == 't' || ch == 'f') {
+            sp->kind = (char)ch;
+        } else if (ch == 'n') {
+            sp->kind = 0;
+        } else {
+            sp->kind = memchr(sp->s, '.', (size_t)(sp->e - sp->s)) ? 'd' : 'n';
+        }
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- timestamps */
@@ -849,6 +1018,10 @@ enum { L_NAME, L_VERSION, NL };
 static const char *const LIB_NAMES[NL] = {"name", "version"};
 static uint8_t LIB_LENS[NL];
 
+/* Fields whose objects are written out (and so validated) later: only skipped when scanned. */
+#define EMITTED ((1ULL << F_PROPERTIES) | (1ULL << F_TRAITS) | (1ULL << F_CONTEXT) | (1ULL << F_INTEGRATIONS) | \
+                 (1ULL << F_METADATA) | (1ULL << F_BATCH))
+
 static const char *const CALL_TYPES[] = {"track", "page", "screen", "identify", "group", "alias"};
 
 /* ---------------------------------------------------------------- one event */
@@ -1024,6 +1197,26 @@ static int decode_event(Cols *t, const Ctx *cx, const Span *f, size_t line, int3
     if (set_scalar(t, r, C_GROUP_ID, &f[F_GROUP_ID], 1)) return -1;
     if (set_scalar(t, r, C_PREV_ID, &f[F_PREV_ID], 1)) return -1;
 
+    /* properties (with the fields read from them), traits: canonical copies */
+    Span pr[NP];
+    for (int i = 0; i < NP; i++) pr[i].kind = 0;
+    if (f[F_PROPERTIES].kind) {
+        Out *po = &t->str[C_PROPERTIES].data;
+        if (emit_fields(&f[F_PROPERTIES], po, PROPS_NAMES, PROPS_LENS, NP, pr)) return -1;
+        t->str[C_PROPERTIES].off[r + 1] = (int64_t)po->len;
+        t->valid[C_PROPERTIES][r] = 1;
+    } else {
+        set_null(t, r, C_PROPERTIES);
+    }
+    if (f[F_TRAITS].kind) {
+        Cur c = {f[F_TRAITS].s, f[F_TRAITS].e};
+        if (emit_value(&c, &t->str[C_TRAITS].data, 0, 1) || c.p != f[F_TRAITS].e) return -1;
+        t->str[C_TRAITS].off[r + 1] = (int64_t)t->str[C_TRAITS].data.len;
+        t->valid[C_TRAITS][r] = 1;
+    } else {
+        set_null(t, r, C_TRAITS);
+    }
+
     /* context: the event's merged over the batch's (JSON merge patch), the SDK extras under
      * _unmapped; written first, then its fields are read back from what was written, which is
      * exactly the text DuckDB reads them from */
@@ -1037,12 +1230,12 @@ static int decode_event(Cols *t, const Ctx *cx, const Span *f, size_t line, int3
     if (!bctx->kind && !ectx->kind && !has_extras) {
         set_null(t, r, C_CONTEXT);
     } else {
+        int scanned = 0;
         if (bctx->kind && ectx->kind) {
             if (write_merge(co, bctx, ectx, 1)) return -1;
         } else if (bctx->kind || ectx->kind) {
-            const Span *one = ectx->kind ? ectx : bctx;
-            Cur c = {one->s, one->e};
-            if (emit_value(&c, co, 0, 1)) return -1;
+            if (emit_fields(ectx->kind ? ectx : bctx, co, CTX_NAMES, CTX_LENS, NX, x)) return -1;
+            scanned = 1;
         } else {
             out_put(co, "{}", 2);
         }
@@ -1062,16 +1255,28 @@ static int decode_event(Cols *t, const Ctx *cx, const Span *f, size_t line, int3
                 out_put(co, extra_names[k], strlen(extra_names[k]));
                 out_put(co, "\":", 2);
                 Cur c = {sp->s, sp->e};
-                if (emit_value(&c, co, 1, 1)) return -1;
+                if (emit_value(&c, co, 1, 1) || c.p != sp->e) return -1;
             }
             out_put(co, "}}", 2);
         }
         if (co->oom) return -1;
         t->str[C_CONTEXT].off[r + 1] = (int64_t)co->len;
         t->valid[C_CONTEXT][r] = 1;
-        /* a context that already had _unmapped shows up as a duplicate here: DuckDB merges those */
-        Cur c = {(const uint8_t *)co->d + ctx_start, (const uint8_t *)co->d + co->len};
-        if (scan_fields(&c, CTX_NAMES, CTX_LENS, NX, x, 1)) return -1;
+        if (!scanned) {
+            /* a merged context that already had _unmapped shows up as a duplicate here */
+            Cur c = {(const uint8_t *)co->d + ctx_start, (const uint8_t *)co->d + co->len};
+            if (scan_fields(&c, CTX_NAMES, CTX_LENS, NX, x, 1)) return -1;
+        } else if (x[X_UNMAPPED].kind && has_extras) {
+            return -1; /* DuckDB merges the extras into it */
+        } else {
+            /* the spans point into the output, which the extras may have moved */
+            Span y[NX];
+            Cur c = {(const uint8_t *)co->d + ctx_start, (const uint8_t *)co->d + co->len};
+            if (has_extras) {
+                if (scan_fields(&c, CTX_NAMES, CTX_LENS, NX, y, 1)) return -1;
+                memcpy(x, y, sizeof y);
+            }
+        }
     }
     /* library and page must be objects to read fields from */
     Span lib[NL], page[NP - 1];
@@ -1086,12 +1291,6 @@ static int decode_event(Cols *t, const Ctx *cx, const Span *f, size_t line, int3
         if (x[X_PAGE].kind != 'o') return -1;
         Cur c = {x[X_PAGE].s, x[X_PAGE].e};
         if (scan_fields(&c, PROPS_NAMES, PROPS_LENS, NP - 1, page, 1)) return -1;
-    }
-    Span pr[NP];
-    for (int i = 0; i < NP; i++) pr[i].kind = 0;
-    if (f[F_PROPERTIES].kind) {
-        Cur c = {f[F_PROPERTIES].s, f[F_PROPERTIES].e};
-        if (scan_fields(&c, PROPS_NAMES, PROPS_LENS, NP, pr, 1)) return -1;
     }
     /* session_id: NULLIF(COALESCE(context.sessionId, properties.session_id), '') */
     const Span *sess = x[X_SESSION].kind ? &x[X_SESSION] : &pr[P_SESSION];
@@ -1120,19 +1319,6 @@ static int decode_event(Cols *t, const Ctx *cx, const Span *f, size_t line, int3
     if (set_scalar(t, r, C_LIB_NAME, &lib[L_NAME], 1)) return -1;
     if (set_scalar(t, r, C_LIB_VERSION, &lib[L_VERSION], 1)) return -1;
 
-    /* properties, traits: canonical copies */
-    for (int k = 0; k < 2; k++) {
-        const Span *sp = &f[F_PROPERTIES + k];
-        int col = C_PROPERTIES + k;
-        if (!sp->kind) {
-            set_null(t, r, col);
-            continue;
-        }
-        Cur c = {sp->s, sp->e};
-        if (emit_value(&c, &t->str[col].data, 0, 1)) return -1;
-        t->str[col].off[r + 1] = (int64_t)t->str[col].data.len;
-        t->valid[col][r] = 1;
-    }
     if (uid_null)
         copy_col(t, r, C_ANON_ID, C_USER_KEY);
     else
@@ -1160,7 +1346,7 @@ static int decode_event(Cols *t, const Ctx *cx, const Span *f, size_t line, int3
 static int decode_payload(Cols *t, Ctx *cx, const Span *p, size_t line) {
     Span f[NF];
     Cur c = {p->s, p->e};
-    if (scan_fields(&c, FIELD_NAMES, FIELD_LENS, NF, f, 0)) return -1;
+    if (scan_fields_lazy(&c, FIELD_NAMES, FIELD_LENS, NF, f, 0, EMITTED)) return -1;
     skip_ws(&c);
     if (c.p != p->e) return -1;
     if (!f[F_BATCH].kind) {
@@ -1183,23 +1369,23 @@ static int decode_payload(Cols *t, Ctx *cx, const Span *p, size_t line) {
     int32_t idx = 0;
     for (;;) {
         skip_ws(&b);
-        if (*b.p != '{') return -1;
+        if (b.p >= b.end || *b.p != '{') return -1;
         Span ev;
-        if (scan_value(&b, &ev)) return -1;
+        if (scan_value_lazy(&b, &ev, 1)) return -1;
         Span ef[NF];
         Cur ec = {ev.s, ev.e};
-        if (scan_fields(&ec, FIELD_NAMES, FIELD_LENS, NF, ef, 0)) return -1;
+        if (scan_fields_lazy(&ec, FIELD_NAMES, FIELD_LENS, NF, ef, 0, EMITTED) || ec.p != ev.e) return -1;
         if (ef[F_BATCH].kind) return -1;
         if (decode_event(t, cx, ef, line, idx)) return -1;
         idx++;
         skip_ws(&b);
-        if (*b.p == ',') {
+        if (b.p < b.end && *b.p == ',') {
             b.p++;
             continue;
         }
         break;
     }
-    return 0;
+    return b.p + 1 == b.end && *b.p == ']' ? 0 : -1;
 }
 
 static int decode_line(Cols *t, Ctx *cx, const uint8_t *s, const uint8_t *e, size_t line) {
@@ -1210,7 +1396,7 @@ static int decode_line(Cols *t, Ctx *cx, const uint8_t *s, const uint8_t *e, siz
     if (cx->spool) {
         Span env[NE];
         Cur c = {s, e};
-        if (scan_fields(&c, ENV_NAMES, ENV_LENS, NE, env, 0) || c.p != e) return -1;
+        if (scan_fields_lazy(&c, ENV_NAMES, ENV_LENS, NE, env, 0, 1ULL << E_P) || c.p != e) return -1;
         if (env[E_RT].kind != 'n' || parse_small_int(&env[E_RT], &cx->rt_us)) return -1;
         cx->rt_us *= 1000;
         if (env[E_APP].kind != 's') return -1;
