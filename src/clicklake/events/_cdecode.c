@@ -596,7 +596,7 @@ static int scan_value(Cur *c, Span *sp) { return scan_value_lazy(c, sp, 0); }
  * absent (DuckDB reads a JSON null as SQL NULL). Returns 0 ok, -1 fallback. */
 static int scan_fields_lazy(Cur *c, const char *const *names, const uint8_t *lens, int n, Span *out, int allow_other,
                             uint64_t lazy) {
-    for (int i = 0; i < n; i++) out[i].kind = 0;
+    for (int i = 0; i < n; i++) out[i].kind = out[i].esc = 0;
     uint64_t seen = 0;
     skip_ws(c);
     if (c->p >= c->end || *c->p != '{') return -1;
@@ -633,7 +633,10 @@ static int scan_fields_lazy(Cur *c, const char *const *names, const uint8_t *len
             if (seen & (1ULL << idx)) return -1;
             seen |= 1ULL << idx;
             if (scan_value_lazy(c, &out[idx], (int)((lazy >> idx) & 1))) return -1;
-            if (out[idx].kind == 'z') out[idx].kind = 0;
+            if (out[idx].kind == 'z') {
+                out[idx].kind = 0;
+                out[idx].esc = 'z'; /* null, not absent: see batch */
+            }
         }
         skip_ws(c);
         if (c->p >= c->end) return -1;
@@ -1349,6 +1352,7 @@ static int decode_payload(Cols *t, Ctx *cx, const Span *p, size_t line) {
     if (scan_fields_lazy(&c, FIELD_NAMES, FIELD_LENS, NF, f, 0, EMITTED)) return -1;
     skip_ws(&c);
     if (c.p != p->e) return -1;
+    if (f[F_BATCH].esc == 'z') return -1; /* "batch": null, an odd case the DuckDB paths settle */
     if (!f[F_BATCH].kind) {
         cx->b_context.kind = cx->b_sent.kind = cx->b_wk.kind = cx->b_recv.kind = 0;
         return decode_event(t, cx, f, line, 0);
@@ -1375,7 +1379,7 @@ static int decode_payload(Cols *t, Ctx *cx, const Span *p, size_t line) {
         Span ef[NF];
         Cur ec = {ev.s, ev.e};
         if (scan_fields_lazy(&ec, FIELD_NAMES, FIELD_LENS, NF, ef, 0, EMITTED) || ec.p != ev.e) return -1;
-        if (ef[F_BATCH].kind) return -1;
+        if (ef[F_BATCH].kind || ef[F_BATCH].esc == 'z') return -1;
         if (decode_event(t, cx, ef, line, idx)) return -1;
         idx++;
         skip_ws(&b);
