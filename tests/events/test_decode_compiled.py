@@ -432,3 +432,17 @@ def test_without_the_module_decoding_takes_the_duckdb_paths_and_says_so_once(
 def test_the_module_is_built() -> None:
     """``make install`` compiles it; without a compiler decoding still works, only slower."""
     assert decode_module._cdecode is not None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=1, max_size=200).map(lambda b: b.replace(b"\x00", b"\n")))
+def test_lines_are_split_the_same_with_and_without_the_module(
+    data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chunk = Chunk("s1", 7, data, "segment")
+    lines, bad = lines_of(chunk)
+    with monkeypatch.context() as m:
+        m.setattr(decode_module, "_cdecode", None)
+        lines_np, bad_np = lines_of(chunk)
+    assert lines.equals(lines_np)
+    assert (bad is None and bad_np is None) or (bad is not None and bad_np is not None and bad.equals(bad_np))

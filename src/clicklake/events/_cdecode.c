@@ -1572,7 +1572,67 @@ done:
     return result;
 }
 
+/* line_ends(data) -> (ends, ascii): the offset just past each line break (int64, as a buffer)
+ * and whether every byte is ASCII, in one pass. */
+static PyObject *line_ends(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data)) return NULL;
+    const uint8_t *base = (const uint8_t *)data.buf, *p = base, *end = base + data.len;
+    size_t cap = 1024, n = 0;
+    int64_t *ends = malloc(cap * sizeof(int64_t));
+    int oom = ends == NULL, high = 0;
+    Py_BEGIN_ALLOW_THREADS;
+#ifdef __SSE2__
+    const __m128i nl = _mm_set1_epi8('\n');
+    __m128i acc = _mm_setzero_si128();
+    while (!oom && end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)p);
+        acc = _mm_or_si128(acc, x);
+        unsigned bits = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, nl));
+        while (bits) {
+            if (n == cap) {
+                int64_t *e2 = realloc(ends, cap * 2 * sizeof(int64_t));
+                if (!e2) {
+                    oom = 1;
+                    break;
+                }
+                ends = e2;
+                cap *= 2;
+            }
+            ends[n++] = (int64_t)(p - base) + __builtin_ctz(bits) + 1;
+            bits &= bits - 1;
+        }
+        p += 16;
+    }
+    high = _mm_movemask_epi8(acc) != 0;
+#endif
+    for (; !oom && p < end; p++) {
+        high |= *p >= 0x80;
+        if (*p != '\n') continue;
+        if (n == cap) {
+            int64_t *e2 = realloc(ends, cap * 2 * sizeof(int64_t));
+            if (!e2) {
+                oom = 1;
+                break;
+            }
+            ends = e2;
+            cap *= 2;
+        }
+        ends[n++] = (int64_t)(p - base) + 1;
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&data);
+    if (oom) {
+        free(ends);
+        return PyErr_NoMemory();
+    }
+    PyObject *buf = buf_new((char *)ends, (Py_ssize_t)(n * sizeof(int64_t)));
+    if (!buf) return NULL;
+    return Py_BuildValue("(NO)", buf, high ? Py_False : Py_True);
+}
+
 static PyMethodDef methods[] = {
+    {"line_ends", line_ends, METH_VARARGS, "Offsets past each line break, and whether the bytes are all ASCII."},
     {"decode_lines", decode_lines, METH_VARARGS, "Decode typical Segment lines; flag the others for fallback."},
     {NULL, NULL, 0, NULL},
 };

@@ -179,7 +179,11 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
     """
     data = chunk.data
     buf = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(buf == 10) + 1
+    if _cdecode is not None:
+        found, ascii_only = _cdecode.line_ends(data)
+        ends = np.frombuffer(found, dtype=np.int64)
+    else:
+        ends, ascii_only = np.flatnonzero(buf == 10) + 1, None
     if len(data) and data[-1:] != b"\n":
         ends = np.append(ends, len(data))
     starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
@@ -188,7 +192,7 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
     n = len(ends)
     bad_utf8: pa.Table | None = None
     keep = np.ones(n, dtype=bool)
-    if not _is_utf8(data):
+    if not ascii_only and not _is_utf8(data):
         # Slow path, only for broken input: find the lines that are not UTF-8.
         bad = np.zeros(n, dtype=bool)
         for i in range(n):
