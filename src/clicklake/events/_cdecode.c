@@ -1049,13 +1049,14 @@ typedef struct {
 /* The members of a validated object span: keys without escapes, no duplicates (DuckDB's merge
  * of duplicates is left to it), at most MAX_MEMBERS. Returns their count, or -1. */
 static int members_of(const Span *obj, Member *m) {
+    /* the span may only have been skipped over: validate as we go */
     Cur c = {obj->s + 1, obj->e};
     int n = 0;
     skip_ws(&c);
-    if (*c.p == '}') return 0;
+    if (c.p < c.end && *c.p == '}') return c.p + 1 == c.end ? 0 : -1;
     for (;;) {
         skip_ws(&c);
-        if (n >= MAX_MEMBERS) return -1;
+        if (n >= MAX_MEMBERS || c.p >= c.end || *c.p != '"') return -1;
         const uint8_t *ks = c.p;
         char kesc;
         if (scan_string(&c, &kesc) || kesc) return -1;
@@ -1065,15 +1066,17 @@ static int members_of(const Span *obj, Member *m) {
             if (m[i].ke - m[i].ks == m[n].ke - m[n].ks && memcmp(m[i].ks, m[n].ks, (size_t)(m[n].ke - m[n].ks)) == 0)
                 return -1;
         skip_ws(&c);
-        c.p++; /* ':' */
+        if (c.p >= c.end || *c.p != ':') return -1;
+        c.p++;
         if (scan_value(&c, &m[n].v)) return -1;
         n++;
         skip_ws(&c);
+        if (c.p >= c.end) return -1;
         if (*c.p == ',') {
             c.p++;
             continue;
         }
-        return n;
+        return *c.p == '}' && c.p + 1 == c.end ? n : -1;
     }
 }
 
@@ -1647,5 +1650,11 @@ PyMODINIT_FUNC PyInit__cdecode(void) {
     for (int i = 0; i < NP; i++) PROPS_LENS[i] = (uint8_t)strlen(PROPS_NAMES[i]);
     for (int i = 0; i < NL; i++) LIB_LENS[i] = (uint8_t)strlen(LIB_NAMES[i]);
     if (PyType_Ready(&BufType) < 0) return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* what decode.py expects of this build; a stale build counts as none */
+    if (m && PyModule_AddIntConstant(m, "ABI", 1) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

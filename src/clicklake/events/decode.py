@@ -3,8 +3,16 @@
 ``decode`` turns a batch of raw lines into one Arrow table with the canonical event columns plus
 ``stage``, ``error_type``, ``error_message`` and ``raw``: rows with ``error_type`` NULL are good
 events, the others are failures with the reason and the raw payload. It is a pure function of
-its input (and of the limits in :class:`DecodeOptions`); the heavy lifting runs in DuckDB's JSON
-functions over the whole batch, with no per-event Python on the happy path.
+its input (and of the limits in :class:`DecodeOptions`), with no per-event Python on the happy path.
+
+Three paths give the same rows, in source order (offset, then index in a batch):
+
+- the compiled decoder (``_cdecode.c``, built by ``make install``) scans each typical line once,
+  with the GIL released, straight into Arrow buffers. It flags any line it is not sure of
+  (failures, events without ``messageId``, odd number formats, escaped or duplicate keys, merges
+  it does not do, lines longer than one event may be, ...) and those take the exact path;
+- without it, DuckDB's ``read_json`` fast path, and the exact path for the lines it leaves;
+- the exact path, DuckDB's JSON functions line by line, which is the reference.
 
 Each line is either a collector envelope (spool, Kafka; see :mod:`clicklake.events.envelope`) or
 a bare Segment call or ``{"batch": [...]}`` envelope (files). Batch-level ``context``,
@@ -60,13 +68,19 @@ import pyarrow.compute as pc
 from clicklake.events.schema import EVENT_COLUMNS, EVENTS_ARROW, FAILED_ARROW
 from clicklake.sources.base import Chunk, EnvelopeMode
 
+# The compiled fast path (_cdecode.c). Without it (no compiler at install time, or a build older
+# than this file) decoding takes the DuckDB paths alone, slower, with the same results.
+_CDECODE_ABI = 1
 try:
     from clicklake.events import _cdecode  # type: ignore[attr-defined]
-except ImportError as exc:  # not built (no compiler at install time): the DuckDB paths alone
+except ImportError as exc:
     _cdecode = None
     _CDECODE_MISSING: str | None = str(exc)
 else:
     _CDECODE_MISSING = None
+    if getattr(_cdecode, "ABI", None) != _CDECODE_ABI:
+        _cdecode = None
+        _CDECODE_MISSING = "the compiled decoder is a stale build (run make install)"
 
 log = logging.getLogger("clicklake.events")
 
@@ -852,16 +866,25 @@ def _decode_compiled(
             pc.take(apps, pc.index_in(app, value_set=keys)),
             pa.scalar(options.default_app_id, pa.large_string()),
         )
-    take = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(line_idx)])
-    cols["source_stream"] = lines.column("source_stream").take(take)
-    cols["source_offset"] = lines.column("source_offset").take(take)
+    redo = np.frombuffer(fallback, dtype=np.uint8).view(bool)
+    if n == lines.num_rows and not redo.any():
+        # every line gave exactly one row (a batch gives at least one): the lines' own columns
+        cols["source_stream"] = lines.column("source_stream")
+        cols["source_offset"] = lines.column("source_offset")
+    else:
+        take = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(line_idx)])
+        cols["source_stream"] = lines.column("source_stream").take(take)
+        cols["source_offset"] = lines.column("source_offset").take(take)
     cols["source_index"] = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(source_index)])
     fast = pa.Table.from_arrays(
         [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in DECODED_ARROW], schema=DECODED_ARROW
     )
-    redo = np.frombuffer(fallback, dtype=np.uint8).view(bool)
     if not redo.any():
         return fast
+    # What the compiled decoder leaves is mostly failures, which need the exact path anyway, but
+    # it goes through DuckDB's fast path first all the same: the two DuckDB paths do not agree on
+    # every line (a spool line's "rt" as a numeric string passes read_json's BIGINT column, and
+    # the exact path calls it an invalid envelope), and the decoded rows must not depend on it.
     rest = _decode_duckdb(lines.filter(pa.array(redo)), mode, options, now_us)
     return _in_source_order(pa.concat_tables([fast, rest]))
 
