@@ -20,10 +20,14 @@ OPTS = DecodeOptions(write_keys={"wk_demo": "demo-shop"}, default_app_id="fallba
 _current = {"opts": OPTS}
 
 
-@pytest.fixture(autouse=True, params=["fast", "exact"])
-def path(request: pytest.FixtureRequest) -> str:
-    """Every golden case runs through both decoding paths: they must agree exactly."""
-    _current["opts"] = dataclasses.replace(OPTS, fast_path=request.param == "fast")
+@pytest.fixture(autouse=True, params=["compiled", "fast", "exact"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every golden case runs through each decoding path: the compiled decoder (with the DuckDB
+    paths for what it leaves), DuckDB's fast path, the exact path. They must agree exactly."""
+    _current["opts"] = dataclasses.replace(OPTS, fast_path=request.param != "exact")
+    if request.param != "compiled":
+        monkeypatch.setattr(decode_module, "_cdecode", None)
+        monkeypatch.setattr(decode_module, "_CDECODE_MISSING", None)
     return str(request.param)
 
 

@@ -3,8 +3,16 @@
 ``decode`` turns a batch of raw lines into one Arrow table with the canonical event columns plus
 ``stage``, ``error_type``, ``error_message`` and ``raw``: rows with ``error_type`` NULL are good
 events, the others are failures with the reason and the raw payload. It is a pure function of
-its input (and of the limits in :class:`DecodeOptions`); the heavy lifting runs in DuckDB's JSON
-functions over the whole batch, with no per-event Python on the happy path.
+its input (and of the limits in :class:`DecodeOptions`), with no per-event Python on the happy path.
+
+Three paths give the same rows, in source order (offset, then index in a batch):
+
+- the compiled decoder (``_cdecode.c``, built by ``make install``) scans each typical line once,
+  with the GIL released, straight into Arrow buffers. It flags any line it is not sure of
+  (failures, events without ``messageId``, odd number formats, escaped or duplicate keys, merges
+  it does not do, lines longer than one event may be, ...) and those take the exact path;
+- without it, DuckDB's ``read_json`` fast path, and the exact path for the lines it leaves;
+- the exact path, DuckDB's JSON functions line by line, which is the reference.
 
 Each line is either a collector envelope (spool, Kafka; see :mod:`clicklake.events.envelope`) or
 a bare Segment call or ``{"batch": [...]}`` envelope (files). Batch-level ``context``,
@@ -44,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import tempfile
 import threading
@@ -58,6 +67,22 @@ import pyarrow.compute as pc
 
 from clicklake.events.schema import EVENT_COLUMNS, EVENTS_ARROW, FAILED_ARROW
 from clicklake.sources.base import Chunk, EnvelopeMode
+
+# The compiled fast path (_cdecode.c). Without it (no compiler at install time, or a build older
+# than this file) decoding takes the DuckDB paths alone, slower, with the same results.
+_CDECODE_ABI = 1
+try:
+    from clicklake.events import _cdecode  # type: ignore[attr-defined]
+except ImportError as exc:
+    _cdecode = None
+    _CDECODE_MISSING: str | None = str(exc)
+else:
+    _CDECODE_MISSING = None
+    if getattr(_cdecode, "ABI", None) != _CDECODE_ABI:
+        _cdecode = None
+        _CDECODE_MISSING = "the compiled decoder is a stale build (run make install)"
+
+log = logging.getLogger("clicklake.events")
 
 CALL_TYPES = ("track", "page", "screen", "identify", "group", "alias")
 
@@ -168,7 +193,11 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
     """
     data = chunk.data
     buf = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(buf == 10) + 1
+    if _cdecode is not None:
+        found, ascii_only = _cdecode.line_ends(data)
+        ends = np.frombuffer(found, dtype=np.int64)
+    else:
+        ends, ascii_only = np.flatnonzero(buf == 10) + 1, None
     if len(data) and data[-1:] != b"\n":
         ends = np.append(ends, len(data))
     starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
@@ -177,7 +206,7 @@ def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:
     n = len(ends)
     bad_utf8: pa.Table | None = None
     keep = np.ones(n, dtype=bool)
-    if not _is_utf8(data):
+    if not ascii_only and not _is_utf8(data):
         # Slow path, only for broken input: find the lines that are not UTF-8.
         bad = np.zeros(n, dtype=bool)
         for i in range(n):
@@ -702,6 +731,8 @@ def _connection() -> duckdb.DuckDBPyConnection:
 def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, now_us: int) -> pa.Table:
     """Decode and validate a batch of lines.
 
+    Rows come out in source order: by ``source_offset``, then ``source_index``.
+
     Args:
         lines: ``rn``, ``line``, ``source_stream``, ``source_offset`` (see :func:`lines_of`).
         mode: ``"spool"`` for collector envelopes, ``"segment"`` for bare Segment lines.
@@ -712,7 +743,24 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
         A table of :data:`DECODED_ARROW`: good events have ``error_type`` NULL.
     """
     if not options.fast_path or lines.num_rows == 0:
-        return _run_exact(mode, lines, options, now_us)
+        return _in_source_order(_run_exact(mode, lines, options, now_us))
+    if _cdecode is None:
+        _note_compiled_missing()
+        return _in_source_order(_decode_duckdb(lines, mode, options, now_us))
+    return _decode_compiled(lines, mode, options, now_us)
+
+
+def _note_compiled_missing() -> None:
+    global _CDECODE_MISSING
+    if _CDECODE_MISSING is not None:
+        log.warning("event=decoder_compiled_path_missing fallback=duckdb error=%r", _CDECODE_MISSING)
+        _CDECODE_MISSING = None
+
+
+def _decode_duckdb(
+    lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, now_us: int
+) -> pa.Table:
+    """The DuckDB fast path (read_json), with the exact path for the lines it cannot take."""
     out = _run(_FAST_SQL[mode], lines, options, now_us, scratch=_write_scratch(lines, _SENTINEL_LINE[mode]))
     marker = out.column("slow_rn")
     is_marker = pc.is_valid(marker)
@@ -735,6 +783,110 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
     if slow_lines.num_rows == 0:
         return fast
     return pa.concat_tables([fast, _run_exact(mode, slow_lines, options, now_us)])
+
+
+def _in_source_order(t: pa.Table) -> pa.Table:
+    """``t`` ordered by source position (offset, then index in the batch); usually it already is,
+    and then it is returned as is."""
+    if t.num_rows < 2:
+        return t
+    offset = t.column("source_offset").to_numpy()
+    index = t.column("source_index").to_numpy()
+    step = np.diff(offset)
+    if (step > 0).all() or ((step >= 0).all() and (np.diff(index)[step == 0] > 0).all()):
+        return t
+    return t.take(pa.array(np.lexsort((index, offset))))
+
+
+# String columns the compiled decoder writes, in its order; "app" is the envelope's app (spool)
+# or the write key (files), mapped to the app id here.
+_COMPILED_STRINGS = (
+    "event_id",
+    "event_type",
+    "event_name",
+    "app",
+    "user_id",
+    "anonymous_id",
+    "session_id",
+    "user_key",
+    "group_id",
+    "previous_id",
+    "page_url",
+    "page_path",
+    "page_title",
+    "page_referrer",
+    "user_agent",
+    "user_ipaddress",
+    "library_name",
+    "library_version",
+    "properties",
+    "traits",
+    "context",
+)
+_COMPILED_TIMESTAMPS = ("dvce_created_tstamp", "dvce_sent_tstamp", "collector_tstamp", "derived_tstamp")
+
+
+def _decode_compiled(
+    lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, now_us: int
+) -> pa.Table:
+    """Typical lines through the compiled decoder, the lines it flags through the DuckDB paths."""
+    line = lines.column("line")
+    if line.null_count:
+        return _in_source_order(_decode_duckdb(lines, mode, options, now_us))
+    _, offsets, data = line.buffers()
+    fallback, n, strings, stamps, source_index, line_idx = _cdecode.decode_lines(
+        data,
+        offsets,
+        line.offset,
+        len(line),
+        mode == "spool",
+        options.max_event_bytes,
+        options.max_request_bytes,
+        now_us,
+        int(options.max_future_s * 1_000_000),
+        int(options.max_age_days * 86_400_000_000),
+    )
+    cols: dict[str, pa.Array] = {}
+    for name, (valid, nulls, offs, chars) in zip(_COMPILED_STRINGS, strings, strict=True):
+        cols[name] = pa.LargeStringArray.from_buffers(
+            n, pa.py_buffer(offs), pa.py_buffer(chars), pa.py_buffer(valid) if nulls else None, nulls
+        )
+    ts = pa.timestamp("us", tz="UTC")
+    for name, (valid, nulls, values) in zip(_COMPILED_TIMESTAMPS, stamps, strict=True):
+        cols[name] = pa.Array.from_buffers(
+            ts, n, [pa.py_buffer(valid) if nulls else None, pa.py_buffer(values)], null_count=nulls
+        )
+    app = cols.pop("app")
+    if mode == "spool":
+        cols["app_id"] = app
+    else:
+        keys = pa.array(list(options.write_keys), pa.large_string())
+        apps = pa.array(list(options.write_keys.values()), pa.large_string())
+        cols["app_id"] = pc.fill_null(
+            pc.take(apps, pc.index_in(app, value_set=keys)),
+            pa.scalar(options.default_app_id, pa.large_string()),
+        )
+    redo = np.frombuffer(fallback, dtype=np.uint8).view(bool)
+    if n == lines.num_rows and not redo.any():
+        # every line gave exactly one row (a batch gives at least one): the lines' own columns
+        cols["source_stream"] = lines.column("source_stream")
+        cols["source_offset"] = lines.column("source_offset")
+    else:
+        take = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(line_idx)])
+        cols["source_stream"] = lines.column("source_stream").take(take)
+        cols["source_offset"] = lines.column("source_offset").take(take)
+    cols["source_index"] = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(source_index)])
+    fast = pa.Table.from_arrays(
+        [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in DECODED_ARROW], schema=DECODED_ARROW
+    )
+    if not redo.any():
+        return fast
+    # What the compiled decoder leaves is mostly failures, which need the exact path anyway, but
+    # it goes through DuckDB's fast path first all the same: the two DuckDB paths do not agree on
+    # every line (a spool line's "rt" as a numeric string passes read_json's BIGINT column, and
+    # the exact path calls it an invalid envelope), and the decoded rows must not depend on it.
+    rest = _decode_duckdb(lines.filter(pa.array(redo)), mode, options, now_us)
+    return _in_source_order(pa.concat_tables([fast, rest]))
 
 
 def _without_markers(out: pa.Table, marker: pa.ChunkedArray, is_marker: pa.ChunkedArray) -> pa.Table:
