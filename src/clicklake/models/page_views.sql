@@ -4,11 +4,15 @@
 -- floor(ping time / heartbeat) buckets among its pings, engaged_time_s = 0 if n = 0, else
 -- heartbeat * (n - 1) + models.page_ping_min_visit_s; duplicate or jittered pings inside one
 -- bucket count once. absolute_time_s = last attached ping time - page view time (0 without pings).
--- Cost: a session is (key_id, session_start_us) here (see sessionized), pages are numbered by
+-- Cost: a session is (key_id, session_start_us) here (see sessionized); pings are taken from
+-- base_events and placed in the sessions of the page views by time range; pages are numbered by
 -- URL (url_no) and page views by their position in the session, so the attaching window sorts
 -- integers; it runs over narrow rows, and only pings whose URL some page view has take part.
 WITH pv AS (
     SELECT * FROM sessionized WHERE is_page_view
+),
+spans AS (
+    SELECT DISTINCT key_id, session_start_us, session_end_us FROM pv
 ),
 pv_order AS (
     SELECT
@@ -32,11 +36,13 @@ stream AS (
     JOIN urls AS u ON u.url_key = o.url_key
     UNION ALL
     SELECT
-        s.key_id, s.session_start_us, u.url_no, s.tstamp_us, 1 AS kind, CAST(NULL AS BIGINT) AS pv_index,
-        s.heartbeat_s, s.scroll_depth_pct
-    FROM sessionized AS s
-    JOIN urls AS u ON u.url_key = coalesce(s.page_url, '')
-    WHERE s.is_ping
+        n.key_id, n.session_start_us, u.url_no, b.tstamp_us, 1 AS kind, CAST(NULL AS BIGINT) AS pv_index,
+        b.heartbeat_s, b.scroll_depth_pct
+    FROM base_events AS b
+    JOIN spans AS n
+        ON n.key_id = b.key_id AND b.tstamp_us >= n.session_start_us AND b.tstamp_us <= n.session_end_us
+    JOIN urls AS u ON u.url_key = coalesce(b.page_url, '')
+    WHERE b.is_ping
 ),
 attached AS (
     SELECT

@@ -1,4 +1,5 @@
--- sessionized: base_events with their session.
+-- sessionized: the events the models show (page views, and the events at a session's start),
+-- with their session and descriptive columns.
 -- Per (app_id, session_key) -- the client session id when sent, else the device key
 -- coalesce(anonymous_id, user_id) -- events ordered by derived time form runs: a new run starts
 -- after models.session_gap_minutes of inactivity (and, with models.split_at_midnight, when the
@@ -8,11 +9,11 @@
 -- are dropped (a tab left open is not a visit). Cuts depend on times alone: events at the same
 -- instant always share a session.
 -- Cost: the cuts are computed over the distinct (key_id, time) points (see base_events), so the
--- window passes sort two integers. A session is (key_id, session_start_us) in the models; rows
--- find theirs by time range. The descriptive columns are read from src_events only for page views
--- and the events at a session's start (the candidates for its first event), taking the copy
--- base_events kept; elsewhere they are NULL, as are session_id, app_id and client_session_id
--- (nothing reads them there).
+-- window passes sort two integers. A session is (key_id, session_start_us) in the models and
+-- spans session_start_us..session_end_us; the other rows of base_events find theirs by time range
+-- where they are counted (page pings in page_views, every event in sessions), so no copy of all
+-- the rows is made here. Only the shown rows get the descriptive columns, read from src_events
+-- taking the copy base_events kept, and session_id.
 WITH points AS (
     SELECT
         key_id,
@@ -66,11 +67,12 @@ named AS (
     FROM spans
     WHERE non_ping_events > 0
 ),
-shown AS (
-    SELECT b.event_id, b.has_copies
+sessioned AS (
+    SELECT b.*, n.session_start_us, n.session_end_us
     FROM base_events AS b
-    LEFT JOIN named AS n ON n.key_id = b.key_id AND n.session_start_us = b.tstamp_us
-    WHERE b.is_page_view OR n.key_id IS NOT NULL
+    JOIN named AS n
+        ON n.key_id = b.key_id AND b.tstamp_us >= n.session_start_us AND b.tstamp_us <= n.session_end_us
+    WHERE b.is_page_view OR b.tstamp_us = n.session_start_us
 ),
 matched AS (
     SELECT
@@ -111,7 +113,7 @@ matched AS (
         e.geo_region,
         e.geo_city
     FROM src_events AS e
-    JOIN shown AS s ON s.event_id IS NOT DISTINCT FROM e.event_id
+    JOIN sessioned AS s ON s.event_id IS NOT DISTINCT FROM e.event_id
 ),
 described AS (
     SELECT * EXCLUDE (has_copies, _collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index)
@@ -134,16 +136,14 @@ described AS (
 SELECT
     b.event_id,
     b.key_id,
-    n.session_start_us,
-    CASE WHEN b.is_page_view OR b.tstamp_us = n.session_start_us THEN
-        md5(b.app_id || '|' || b.session_key || '|' || CAST(n.session_start_us AS VARCHAR))
-    END AS session_id,
-    CASE WHEN b.is_page_view OR b.tstamp_us = n.session_start_us THEN b.app_id END AS app_id,
-    CASE WHEN b.is_page_view OR b.tstamp_us = n.session_start_us THEN b.client_session_id END
-        AS client_session_id,
-    b.* EXCLUDE (event_id, key_id, has_copies, app_id, client_session_id, session_key),
+    b.session_start_us,
+    b.session_end_us,
+    md5(b.app_id || '|' || b.session_key || '|' || CAST(b.session_start_us AS VARCHAR)) AS session_id,
+    b.app_id,
+    b.client_session_id,
+    b.* EXCLUDE (
+        event_id, key_id, session_start_us, session_end_us, has_copies, app_id, client_session_id, session_key
+    ),
     d.* EXCLUDE (event_id)
-FROM base_events AS b
-JOIN named AS n
-    ON n.key_id = b.key_id AND b.tstamp_us >= n.session_start_us AND b.tstamp_us <= n.session_end_us
+FROM sessioned AS b
 LEFT JOIN described AS d ON d.event_id IS NOT DISTINCT FROM b.event_id
