@@ -8,20 +8,16 @@
 -- md5(app_id | session_key | first event time in microseconds). Sessions made only of page pings
 -- are dropped (a tab left open is not a visit). Cuts depend on times alone: events at the same
 -- instant always share a session.
--- Cost: the cuts are computed over the distinct (key_id, time) points (see base_events), so the
--- window passes sort two integers. A session is (key_id, session_start_us) in the models and
+-- Cost: the cuts are computed over narrow rows (key_id, time; see base_events), so the window
+-- passes sort two integers; rows at the same instant need no grouping first, as the second of
+-- them is never a cut. A session is (key_id, session_start_us) in the models and
 -- spans session_start_us..session_end_us; the other rows of base_events find theirs by time range
 -- where they are counted (page pings in page_views, every event in sessions), so no copy of all
 -- the rows is made here. Only the shown rows get the descriptive columns, read from src_events
 -- taking the copy base_events kept, and session_id.
 WITH points AS (
-    SELECT
-        key_id,
-        tstamp_us,
-        max(local_date) AS local_date,
-        sum(CASE WHEN is_ping THEN 0 ELSE 1 END) AS non_ping
+    SELECT key_id, tstamp_us, local_date, CASE WHEN is_ping THEN 0 ELSE 1 END AS non_ping
     FROM base_events
-    GROUP BY key_id, tstamp_us
 ),
 ordered AS (
     SELECT
