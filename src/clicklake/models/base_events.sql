@@ -14,8 +14,9 @@
 -- not strings), and only their rows are ranked, by event_id itself. The descriptive columns
 -- (titles, referrers, marketing, device, geo) are not carried: sessionized reads them for the few
 -- rows that show them (page views, first events of sessions), and has_copies (a candidate) tells
--- it which event_ids need the same copy choice again. Event type and name are kept for page
--- views, page_url for page views and pings: the other rows do not show them.
+-- it which event_ids need the same copy choice again; it also reads there the app, session key,
+-- client session id, event type and name, which only shown rows need. page_url is kept for page
+-- views and pings (pings are attached to page views by URL); the other rows do not show it.
 WITH ev AS (
     SELECT
         event_id,
@@ -98,13 +99,8 @@ deduped AS (
 SELECT
     d.event_id,
     d.has_copies,
-    CASE WHEN d.event_type IN ('page', 'screen') THEN d.event_type END AS event_type,
-    CASE WHEN d.event_type IN ('page', 'screen') THEN d.event_name END AS event_name,
-    d.app_id,
     d.user_id,
     d.anonymous_id,
-    d.client_session_id,
-    d.session_key,
     coalesce(k.key_no, CAST(hash(d.app_id, d.session_key) >> 1 AS BIGINT)) AS key_id,
     d.derived_tstamp AS tstamp,
     epoch_us(d.derived_tstamp) AS tstamp_us,

@@ -14,7 +14,8 @@
 -- spans session_start_us..session_end_us; the other rows of base_events find theirs by time range
 -- where they are counted (page pings in page_views, every event in sessions), so no copy of all
 -- the rows is made here. Only the shown rows get the descriptive columns, read from src_events
--- taking the copy base_events kept, and session_id.
+-- taking the copy base_events kept (every shown row matches its event_id there, so the matches
+-- carry the row along and no join back is needed), and session_id.
 WITH points AS (
     SELECT key_id, tstamp_us, local_date, CASE WHEN is_ping THEN 0 ELSE 1 END AS non_ping
     FROM base_events
@@ -72,8 +73,15 @@ sessioned AS (
 ),
 matched AS (
     SELECT
-        s.has_copies,
-        e.event_id,
+        s.*,
+        e.app_id,
+        CASE
+            WHEN e.session_id IS NOT NULL THEN 's:' || e.session_id
+            ELSE 'd:' || coalesce(e.anonymous_id, e.user_id)
+        END AS session_key,
+        e.session_id AS client_session_id,
+        CASE WHEN s.is_page_view THEN e.event_type END AS event_type,
+        CASE WHEN s.is_page_view THEN e.event_name END AS event_name,
         e.collector_tstamp AS _collector_tstamp,
         e.derived_tstamp AS _derived_tstamp,
         e.source_stream AS _source_stream,
@@ -112,11 +120,11 @@ matched AS (
     JOIN sessioned AS s ON s.event_id IS NOT DISTINCT FROM e.event_id
 ),
 described AS (
-    SELECT * EXCLUDE (has_copies, _collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index)
+    SELECT * EXCLUDE (_collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index)
     FROM matched
     WHERE NOT has_copies
     UNION ALL
-    SELECT * EXCLUDE (has_copies, _collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index, copy_rank)
+    SELECT * EXCLUDE (_collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index, copy_rank)
     FROM (
         SELECT
             m.*,
@@ -130,16 +138,10 @@ described AS (
     WHERE copy_rank = 1
 )
 SELECT
-    b.event_id,
-    b.key_id,
-    b.session_start_us,
-    b.session_end_us,
-    md5(b.app_id || '|' || b.session_key || '|' || CAST(b.session_start_us AS VARCHAR)) AS session_id,
-    b.app_id,
-    b.client_session_id,
-    b.* EXCLUDE (
-        event_id, key_id, session_start_us, session_end_us, has_copies, app_id, client_session_id, session_key
-    ),
-    d.* EXCLUDE (event_id)
-FROM sessioned AS b
-LEFT JOIN described AS d ON d.event_id IS NOT DISTINCT FROM b.event_id
+    event_id,
+    key_id,
+    session_start_us,
+    session_end_us,
+    md5(app_id || '|' || session_key || '|' || CAST(session_start_us AS VARCHAR)) AS session_id,
+    * EXCLUDE (event_id, key_id, session_start_us, session_end_us, has_copies, session_key)
+FROM described
