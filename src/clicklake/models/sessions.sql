@@ -9,7 +9,8 @@
 -- of the few events at the instants that matter (the start, from sessionized, which has their
 -- descriptive columns; the last user_id and the first anonymous_id, from base_events) the one with
 -- the smallest (largest, for the user_id) event_id is then picked, instead of sorting every event
--- of every session.
+-- of every session. The exit page is the page view with the largest index (arg_max; page_path_clean
+-- is never NULL), without a window over the page views.
 WITH spans AS (
     SELECT DISTINCT key_id, session_start_us, session_end_us
     FROM sessionized
@@ -158,13 +159,8 @@ pv AS (
         count(*) AS page_views,
         sum(engaged_time_s) AS engaged_time_s,
         max(CASE WHEN page_view_in_session_index = 1 THEN page_path_clean END) AS landing_page_path,
-        max(CASE WHEN from_end = 1 THEN page_path_clean END) AS exit_page_path
-    FROM (
-        SELECT
-            p.*,
-            row_number() OVER (PARTITION BY session_id ORDER BY page_view_in_session_index DESC) AS from_end
-        FROM page_views_new AS p
-    ) AS ranked_pv
+        arg_max(page_path_clean, page_view_in_session_index) AS exit_page_path
+    FROM page_views_new
     GROUP BY session_id
 ),
 joined AS (
