@@ -3,15 +3,20 @@
 -- source position), before anything is counted. Only page, screen and track events (page pings
 -- included) take part in sessions; identify/group/alias only feed user_mapping. Bots are dropped
 -- unless models.include_bots. The window filter keeps the days being recomputed.
--- key_id numbers the session keys (app_id, session_key), in that order, for the window passes of
--- sessionized: sorting two integers is much cheaper than sorting strings.
--- Cost: the events files are read once, into narrow rows (JSON is parsed only where its value is
--- used: heartbeat and scroll depth of page pings). The pipeline already drops client retries, so
--- copies are rare: they are found with one hash aggregate over event_id and only their rows are
--- ranked. The descriptive columns (titles, referrers, marketing, device, geo) are not carried:
--- sessionized reads them for the few rows that show them (page views, first events of sessions),
--- and has_copies tells it which event_ids need the same copy choice again. Event type and name
--- are kept for page views, page_url for page views and pings: the other rows do not show them.
+-- key_id identifies the session key (app_id, session_key) for the window passes of sessionized:
+-- sorting integers is much cheaper than sorting strings. It is a 63-bit hash of the key, so no
+-- join is needed to attach it; keys whose hash another key shares (practically never; more often
+-- with Spark's 32-bit hash) are numbered past the largest hash instead, so key_id stays exact.
+-- Cost: the events files are read once into narrow rows (JSON is parsed only where its value is
+-- used: heartbeat and scroll depth of page pings), plus the id and key columns once more for the
+-- two hash aggregates. The pipeline already drops client retries, so copies are rare: candidate
+-- copies are the events whose event_id hash occurs more than once (an aggregate over integers,
+-- not strings), and only their rows are ranked, by event_id itself. The descriptive columns
+-- (titles, referrers, marketing, device, geo) are not carried: sessionized reads them for the few
+-- rows that show them (page views, first events of sessions), and has_copies (a candidate) tells
+-- it which event_ids need the same copy choice again; it also reads there the app, session key,
+-- client session id, event type and name, which only shown rows need. page_url is kept for page
+-- views and pings (pings are attached to page views by URL); the other rows do not show it.
 WITH ev AS (
     SELECT
         event_id,
@@ -46,20 +51,36 @@ WITH ev AS (
     FROM src_events
 ),
 copies AS (
-    SELECT event_id
-    FROM ev
-    GROUP BY event_id
+    SELECT hash(event_id) AS event_h
+    FROM src_events
+    GROUP BY hash(event_id)
     HAVING count(*) > 1
 ),
 keys AS (
-    SELECT app_id, session_key, row_number() OVER (ORDER BY app_id, session_key) AS key_id
-    FROM (SELECT DISTINCT app_id, session_key FROM ev) AS k
+    SELECT DISTINCT app_id, session_key, CAST(hash(app_id, session_key) >> 1 AS BIGINT) AS key_h
+    FROM (
+        SELECT
+            app_id,
+            CASE
+                WHEN session_id IS NOT NULL THEN 's:' || session_id
+                ELSE 'd:' || coalesce(anonymous_id, user_id)
+            END AS session_key
+        FROM src_events
+    ) AS k
+),
+clashes AS (
+    SELECT
+        app_id,
+        session_key,
+        (SELECT max(key_h) FROM keys) + row_number() OVER (ORDER BY app_id, session_key) AS key_no
+    FROM keys
+    WHERE key_h IN (SELECT key_h FROM keys GROUP BY key_h HAVING count(*) > 1)
 ),
 deduped AS (
     SELECT ev.*, false AS has_copies
     FROM ev
-    LEFT JOIN copies AS c ON c.event_id = ev.event_id
-    WHERE c.event_id IS NULL AND ev.event_id IS NOT NULL
+    LEFT JOIN copies AS c ON c.event_h = hash(ev.event_id)
+    WHERE c.event_h IS NULL AND ev.event_id IS NOT NULL
     UNION ALL
     SELECT * EXCLUDE (copy_rank)
     FROM (
@@ -71,21 +92,16 @@ deduped AS (
                 ORDER BY _collector_tstamp, derived_tstamp, _source_stream, _source_offset, _source_index
             ) AS copy_rank
         FROM ev
-        WHERE event_id IS NULL OR event_id IN (SELECT event_id FROM copies)
+        WHERE event_id IS NULL OR hash(event_id) IN (SELECT event_h FROM copies)
     ) AS ranked
     WHERE copy_rank = 1
 )
 SELECT
     d.event_id,
     d.has_copies,
-    CASE WHEN d.event_type IN ('page', 'screen') THEN d.event_type END AS event_type,
-    CASE WHEN d.event_type IN ('page', 'screen') THEN d.event_name END AS event_name,
-    d.app_id,
     d.user_id,
     d.anonymous_id,
-    d.client_session_id,
-    d.session_key,
-    k.key_id,
+    coalesce(k.key_no, CAST(hash(d.app_id, d.session_key) >> 1 AS BIGINT)) AS key_id,
     d.derived_tstamp AS tstamp,
     epoch_us(d.derived_tstamp) AS tstamp_us,
     CAST(d.derived_tstamp AT TIME ZONE {{tz}} AS DATE) AS local_date,
@@ -96,7 +112,7 @@ SELECT
         session_key, derived_tstamp, _collector_tstamp, _source_stream, _source_offset, _source_index
     )
 FROM deduped AS d
-JOIN keys AS k
+LEFT JOIN clashes AS k
     ON k.app_id IS NOT DISTINCT FROM d.app_id AND k.session_key IS NOT DISTINCT FROM d.session_key
 WHERE d.event_type IN ('page', 'screen', 'track')
     AND ({{window}})

@@ -4,11 +4,16 @@
 -- floor(ping time / heartbeat) buckets among its pings, engaged_time_s = 0 if n = 0, else
 -- heartbeat * (n - 1) + models.page_ping_min_visit_s; duplicate or jittered pings inside one
 -- bucket count once. absolute_time_s = last attached ping time - page view time (0 without pings).
--- Cost: a session is (key_id, session_start_us) here (see sessionized), pages are numbered by
--- URL (url_no) and page views by their position in the session, so the attaching window sorts
--- integers; it runs over narrow rows, and only pings whose URL some page view has take part.
+-- Cost: a session is (key_id, session_start_us) here (see sessionized); pings are taken from
+-- base_events and placed in the sessions of the page views by time range. Each page view owns the
+-- pings of its URL from its time until the next view of that URL in the session (a lead over
+-- the page views alone), so pings are attached by one join instead of a window over all rows; at
+-- equal times the view later in the session owns them, as the latest at or before them.
 WITH pv AS (
     SELECT * FROM sessionized WHERE is_page_view
+),
+spans AS (
+    SELECT DISTINCT key_id, session_start_us, session_end_us FROM sessionized WHERE is_page_view
 ),
 pv_order AS (
     SELECT
@@ -18,35 +23,39 @@ pv_order AS (
         tstamp_us,
         coalesce(page_url, '') AS url_key,
         row_number() OVER (PARTITION BY key_id, session_start_us ORDER BY tstamp_us, event_id) AS pv_index
-    FROM pv
+    FROM sessionized
+    WHERE is_page_view
 ),
-urls AS (
-    SELECT url_key, row_number() OVER (ORDER BY url_key) AS url_no
-    FROM (SELECT DISTINCT url_key FROM pv_order) AS u
-),
-stream AS (
+owners AS (
     SELECT
-        o.key_id, o.session_start_us, u.url_no, o.tstamp_us, 0 AS kind, o.pv_index,
-        CAST(NULL AS DOUBLE) AS heartbeat_s, CAST(NULL AS DOUBLE) AS scroll_depth_pct
-    FROM pv_order AS o
-    JOIN urls AS u ON u.url_key = o.url_key
-    UNION ALL
-    SELECT
-        s.key_id, s.session_start_us, u.url_no, s.tstamp_us, 1 AS kind, CAST(NULL AS BIGINT) AS pv_index,
-        s.heartbeat_s, s.scroll_depth_pct
-    FROM sessionized AS s
-    JOIN urls AS u ON u.url_key = coalesce(s.page_url, '')
-    WHERE s.is_ping
+        key_id,
+        session_start_us,
+        url_key,
+        tstamp_us,
+        pv_index,
+        lead(tstamp_us) OVER (
+            PARTITION BY key_id, session_start_us, url_key ORDER BY tstamp_us, pv_index
+        ) AS next_us
+    FROM pv_order
 ),
 attached AS (
     SELECT
-        s.*,
-        last_value(pv_index IGNORE NULLS) OVER (
-            PARTITION BY key_id, session_start_us, url_no
-            ORDER BY tstamp_us, kind, pv_index
-            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-        ) AS owner_index
-    FROM stream AS s
+        n.key_id,
+        n.session_start_us,
+        o.pv_index AS owner_index,
+        b.tstamp_us,
+        b.heartbeat_s,
+        b.scroll_depth_pct
+    FROM base_events AS b
+    JOIN spans AS n
+        ON n.key_id = b.key_id AND b.tstamp_us >= n.session_start_us AND b.tstamp_us <= n.session_end_us
+    JOIN owners AS o
+        ON o.key_id = n.key_id
+        AND o.session_start_us = n.session_start_us
+        AND o.url_key = coalesce(b.page_url, '')
+        AND b.tstamp_us >= o.tstamp_us
+        AND (o.next_us IS NULL OR b.tstamp_us < o.next_us)
+    WHERE b.is_ping
 ),
 ping_stats AS (
     SELECT
@@ -58,7 +67,6 @@ ping_stats AS (
         max(tstamp_us) AS last_ping_us,
         max(scroll_depth_pct) AS max_scroll_depth_pct
     FROM attached
-    WHERE kind = 1 AND owner_index IS NOT NULL
     GROUP BY key_id, session_start_us, owner_index
 ),
 cleaned AS (

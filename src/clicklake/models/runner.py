@@ -382,11 +382,11 @@ class _Builder:
         values = template_values(self.opts, window)
         self._create("base_events", render("base_events", values))
         self._create("sessionized", render("sessionized", values))
-        # Each intermediate is dropped once read for the last time: at 10M events they are GBs.
-        self._drop("base_events")
         self._create("page_views_new", render("page_views", values))
         self._create("sessions_new", render("sessions", values))
+        # Each intermediate is dropped once read for the last time: at 10M events they are GBs.
         self._drop("sessionized")
+        self._drop("base_events")
         return {
             "page_views": self.con.sql(
                 "SELECT * FROM page_views_new ORDER BY page_view_date, session_id, page_view_in_session_index"

@@ -1,4 +1,5 @@
--- sessionized: base_events with their session.
+-- sessionized: the events the models show (page views, and the events at a session's start),
+-- with their session and descriptive columns.
 -- Per (app_id, session_key) -- the client session id when sent, else the device key
 -- coalesce(anonymous_id, user_id) -- events ordered by derived time form runs: a new run starts
 -- after models.session_gap_minutes of inactivity (and, with models.split_at_midnight, when the
@@ -7,20 +8,17 @@
 -- md5(app_id | session_key | first event time in microseconds). Sessions made only of page pings
 -- are dropped (a tab left open is not a visit). Cuts depend on times alone: events at the same
 -- instant always share a session.
--- Cost: the cuts are computed over the distinct (key_id, time) points (see base_events), so the
--- window passes sort two integers. A session is (key_id, session_start_us) in the models; rows
--- find theirs by time range. The descriptive columns are read from src_events only for page views
--- and the events at a session's start (the candidates for its first event), taking the copy
--- base_events kept; elsewhere they are NULL, as are session_id, app_id and client_session_id
--- (nothing reads them there).
+-- Cost: the cuts are computed over narrow rows (key_id, time; see base_events), so the window
+-- passes sort two integers; rows at the same instant need no grouping first, as the second of
+-- them is never a cut. A session is (key_id, session_start_us) in the models and
+-- spans session_start_us..session_end_us; the other rows of base_events find theirs by time range
+-- where they are counted (page pings in page_views, every event in sessions), so no copy of all
+-- the rows is made here. Only the shown rows get the descriptive columns, read from src_events
+-- taking the copy base_events kept (every shown row matches its event_id there, so the matches
+-- carry the row along and no join back is needed), and session_id.
 WITH points AS (
-    SELECT
-        key_id,
-        tstamp_us,
-        max(local_date) AS local_date,
-        sum(CASE WHEN is_ping THEN 0 ELSE 1 END) AS non_ping
+    SELECT key_id, tstamp_us, local_date, CASE WHEN is_ping THEN 0 ELSE 1 END AS non_ping
     FROM base_events
-    GROUP BY key_id, tstamp_us
 ),
 ordered AS (
     SELECT
@@ -66,16 +64,24 @@ named AS (
     FROM spans
     WHERE non_ping_events > 0
 ),
-shown AS (
-    SELECT b.event_id, b.has_copies
+sessioned AS (
+    SELECT b.*, n.session_start_us, n.session_end_us
     FROM base_events AS b
-    LEFT JOIN named AS n ON n.key_id = b.key_id AND n.session_start_us = b.tstamp_us
-    WHERE b.is_page_view OR n.key_id IS NOT NULL
+    JOIN named AS n
+        ON n.key_id = b.key_id AND b.tstamp_us >= n.session_start_us AND b.tstamp_us <= n.session_end_us
+    WHERE b.is_page_view OR b.tstamp_us = n.session_start_us
 ),
 matched AS (
     SELECT
-        s.has_copies,
-        e.event_id,
+        s.*,
+        e.app_id,
+        CASE
+            WHEN e.session_id IS NOT NULL THEN 's:' || e.session_id
+            ELSE 'd:' || coalesce(e.anonymous_id, e.user_id)
+        END AS session_key,
+        e.session_id AS client_session_id,
+        CASE WHEN s.is_page_view THEN e.event_type END AS event_type,
+        CASE WHEN s.is_page_view THEN e.event_name END AS event_name,
         e.collector_tstamp AS _collector_tstamp,
         e.derived_tstamp AS _derived_tstamp,
         e.source_stream AS _source_stream,
@@ -111,14 +117,14 @@ matched AS (
         e.geo_region,
         e.geo_city
     FROM src_events AS e
-    JOIN shown AS s ON s.event_id IS NOT DISTINCT FROM e.event_id
+    JOIN sessioned AS s ON s.event_id IS NOT DISTINCT FROM e.event_id
 ),
 described AS (
-    SELECT * EXCLUDE (has_copies, _collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index)
+    SELECT * EXCLUDE (_collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index)
     FROM matched
     WHERE NOT has_copies
     UNION ALL
-    SELECT * EXCLUDE (has_copies, _collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index, copy_rank)
+    SELECT * EXCLUDE (_collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index, copy_rank)
     FROM (
         SELECT
             m.*,
@@ -132,18 +138,10 @@ described AS (
     WHERE copy_rank = 1
 )
 SELECT
-    b.event_id,
-    b.key_id,
-    n.session_start_us,
-    CASE WHEN b.is_page_view OR b.tstamp_us = n.session_start_us THEN
-        md5(b.app_id || '|' || b.session_key || '|' || CAST(n.session_start_us AS VARCHAR))
-    END AS session_id,
-    CASE WHEN b.is_page_view OR b.tstamp_us = n.session_start_us THEN b.app_id END AS app_id,
-    CASE WHEN b.is_page_view OR b.tstamp_us = n.session_start_us THEN b.client_session_id END
-        AS client_session_id,
-    b.* EXCLUDE (event_id, key_id, has_copies, app_id, client_session_id, session_key),
-    d.* EXCLUDE (event_id)
-FROM base_events AS b
-JOIN named AS n
-    ON n.key_id = b.key_id AND b.tstamp_us >= n.session_start_us AND b.tstamp_us <= n.session_end_us
-LEFT JOIN described AS d ON d.event_id IS NOT DISTINCT FROM b.event_id
+    event_id,
+    key_id,
+    session_start_us,
+    session_end_us,
+    md5(app_id || '|' || session_key || '|' || CAST(session_start_us AS VARCHAR)) AS session_id,
+    * EXCLUDE (event_id, key_id, session_start_us, session_end_us, has_copies, session_key)
+FROM described

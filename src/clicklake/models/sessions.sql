@@ -5,51 +5,62 @@
 -- user_mapping, so a finished day never changes when a visitor identifies later.
 -- is_engaged: duration_s > models.engaged_min_duration_s, or 2+ page views, or a conversion.
 -- is_bounce follows models.bounce (single_pageview | not_engaged | min_duration).
--- Cost: one hash aggregate over the session's rows; of the few events at the instants that matter
--- (the start, the last user_id, the first anonymous_id) the one with the smallest (largest, for
--- the user_id) event_id is then picked, instead of sorting every event of every session.
-WITH counts AS (
-    SELECT
-        key_id,
-        session_start_us,
-        count(*) AS events,
-        min(tstamp) AS start_tstamp,
-        max(tstamp) AS end_tstamp,
-        max(tstamp_us) AS end_us,
-        max(CASE WHEN user_id IS NOT NULL THEN tstamp_us END) AS user_us,
-        min(CASE WHEN anonymous_id IS NOT NULL THEN tstamp_us END) AS anonymous_us,
-        bool_or(is_bot) AS is_bot{{cv_aggregates}}
+-- Cost: one hash aggregate over the events of base_events placed in their session by time range;
+-- of the few events at the instants that matter (the start, from sessionized, which has their
+-- descriptive columns; the last user_id and the first anonymous_id, from base_events) the one with
+-- the smallest (largest, for the user_id) event_id is then picked, instead of sorting every event
+-- of every session. The exit page is the page view with the largest index (arg_max; page_path_clean
+-- is never NULL), without a window over the page views.
+WITH spans AS (
+    SELECT DISTINCT key_id, session_start_us, session_end_us
     FROM sessionized
+    WHERE tstamp_us = session_start_us
+),
+counts AS (
+    SELECT
+        n.key_id,
+        n.session_start_us,
+        count(*) AS events,
+        min(b.tstamp) AS start_tstamp,
+        max(b.tstamp) AS end_tstamp,
+        max(b.tstamp_us) AS end_us,
+        max(CASE WHEN b.user_id IS NOT NULL THEN b.tstamp_us END) AS user_us,
+        min(CASE WHEN b.anonymous_id IS NOT NULL THEN b.tstamp_us END) AS anonymous_us,
+        bool_or(b.is_bot) AS is_bot{{cv_aggregates}}
+    FROM base_events AS b
+    JOIN spans AS n
+        ON n.key_id = b.key_id AND b.tstamp_us >= n.session_start_us AND b.tstamp_us <= n.session_end_us
+    GROUP BY n.key_id, n.session_start_us
+),
+starts AS (
+    SELECT * FROM sessionized WHERE tstamp_us = session_start_us
+),
+first_pick AS (
+    SELECT key_id, session_start_us, min(event_id) AS event_id
+    FROM starts
     GROUP BY key_id, session_start_us
 ),
-picks AS (
-    SELECT
-        s.*,
-        s.tstamp_us = s.session_start_us AS at_start,
-        (s.tstamp_us = c.user_us AND s.user_id IS NOT NULL) AS at_user,
-        (s.tstamp_us = c.anonymous_us AND s.anonymous_id IS NOT NULL) AS at_anonymous
-    FROM sessionized AS s
-    JOIN counts AS c ON c.key_id = s.key_id AND c.session_start_us = s.session_start_us
-    WHERE s.tstamp_us = s.session_start_us OR s.tstamp_us = c.user_us OR s.tstamp_us = c.anonymous_us
+at_user AS (
+    SELECT c.key_id, c.session_start_us, b.event_id, b.user_id
+    FROM counts AS c
+    JOIN base_events AS b ON b.key_id = c.key_id AND b.tstamp_us = c.user_us
+    WHERE b.user_id IS NOT NULL
 ),
-picked AS (
-    SELECT
-        key_id,
-        session_start_us,
-        min(CASE WHEN at_start THEN event_id END) AS start_event_id,
-        max(CASE WHEN at_user THEN event_id END) AS user_event_id,
-        min(CASE WHEN at_anonymous THEN event_id END) AS anonymous_event_id
-    FROM picks
+user_pick AS (
+    SELECT key_id, session_start_us, max(event_id) AS event_id
+    FROM at_user
     GROUP BY key_id, session_start_us
 ),
-chosen AS (
-    SELECT
-        p.*,
-        p.at_start AND p.event_id IS NOT DISTINCT FROM c.start_event_id AS is_first,
-        p.at_user AND p.event_id IS NOT DISTINCT FROM c.user_event_id AS is_last_user,
-        p.at_anonymous AND p.event_id IS NOT DISTINCT FROM c.anonymous_event_id AS is_first_anonymous
-    FROM picks AS p
-    JOIN picked AS c ON c.key_id = p.key_id AND c.session_start_us = p.session_start_us
+at_anonymous AS (
+    SELECT c.key_id, c.session_start_us, b.event_id, b.anonymous_id
+    FROM counts AS c
+    JOIN base_events AS b ON b.key_id = c.key_id AND b.tstamp_us = c.anonymous_us
+    WHERE b.anonymous_id IS NOT NULL
+),
+anonymous_pick AS (
+    SELECT key_id, session_start_us, min(event_id) AS event_id
+    FROM at_anonymous
+    GROUP BY key_id, session_start_us
 ),
 firsts AS (
     SELECT
@@ -82,12 +93,27 @@ firsts AS (
         f.os_family,
         f.dvce_family,
         f.dvce_class
-    FROM chosen AS f
-    LEFT JOIN chosen AS u
-        ON u.is_last_user AND u.key_id = f.key_id AND u.session_start_us = f.session_start_us
-    LEFT JOIN chosen AS a
-        ON a.is_first_anonymous AND a.key_id = f.key_id AND a.session_start_us = f.session_start_us
-    WHERE f.is_first
+    FROM starts AS f
+    JOIN first_pick AS fp
+        ON fp.key_id = f.key_id
+        AND fp.session_start_us = f.session_start_us
+        AND fp.event_id IS NOT DISTINCT FROM f.event_id
+    LEFT JOIN (
+        SELECT x.key_id, x.session_start_us, x.user_id
+        FROM at_user AS x
+        JOIN user_pick AS p
+            ON p.key_id = x.key_id
+            AND p.session_start_us = x.session_start_us
+            AND p.event_id IS NOT DISTINCT FROM x.event_id
+    ) AS u ON u.key_id = f.key_id AND u.session_start_us = f.session_start_us
+    LEFT JOIN (
+        SELECT x.key_id, x.session_start_us, x.anonymous_id
+        FROM at_anonymous AS x
+        JOIN anonymous_pick AS p
+            ON p.key_id = x.key_id
+            AND p.session_start_us = x.session_start_us
+            AND p.event_id IS NOT DISTINCT FROM x.event_id
+    ) AS a ON a.key_id = f.key_id AND a.session_start_us = f.session_start_us
 ),
 agg AS (
     SELECT
@@ -133,13 +159,8 @@ pv AS (
         count(*) AS page_views,
         sum(engaged_time_s) AS engaged_time_s,
         max(CASE WHEN page_view_in_session_index = 1 THEN page_path_clean END) AS landing_page_path,
-        max(CASE WHEN from_end = 1 THEN page_path_clean END) AS exit_page_path
-    FROM (
-        SELECT
-            p.*,
-            row_number() OVER (PARTITION BY session_id ORDER BY page_view_in_session_index DESC) AS from_end
-        FROM page_views_new AS p
-    ) AS ranked_pv
+        arg_max(page_path_clean, page_view_in_session_index) AS exit_page_path
+    FROM page_views_new
     GROUP BY session_id
 ),
 joined AS (
