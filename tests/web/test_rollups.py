@@ -6,6 +6,7 @@ Every expected value here is computed by a plain SQL statement over the role's l
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -372,3 +373,56 @@ def test_funnel_index_holds_only_the_last_days_and_older_ranges_read_the_files(l
         for a, b in zip(got, exp, strict=True):
             _close(a, b)
     assert 0 < len(d._funnel_index._days) <= 3
+
+
+@pytest.mark.parametrize("entries", [0, 64])
+def test_identical_concurrent_calls_compute_once_with_or_without_the_cache(lake: Lake, entries: int) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    api = lake.settings.api.model_copy(update={"cache_entries": entries})
+    settings = lake.settings.model_copy(update={"api": api})
+    d = Dashboard(settings, SecureQueries(settings, SnapshotCache(settings)))
+    role = authenticate(settings, "tok_admin")
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow() -> dict[str, int]:
+        calls.append(1)
+        assert release.wait(30)
+        return {"n": len(calls)}
+
+    with ThreadPoolExecutor(6) as pool:
+        waiting = [pool.submit(d.cached, role, "probe", (1,), slow) for _ in range(6)]
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the other five are waiting on the first by now
+        release.set()
+        answers = [w.result(timeout=30) for w in waiting]
+    assert answers == [{"n": 1}] * 6 and len(calls) == 1
+    # Afterwards: remembered with a cache, computed again without one.
+    assert d.cached(role, "probe", (1,), slow) == ({"n": 1} if entries else {"n": 2})
+
+    # A failed computation is not handed to the callers that waited: they compute again.
+    failing = threading.Event()
+    attempts: list[int] = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            assert failing.wait(30)
+            raise RuntimeError("first attempt fails")
+        return "ok"
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(d.cached, role, "flaky", (), flaky)
+        while not attempts:
+            time.sleep(0.01)
+        second = pool.submit(d.cached, role, "flaky", (), flaky)
+        time.sleep(0.2)
+        failing.set()
+        with pytest.raises(RuntimeError):
+            first.result(timeout=30)
+        assert second.result(timeout=30) == "ok"
+    assert len(attempts) == 2

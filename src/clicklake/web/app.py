@@ -123,7 +123,7 @@ class WebApp:
         self.static = _static_files()
         self.spec = _json(openapi_spec())
         self._pool = ThreadPoolExecutor(
-            max_workers=max(4, settings.api.threads * 4), thread_name_prefix="clicklake-api"
+            max_workers=max(32, settings.api.threads * 16), thread_name_prefix="clicklake-api"
         )
         self._pool.submit(self._warm)
         self._routes: dict[

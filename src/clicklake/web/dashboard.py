@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -179,6 +179,15 @@ class Rollups:
             return self._pages
 
 
+@dataclass
+class _Flight:
+    """One computation in progress, and its answer for the callers that waited for it."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+    value: Any = None
+
+
 class Dashboard:
     """The dashboard's numbers.
 
@@ -198,7 +207,7 @@ class Dashboard:
         self.conversion = conv[0].name if conv else None
         self._rollups: dict[tuple[Any, ...], Rollups] = {}
         self._rollup_locks: dict[tuple[Any, ...], threading.Lock] = {}
-        self._inflight: dict[tuple[Any, ...], threading.Event] = {}
+        self._inflight: dict[tuple[Any, ...], _Flight] = {}
         threads = settings.api.threads
         self._names_rollup = FileRollups(EVENT_NAMES_SQL, threads, EVENT_NAMES_REDUCE_SQL)
         self._failures = FileRollups(FAILURES_SQL, threads, FAILURES_REDUCE_SQL)
@@ -227,34 +236,42 @@ class Dashboard:
         log.info("event=dashboard_warm seconds=%.1f", time.monotonic() - t0)
 
     def cached(self, role: Role, name: str, params: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
-        """``compute()``, remembered per role scope, parameters and snapshot set."""
-        if self.settings.api.cache_entries == 0:
-            return compute()
+        """``compute()``, remembered per role scope, parameters and snapshot set.
+
+        Identical calls that arrive while one computes wait for its answer, also when answers
+        are not remembered (``api.cache_entries = 0``).
+        """
+        remember = self.settings.api.cache_entries > 0
         # The audit log gets a commit every few seconds and no dashboard number reads it.
         key = (name, params, role.apps, role.pii, role.admin, self.queries.snapshot_key(_NOT_READ))
         while True:
             with self._lock:
-                if key in self._cache:
+                if remember and key in self._cache:
                     self._cache.move_to_end(key)
                     return self._cache[key]
                 running = self._inflight.get(key)
                 if running is None:
                     # This caller computes; the others asking for the same answer wait for it.
-                    done = threading.Event()
-                    self._inflight[key] = done
+                    flight = _Flight()
+                    self._inflight[key] = flight
                     break
-            running.wait()
+            running.done.wait()
+            if running.ok:
+                return running.value
+            # It failed: try again (this caller may compute, and report its own error).
         try:
-            value = compute()
-            with self._lock:
-                self._cache[key] = value
-                while len(self._cache) > self.settings.api.cache_entries:
-                    self._cache.popitem(last=False)
-            return value
+            flight.value = compute()
+            flight.ok = True
+            if remember:
+                with self._lock:
+                    self._cache[key] = flight.value
+                    while len(self._cache) > self.settings.api.cache_entries:
+                        self._cache.popitem(last=False)
+            return flight.value
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
-            done.set()
+            flight.done.set()
 
     def _q(
         self,
