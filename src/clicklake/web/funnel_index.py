@@ -46,12 +46,14 @@ class _Rows:
     rows: np.ndarray
     dup: np.ndarray  # those of ``rows`` whose event id occurs more than once in the index
     ent: np.ndarray  # the entity of each row
-    _firsts: np.ndarray | None = None
+    ts: np.ndarray  # its time
+    _firsts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def firsts(self) -> np.ndarray:
-        """The first row of each entity (the rows are grouped by entity)."""
+    def firsts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first row of each entity (the rows are grouped by entity): rows, entities, times."""
         if self._firsts is None:
-            self._firsts = self.rows[_first_of_runs(self.ent)]
+            at = _first_of_runs(self.ent)
+            self._firsts = (self.rows[at], self.ent[at], self.ts[at])
         return self._firsts
 
 
@@ -129,7 +131,7 @@ class _Day:
             mask &= ok_app[self.array("app_id")[cut]]
         hits = np.flatnonzero(mask)
         rows = (cut.start + hits if isinstance(cut, slice) else cut[hits]).astype(np.int32)
-        found = _Rows(rows, rows[self.dup[rows]], self.array("ent")[rows])
+        found = _Rows(rows, rows[self.dup[rows]], self.array("ent")[rows], self.array("ts")[rows])
         if len(self._steps) >= _STEPS_KEPT:
             self._steps.pop(next(iter(self._steps)), None)  # the oldest
         self._steps[key] = found
@@ -513,16 +515,15 @@ def run_funnel(
         for di in np.unique(d_day[later]):
             losers[int(di)] = d_row[later][d_day[later] == di]
     for di, (day, per_step) in enumerate(zip(days, picked, strict=True)):
-        ts = day.array("ts")
         inside = day.ts_range[0] >= lo and day.ts_range[1] < hi  # the whole day is in the range
         gone = losers[di]
         if inside and gone is None:
             continue
         for i, r in enumerate(per_step):
-            keep = np.ones(len(r.rows), dtype=bool) if inside else (ts[r.rows] >= lo) & (ts[r.rows] < hi)
+            keep = np.ones(len(r.rows), dtype=bool) if inside else (r.ts >= lo) & (r.ts < hi)
             if gone is not None:
                 keep &= ~np.isin(r.rows, gone)
-            per_step[i] = _Rows(r.rows[keep], r.dup[:0], r.ent[keep])
+            per_step[i] = _Rows(r.rows[keep], r.dup[:0], r.ent[keep], r.ts[keep])
 
     def anchor_values(day: _Day, rows: np.ndarray) -> np.ndarray:
         if not breakdown:
@@ -552,11 +553,9 @@ def run_funnel(
                 if len(step.rows) == 0:
                     continue
                 if i == 0:
-                    rows = step.firsts()
-                    e, t = day.array("ent")[rows], day.array("ts")[rows]
+                    rows, e, t = step.firsts()
                 else:
-                    rows, e = step.rows, step.ent
-                    t = day.array("ts")[rows]
+                    rows, e, t = step.rows, step.ent, step.ts
                     ok = (t > prev[e]) & (t - t1[e] <= w_us)
                     rows, e, t = rows[ok], e[ok], t[ok]
                     at = _first_of_runs(e)
@@ -578,11 +577,10 @@ def run_funnel(
             if any(steps[j] == steps[i] for j in range(i)):
                 continue
             for day, per_step in zip(days, picked, strict=True):
-                rows = per_step[i].firsts()
+                rows, e, t = per_step[i].firsts()
                 if len(rows) == 0:
                     continue
-                e = day.array("ent")[rows]
-                t, ids = day.array("ts")[rows], day.array("eid")[rows]
+                ids = day.array("eid")[rows]
                 better = (t < t0[e]) | ((t == t0[e]) & (ids < id0[e]))
                 e, rows = e[better], rows[better]
                 t0[e], id0[e] = t[better], ids[better]
@@ -590,8 +588,8 @@ def run_funnel(
                     anchor[e] = anchor_values(day, rows)
         for i in range(n):
             hit = np.zeros(entities, dtype=bool)
-            for day, per_step in zip(days, picked, strict=True):
-                e, t = per_step[i].ent, day.array("ts")[per_step[i].rows]
+            for per_step in picked:
+                e, t = per_step[i].ent, per_step[i].ts
                 inside = (t >= t0[e]) & (t - t0[e] <= w_us)
                 hit[e[inside]] = True
             reached.append(hit if i == 0 else reached[i - 1] & hit)
