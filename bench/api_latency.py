@@ -308,7 +308,11 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
     at_reference = args.events >= REFERENCE_EVENTS
     load_after = os.getloadavg()[0]
-    headers = ["call", *(f"{m} {q}" for m in modes for q in ("p50 ms", "p99 ms")), "verdict (cache off)"]
+    headers = [
+        "call",
+        *(f"{m} {q}" for m in modes for q in ("p50 ms", "p99 ms")),
+        *(f"verdict ({m})" for m in modes),
+    ]
     rows = []
     names = [c[0] for c in calls(date.today(), date.today(), None)]
     for name in names:
@@ -317,10 +321,14 @@ def main() -> None:
             # A failed call (statement timeout) counts with the time it took to fail.
             v = modes[m].get(name, []) + modes[m].get(f"{name} (failed)", [])
             cells += [f"{pct(v, 50):.0f}", f"{pct(v, 99):.0f}"]
-        p99 = pct(modes["cache off"][name] + modes["cache off"].get(f"{name} (failed)", []), 99)
-        failed = f"{name} (failed)" in modes["cache off"]
-        verdict = ("pass" if p99 < TARGET_P99_MS and not failed else "miss") if at_reference else "not judged"
-        rows.append([*cells, verdict])
+        verdicts = []
+        for m in modes:
+            p99 = pct(modes[m][name] + modes[m].get(f"{name} (failed)", []), 99)
+            failed = f"{name} (failed)" in modes[m]
+            verdicts.append(
+                ("pass" if p99 < TARGET_P99_MS and not failed else "miss") if at_reference else "not judged"
+            )
+        rows.append([*cells, *verdicts])
     n = sum(len(v) for v in modes["cache off"].values())
     load_note = (
         f"load average {load_before:.1f} before, {load_after:.1f} after (2 cores shared with other work)"
@@ -349,6 +357,11 @@ def main() -> None:
             f"- Before timing, one untimed dashboard load (14-day range, not among the timed ones) waited for "
             f"the serving indexes built at start: {warm['cache off']:.1f} s / {warm['cache on']:.1f} s. "
             f"Server peak RSS: {peak_rss['cache off']:,.0f} MB / {peak_rss['cache on']:,.0f} MB (cache off / on).",
+            "- Cache on is the default (`api.cache_entries = 512`): answers are kept per snapshot, so each "
+            "client's first load mostly computes (the 20 first-round calls of each endpoint, over up to 18 "
+            "distinct filter variants, run cold and at once) and later loads mostly hit; the p99 of 100 calls "
+            "per endpoint is therefore set by cold calls under full concurrency. Cache off (`api.cache_entries = 0`): "
+            "every call computes; identical calls that arrive while one computes share its answer.",
             f"- Target: p99 < {TARGET_P99_MS:.0f} ms per call at {REFERENCE_EVENTS:,} events"
             + ("" if at_reference else f" (not judged: this run is at {args.events:,} events)")
             + ".",
