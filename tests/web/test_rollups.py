@@ -222,6 +222,9 @@ def test_funnel_index_follows_added_and_removed_files(lake: Lake, tmp_path: Path
     state = SnapshotCache(lake.settings).states()["events"]
     columns = {c for c, _ in state.columns}
     steps = [Step(event="Product Viewed"), Step(event="Product Added"), Step(event="Order Completed")]
+    # Page views and pings, which bots send too.
+    bot_steps = [Step(event="Home"), Step(event="Page Ping"), Step(event="Product")]
+    countries: set[str | None] = set()
     start = datetime.combine(LAST - timedelta(days=6), datetime.min.time(), UTC)
     end = datetime.combine(LAST + timedelta(days=1), datetime.min.time(), UTC)
     index = FunnelIndex(1)
@@ -249,11 +252,20 @@ def test_funnel_index_follows_added_and_removed_files(lake: Lake, tmp_path: Path
         for keep in (range(0, n, 2), range(n), range(1, n, 3))
     ]
     snapshots.append(([*state.paths, *copies], [*state.days, *copy_days]))
+    # And one where some files are replaced by versions in which every other event is a bot's,
+    # so entities have both bot and non-bot rows.
+    mixed = list(state.paths)
+    for i in range(0, n, 3):
+        t = pq.read_table(state.paths[i])
+        flags = pa.array([j % 2 == 0 for j in range(t.num_rows)], t.schema.field("is_bot").type)
+        t = t.set_column(t.schema.get_field_index("is_bot"), "is_bot", flags)
+        mixed[i] = str(tmp_path / f"mixed-{i}.parquet")
+        pq.write_table(t, mixed[i])
+    snapshots.append((mixed, list(state.days)))
+    repeated = 0
     for paths, days in snapshots:
         assert index.sync(paths, days, columns)
-        got = index.funnel(
-            LAST - timedelta(days=6), LAST, steps, 3600.0, "strict", "geo_country", None, None, False
-        )
+        repeated = max(repeated, len(index.repeated_ids()))
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
         if schema is None:
@@ -267,15 +279,49 @@ def test_funnel_index_follows_added_and_removed_files(lake: Lake, tmp_path: Path
                 .as_arrow()
             )
         con.execute(f"CREATE VIEW events AS {parquet_relation(con, paths, schema)}")
-        exp = funnel(
-            lake.settings, steps, 3600.0, breakdown="geo_country", start=start, end=end, con=con
-        ).to_pylist()
+        # Bots left out (the default) and counted; all apps and one app.
+        for bots in (False, True):
+            models = lake.settings.models.model_copy(update={"include_bots": bots})
+            settings = lake.settings.model_copy(update={"models": models})
+            for app in (None, "demo-shop"):
+                for these in (steps, bot_steps):
+                    got = index.funnel(
+                        LAST - timedelta(days=6),
+                        LAST,
+                        these,
+                        3600.0,
+                        "strict",
+                        "geo_country",
+                        None,
+                        app,
+                        bots,
+                    )
+                    exp = funnel(
+                        settings,
+                        these,
+                        3600.0,
+                        breakdown="geo_country",
+                        start=start,
+                        end=end,
+                        app_id=app,
+                        con=con,
+                    ).to_pylist()
+                    assert len(got) == len(exp), (bots, app, these)
+                    for a, b in zip(got, exp, strict=True):
+                        _close(a, b)
+                    if these is steps and app is None and not bots:
+                        countries |= {r["geo_country"] for r in got}
         con.close()
-        assert len(got) == len(exp)
-        for a, b in zip(got, exp, strict=True):
-            _close(a, b)
-    assert len(index.repeated_ids()) > 0
-    assert any(r["geo_country"] == "ZZ" for r in got)
+    assert repeated > 0
+    assert "ZZ" in countries
+    # The bot/non-bot split within a name is exercised: some step name has rows of both.
+    days_held = index.rows(LAST - timedelta(days=6), LAST)
+    assert any(
+        day._names[s.event][0] < day._names[s.event][1] < day._names[s.event][2]
+        for day in days_held
+        for s in bot_steps
+        if s.event in day._names
+    )
 
 
 def test_live_reads_only_files_with_recent_collector_times(

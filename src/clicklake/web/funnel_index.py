@@ -59,19 +59,20 @@ class _Rows:
 
 @dataclass
 class _Day:
-    """One day partition's index rows, sorted by (event name, entity, time, event id).
+    """One day partition's index rows, sorted by (event name, bot, entity, time, event id).
 
     Column ``file`` numbers each row's data file (``files``: path -> its number); ``ent`` is
     the row's entity as a dense number shared by all days of the index. Because rows are
-    grouped by name, the rows of a funnel step that names an event are one contiguous slice,
-    already in (entity, time) order: a funnel reads only its steps' rows, without copying or
-    sorting them. ``dup`` flags the rows whose event id occurs more than once in the index.
+    grouped by name, then bot or not, the non-bot rows of a funnel step that names an event are
+    one contiguous slice, already in (entity, time) order: a funnel reads only its steps' rows,
+    without copying or sorting them. ``dup`` flags the rows whose event id occurs more than once
+    in the index.
     """
 
     table: pa.Table
     files: dict[str, int]
     dup: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    _names: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    _names: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
     _paths: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     # A step's rows per (step, apps seen, bots counted): the same funnel asked again, by the
@@ -86,7 +87,12 @@ class _Day:
         starts = _first_of_runs(codes)
         ends = np.r_[starts[1:], len(codes)].astype(np.int64)
         names = values.to_pylist()
-        self._names = {names[int(codes[s])]: (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
+        bots = self.array("is_bot")
+        self._names = {}
+        for s, e in zip(starts, ends, strict=True):
+            # Within a name, rows that are not bots' come first.
+            humans = int(s) + int(np.searchsorted(bots[s:e], 1))
+            self._names[names[int(codes[s])]] = (int(s), humans, int(e))
 
     def array(self, name: str) -> np.ndarray:
         """A column as numpy (dictionary columns: their indices), without copying."""
@@ -111,8 +117,20 @@ class _Day:
         found = self._steps.get(key)
         if found is not None:
             return found
+        names = [None if v == _NULL else v for v in self.dictionary("app_id").to_pylist()]
+        ok_app = np.array(
+            [(apps is None or v in apps) and (app is None or v == app) for v in names], dtype=bool
+        )
+        if step.event is not None and step.path is None and ok_app.all():
+            # One slice of the table: the rows are read in place.
+            a, humans, b = self._names.get(step.event, (0, 0, 0))
+            end = b if include_bots else humans
+            if not include_bots or humans in (a, b):
+                rows = np.arange(a, end, dtype=np.int32)
+                found = _Rows(rows, rows[self.dup[a:end]], self.array("ent")[a:end], self.array("ts")[a:end])
+                return self._keep(key, found)
         if step.event is not None:
-            a, b = self.name_slice(step.event)
+            a, _, b = self._names.get(step.event, (0, 0, 0))
             cut: slice | np.ndarray = slice(a, b)
             size = b - a
         else:
@@ -123,15 +141,18 @@ class _Day:
             mask &= _path_hits(self.dictionary("url_path"), step.path)[self.array("url_path")[cut]]
         if not include_bots:
             mask &= self.array("is_bot")[cut] == 0
-        names = [None if v == _NULL else v for v in self.dictionary("app_id").to_pylist()]
-        ok_app = np.array(
-            [(apps is None or v in apps) and (app is None or v == app) for v in names], dtype=bool
-        )
         if not ok_app.all():
             mask &= ok_app[self.array("app_id")[cut]]
         hits = np.flatnonzero(mask)
         rows = (cut.start + hits if isinstance(cut, slice) else cut[hits]).astype(np.int32)
+        if include_bots and isinstance(cut, slice):
+            # An entity's bot and non-bot rows of a name are in two runs: order them by entity.
+            ent, ts, eid = self.array("ent"), self.array("ts"), self.array("eid")
+            rows = rows[np.lexsort((eid[rows], ts[rows], ent[rows]))]
         found = _Rows(rows, rows[self.dup[rows]], self.array("ent")[rows], self.array("ts")[rows])
+        return self._keep(key, found)
+
+    def _keep(self, key: tuple[Any, ...], found: _Rows) -> _Rows:
         if len(self._steps) >= _STEPS_KEPT:
             self._steps.pop(next(iter(self._steps)), None)  # the oldest
         self._steps[key] = found
@@ -140,10 +161,6 @@ class _Day:
     def forget_steps(self) -> None:
         """Drop the remembered step rows (their ``dup`` subsets are out of date)."""
         self._steps = {}
-
-    def name_slice(self, event: str) -> tuple[int, int]:
-        """The rows ``[start, end)`` of event name ``event``."""
-        return self._names.get(event, (0, 0))
 
     def path_rows(self, pattern: str) -> np.ndarray:
         """The rows whose path matches ``pattern``, in (entity, time, event id) order."""
@@ -299,12 +316,13 @@ class FunnelIndex:
                         )
                         next_no += 1
                 table = _narrow_codes(pa.concat_tables(pieces).unify_dictionaries().combine_chunks())
-                # By name, then entity, time and event id: a step's rows are one slice, in order.
+                # By name, bot or not, entity, time and event id: a step's rows are one slice, in order.
                 order = np.lexsort(
                     (
                         _column(table, "eid"),
                         _column(table, "ts"),
                         _column(table, "ent"),
+                        _column(table, "is_bot"),
                         _coded(table, "event_name")[0],
                     )
                 )
