@@ -39,19 +39,7 @@ def both(
         duckdb_only = decode(lines, mode, options, NOW_US)  # type: ignore[arg-type]
     fallback = 0
     if lines.num_rows:
-        line = lines.column("line")
-        flags = decode_module._cdecode.decode_lines(
-            line.buffers()[2],
-            line.buffers()[1],
-            line.offset,
-            len(line),
-            mode == "spool",
-            options.max_event_bytes,
-            options.max_request_bytes,
-            NOW_US,
-            int(options.max_future_s * 1_000_000),
-            int(options.max_age_days * 86_400_000_000),
-        )[0]
+        flags = decode_module.compiled_scan(lines, mode, options, NOW_US)[0]  # type: ignore[arg-type]
         fallback = int(np.frombuffer(flags, dtype=np.uint8).sum())
     return compiled, duckdb_only, fallback
 

@@ -8,10 +8,12 @@ computes per unique value (user agent, IP, URL) rather than per row.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import duckdb
 import pyarrow as pa
 
 from clicklake.events.schema import Column
@@ -39,6 +41,18 @@ class Step:
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         return self.fn(batch)
+
+
+_local = threading.local()
+
+
+def thread_connection() -> duckdb.DuckDBPyConnection:
+    """This thread's DuckDB connection for the steps' SQL over Arrow batches (one thread each:
+    the engine runs steps on several threads at once)."""
+    con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
+    if con is None:
+        con = _local.con = duckdb.connect(config={"threads": 1})
+    return con
 
 
 def append_columns(batch: pa.RecordBatch, columns: dict[str, pa.Array]) -> pa.RecordBatch:

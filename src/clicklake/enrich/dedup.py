@@ -17,7 +17,6 @@ the same order and gets the same verdict.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 
 import duckdb
@@ -25,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.enrich.base import Step, append_columns
+from clicklake.enrich.base import Step, append_columns, thread_connection
 from clicklake.events.schema import Column
 
 log = logging.getLogger("clicklake.enrich.dedup")
@@ -157,22 +156,7 @@ def keys(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> tuple[pa.Arra
 def fingerprints(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> pa.Array:
     """The ``event_fingerprint`` of each row, exactly as :meth:`DedupState.judge` computes it
     (the Spark engine fingerprints on its workers and judges on the driver)."""
-    con.register("fp_in", pa.Table.from_batches([batch]))
-    try:
-        out = con.sql(f"SELECT {_FINGERPRINT_SQL} AS fp FROM fp_in").to_arrow_table()
-    finally:
-        con.unregister("fp_in")
-    return pc.cast(out.column("fp").combine_chunks(), pa.large_string())
-
-
-_local = threading.local()
-
-
-def _connection() -> duckdb.DuckDBPyConnection:
-    con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
-    if con is None:
-        con = _local.con = duckdb.connect(config={"threads": 1})
-    return con
+    return pc.cast(keys(batch, con)[1], pa.large_string())
 
 
 def key_step(state: DedupState) -> Step:
@@ -183,7 +167,7 @@ def key_step(state: DedupState) -> Step:
     :data:`KEY`. Rows get the same verdicts as with the step :func:`build` makes."""
 
     def mark(batch: pa.RecordBatch) -> pa.RecordBatch:
-        key, fp = keys(batch, _connection())
+        key, fp = keys(batch, thread_connection())
         return append_columns(
             batch, {FINGERPRINT.name: pc.cast(fp, pa.large_string()), KEY: pc.cast(key, pa.large_string())}
         )

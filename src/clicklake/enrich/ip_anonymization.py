@@ -15,15 +15,13 @@ Dotted-quad IPv4 addresses are recognized and truncated by Arrow regular express
 from __future__ import annotations
 
 import ipaddress
-import threading
 from collections.abc import Callable
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.enrich.base import BoundedCache, Step, append_columns
+from clicklake.enrich.base import BoundedCache, Step, append_columns, thread_connection
 
 IP_COLUMN = "user_ipaddress"
 
@@ -156,7 +154,7 @@ def _scrub_context(
     pairs = pc.dictionary_encode(pair)
     ci = pc.divide(pairs.dictionary, pa.scalar(m, pa.int64()))
     ii = pc.subtract(pairs.dictionary, pc.multiply(ci, pa.scalar(m, pa.int64())))
-    con = _connection()
+    con = thread_connection()
     con.register(
         "t",
         pa.table(
@@ -174,17 +172,6 @@ def _scrub_context(
         con.unregister("t")
     scrubbed = pc.take(result.column("c").combine_chunks().cast(context.type), pairs.indices)
     return pc.if_else(pc.is_null(pair), context, scrubbed) if pair.null_count else scrubbed
-
-
-_local = threading.local()
-
-
-def _connection() -> duckdb.DuckDBPyConnection:
-    con: duckdb.DuckDBPyConnection | None = getattr(_local, "con", None)
-    if con is None:
-        con = duckdb.connect(config={"threads": 1})
-        _local.con = con
-    return con
 
 
 def build(settings: Settings) -> Step:

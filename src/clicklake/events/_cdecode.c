@@ -115,6 +115,22 @@ static inline void skip_ws(Cur *c) {
     while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
 }
 
+/* After an object member or array element: blanks, then ',' (1: another follows) or the
+ * closing byte (0: consumed, the container ends); anything else is an error (-1). */
+static inline int next_or_close(Cur *c, uint8_t close) {
+    skip_ws(c);
+    if (c->p >= c->end) return -1;
+    if (*c->p == ',') {
+        c->p++;
+        return 1;
+    }
+    if (*c->p == close) {
+        c->p++;
+        return 0;
+    }
+    return -1;
+}
+
 static inline int hexval(uint8_t ch) {
     if (ch >= '0' && ch <= '9') return ch - '0';
     if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
@@ -492,18 +508,15 @@ static int emit_value(Cur *c, Out *o, int strip, int depth) {
             first = 0;
             if (emit_value(c, o, strip, depth + 1)) return -1;
         next:
-            skip_ws(c);
-            if (c->p >= c->end) return -1;
-            if (*c->p == ',') {
-                c->p++;
+            switch (next_or_close(c, '}')) {
+            case 1:
                 continue;
-            }
-            if (*c->p == '}') {
-                c->p++;
+            case 0:
                 if (o) out_byte(o, '}');
                 return 0;
+            default:
+                return -1;
             }
-            return -1;
         }
     }
     if (ch == '[') {
@@ -521,18 +534,15 @@ static int emit_value(Cur *c, Out *o, int strip, int depth) {
             if (o && !first) out_byte(o, ',');
             first = 0;
             if (emit_value(c, o, 0, depth + 1)) return -1;
-            skip_ws(c);
-            if (c->p >= c->end) return -1;
-            if (*c->p == ',') {
-                c->p++;
+            switch (next_or_close(c, ']')) {
+            case 1:
                 continue;
-            }
-            if (*c->p == ']') {
-                c->p++;
+            case 0:
                 if (o) out_byte(o, ']');
                 return 0;
+            default:
+                return -1;
             }
-            return -1;
         }
     }
     if (ch == '-' || (ch >= '0' && ch <= '9')) {
@@ -638,17 +648,14 @@ static int scan_fields_lazy(Cur *c, const char *const *names, const uint8_t *len
                 out[idx].esc = 'z'; /* null, not absent: see batch */
             }
         }
-        skip_ws(c);
-        if (c->p >= c->end) return -1;
-        if (*c->p == ',') {
-            c->p++;
+        switch (next_or_close(c, '}')) {
+        case 1:
             continue;
-        }
-        if (*c->p == '}') {
-            c->p++;
+        case 0:
             return 0;
+        default:
+            return -1;
         }
-        return -1;
     }
 }
 
@@ -702,18 +709,11 @@ static int emit_fields(const Span *obj, Out *o, const char *const *names, const 
                 so[idx] = vs;
                 eo[idx] = o->len;
             }
-            skip_ws(c);
-            if (c->p >= c->end) return -1;
-            if (*c->p == ',') {
-                c->p++;
-                continue;
-            }
-            if (*c->p == '}') {
-                c->p++;
-                out_byte(o, '}');
-                break;
-            }
-            return -1;
+            int more = next_or_close(c, '}');
+            if (more < 0) return -1;
+            if (more) continue;
+            out_byte(o, '}');
+            break;
         }
     }
     if (c->p != obj->e || o->oom) return -1;

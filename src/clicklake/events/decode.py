@@ -10,7 +10,7 @@ Three paths give the same rows, in source order (offset, then index in a batch):
 - the compiled decoder (``_cdecode.c``, built by ``make install``) scans each typical line once,
   with the GIL released, straight into Arrow buffers. It flags any line it is not sure of
   (failures, events without ``messageId``, odd number formats, escaped or duplicate keys, merges
-  it does not do, lines longer than one event may be, ...) and those take the exact path;
+  it does not do, lines longer than one event may be, ...) and those take the DuckDB paths below;
 - without it, DuckDB's ``read_json`` fast path, and the exact path for the lines it leaves;
 - the exact path, DuckDB's JSON functions line by line, which is the reference.
 
@@ -59,6 +59,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -826,15 +827,16 @@ _COMPILED_STRINGS = (
 _COMPILED_TIMESTAMPS = ("dvce_created_tstamp", "dvce_sent_tstamp", "collector_tstamp", "derived_tstamp")
 
 
-def _decode_compiled(
+def compiled_scan(
     lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, now_us: int
-) -> pa.Table:
-    """Typical lines through the compiled decoder, the lines it flags through the DuckDB paths."""
+) -> tuple[Any, ...]:
+    """The compiled decoder's raw output for ``lines`` (no nulls): per-line fallback flags (one
+    byte each), the row count, the string and timestamp column buffers, ``source_index`` and
+    each row's line."""
+    assert _cdecode is not None
     line = lines.column("line")
-    if line.null_count:
-        return _in_source_order(_decode_duckdb(lines, mode, options, now_us))
     _, offsets, data = line.buffers()
-    fallback, n, strings, stamps, source_index, line_idx = _cdecode.decode_lines(
+    result: tuple[Any, ...] = _cdecode.decode_lines(
         data,
         offsets,
         line.offset,
@@ -846,6 +848,16 @@ def _decode_compiled(
         int(options.max_future_s * 1_000_000),
         int(options.max_age_days * 86_400_000_000),
     )
+    return result
+
+
+def _decode_compiled(
+    lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, now_us: int
+) -> pa.Table:
+    """Typical lines through the compiled decoder, the lines it flags through the DuckDB paths."""
+    if lines.column("line").null_count:
+        return _in_source_order(_decode_duckdb(lines, mode, options, now_us))
+    fallback, n, strings, stamps, source_index, line_idx = compiled_scan(lines, mode, options, now_us)
     cols: dict[str, pa.Array] = {}
     for name, (valid, nulls, offs, chars) in zip(_COMPILED_STRINGS, strings, strict=True):
         cols[name] = pa.LargeStringArray.from_buffers(

@@ -330,11 +330,17 @@ class FunnelIndex:
                 self._days[d] = _Day(table, numbers)
             before = self._repeated
             self._track_ids(parts, rebuild=removed)
-            changed = not np.array_equal(before, self._repeated)
+            # Without removed files, ids only gain copies: the days held already need only the
+            # newly repeated ids looked up (usually a handful), not the whole set again.
+            added = None if removed else np.setdiff1d(self._repeated, before, assume_unique=True)
             for day in self._days.values():
-                if changed or len(day.dup) != day.table.num_rows:
+                if added is None or len(day.dup) != day.table.num_rows:
                     day.dup = np.isin(day.array("eid"), self._repeated)
-                    day.forget_steps()
+                elif len(added) and (hits := np.isin(day.array("eid"), added)).any():
+                    day.dup = day.dup | hits
+                else:
+                    continue
+                day.forget_steps()
             self._key = key
             return True
 
