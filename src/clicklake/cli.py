@@ -149,16 +149,30 @@ def run(
         _run_spark(settings, source, paths, once, app_id)
         return
     src = _make_source(settings, source, paths)
-    local = load_engine(engine)
-    with local.PipelineLock(settings), _progress(src.total_bytes() if once else None, "ingest") as advance:
-        pipeline = local.Pipeline(settings, src, app_id=app_id, progress=advance)
-        local.install_signal_handlers(pipeline)
-        t0 = time.monotonic()
-        try:
-            stats = pipeline.run(once=once)
-        finally:
-            if hasattr(src, "close"):
-                src.close()
+    # Files are mostly loaded once, from their start: decode the first chunks while the engine
+    # imports and opens its tables (the head start is dropped if the run resumes elsewhere).
+    head = None
+    if source == "files":
+        from clicklake.engines.head_start import HeadStart, decode_options
+
+        head = HeadStart(src, decode_options(settings, app_id))
+    try:
+        local = load_engine(engine)
+        with (
+            local.PipelineLock(settings),
+            _progress(src.total_bytes() if once else None, "ingest") as advance,
+        ):
+            pipeline = local.Pipeline(settings, src, app_id=app_id, progress=advance)
+            local.install_signal_handlers(pipeline)
+            t0 = time.monotonic()
+            try:
+                stats = pipeline.run(once=once, head_start=head)
+            finally:
+                if hasattr(src, "close"):
+                    src.close()
+    finally:
+        if head is not None:
+            head.cancel()
     _print_run_summary(stats, time.monotonic() - t0)
 
 

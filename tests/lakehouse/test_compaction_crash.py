@@ -165,14 +165,19 @@ def test_compaction_and_pipeline_under_sigkill_lose_and_double_nothing(tmp_path:
     assert len({k[0] for k in rows}) == len(rows)  # no event id twice
     answer = _sql(data_dir)
 
-    run_action(_settings(data_dir), "compact")
+    final = run_action(_settings(data_dir), "compact", ["events"])[0]
     assert _rows(data_dir) == rows
     assert _sql(data_dir) == answer
     settings = _settings(data_dir)
     table = open_catalog(settings).load_table(table_id(settings, EVENTS))
     files = _live_files(table)
     partitions = {(f.spec_id, tuple(f.partition[i] for i in range(len(f.partition)))) for f in files}
-    assert len(files) == len(partitions)
+    listing = "\n".join(
+        f"spec={f.spec_id} partition={tuple(f.partition[i] for i in range(len(f.partition)))} "
+        f"content={f.content} bytes={f.file_size_in_bytes} rows={f.record_count} {f.file_path}"
+        for f in sorted(files, key=lambda f: (f.spec_id, repr(f.partition), f.file_path))
+    )
+    assert len(files) == len(partitions), f"final compaction: {final}\nlive files:\n{listing}"
 
     # Killed compactions left files no snapshot references: orphan removal takes them (nothing
     # runs now, so a zero safety age is safe), expiry the replaced small files; every remaining

@@ -9,6 +9,7 @@ position reached; the spool deletes segments every table has passed.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import queue
@@ -28,10 +29,11 @@ import pyarrow.compute as pc
 from pyiceberg.table import Table
 
 from clicklake.config import Settings
+from clicklake.engines.head_start import HeadStart, Raw, decode_chunk, decode_options, use_jemalloc
 from clicklake.enrich.base import Step
 from clicklake.enrich.chain import build_chain, run_chain
 from clicklake.enrich.dedup import KEY, DedupState, key_step
-from clicklake.events.decode import DecodeOptions, decode, lines_of, split
+from clicklake.events.decode import split
 from clicklake.events.failures import rows_to_failures
 from clicklake.events.schema import EVENT_COLUMNS, FAILED_ARROW
 from clicklake.exceptions import ClickLakeError, StorageError
@@ -61,17 +63,6 @@ class RunStats:
     duplicates: int = 0
     commits: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
-
-
-def decode_options(settings: Settings, app_id: str | None = None) -> DecodeOptions:
-    return DecodeOptions(
-        write_keys=dict(settings.collector.write_keys),
-        default_app_id=app_id or settings.pipeline.default_app_id,
-        max_event_bytes=settings.collector.max_event_bytes,
-        max_request_bytes=settings.collector.max_request_bytes,
-        max_future_s=settings.pipeline.max_future_s,
-        max_age_days=settings.pipeline.max_age_days,
-    )
 
 
 @dataclass(frozen=True)
@@ -147,7 +138,7 @@ class Pipeline:
         self.options = decode_options(settings, app_id)
         self.progress = progress
         self.stats = RunStats()
-        _use_jemalloc()
+        use_jemalloc()
         self._stop = threading.Event()  # leave the loop (after a last pass when draining)
         self._halt = threading.Event()  # leave it now, after the current chunk
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicklake-commit")
@@ -208,10 +199,18 @@ class Pipeline:
     def resume_position(self) -> Position:
         return min_position(s.checkpoint for s in self.sinks.values())
 
-    def run(self, once: bool = False, poll_s: float = 0.2) -> RunStats:
-        """Process the source; with ``once``, up to what is readable now, then commit and return."""
+    def run(self, once: bool = False, poll_s: float = 0.2, head_start: HeadStart | None = None) -> RunStats:
+        """Process the source; with ``once``, up to what is readable now, then commit and return.
+
+        ``head_start``: chunks decoded while the process started, taken when the run resumes at
+        the start of the source (see :mod:`clicklake.engines.head_start`).
+        """
         cfg = self.settings.pipeline
         position = self.resume_position()
+        head: list[Raw] = []
+        read_from = position
+        if head_start is not None:
+            head, read_from = head_start.take(position)
         self._rebuild_dedup_window()
         log.info(
             "event=start source=%s pipeline=%s resume=%s", self.source.name, cfg.pipeline_id, _short(position)
@@ -221,7 +220,7 @@ class Pipeline:
         workers = DECODE_WORKERS
         decoders = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clicklake-decode")
         try:
-            self._loop(position, decoders, workers, once, poll_s)
+            self._loop(position, decoders, workers, once, poll_s, head, read_from)
         finally:
             decoders.shutdown(wait=True, cancel_futures=True)
         log.info(
@@ -234,15 +233,24 @@ class Pipeline:
         return self.stats
 
     def _loop(
-        self, position: Position, decoders: ThreadPoolExecutor, workers: int, once: bool, poll_s: float
+        self,
+        position: Position,
+        decoders: ThreadPoolExecutor,
+        workers: int,
+        once: bool,
+        poll_s: float,
+        head: list[Raw],
+        read_from: Position,
     ) -> None:
         cfg = self.settings.pipeline
         last_commit = time.monotonic()
         while True:
             stopping = self._stop.is_set()  # a pass that starts after the stop is the last
-            decoded = _prefetched(
-                self.source.chunks(position), self._decode_chunk, self._halt, decoders, ahead=workers
-            )
+            # The first pass starts with the head start's chunks (already decoded) and reads on
+            # after them; later passes read on from the position reached.
+            items: Iterator[Chunk | Raw] = itertools.chain(head, self.source.chunks(read_from))
+            head, read_from = [], position
+            decoded = _prefetched(items, self._decode_chunk, self._halt, decoders, ahead=workers)
             for chunk in decoded:
                 self._process(chunk)
                 position[chunk.stream] = chunk.end
@@ -261,21 +269,19 @@ class Pipeline:
                 self._stop.wait(poll_s)
         self._commit(position, wait=True)
 
-    def _decode_chunk(self, chunk: Chunk) -> _Decoded:
-        """Split, decode and enrich one chunk, on a decode worker: DuckDB and most of Arrow run
-        without the GIL, so two chunks are decoded and enriched at once while this thread judges
-        and buffers the one before."""
-        lines, bad_utf8 = lines_of(chunk)
-        decoded = decode(lines, chunk.envelope, self.options, int(time.time() * 1_000_000))
-        if bad_utf8 is not None:
-            decoded = pa.concat_tables([decoded, bad_utf8])
+    def _decode_chunk(self, item: Chunk | Raw) -> _Decoded:
+        """Decode (unless the head start did), split and enrich one chunk, on a decode worker:
+        the decoder, DuckDB and most of Arrow run without the GIL, so two chunks are decoded and
+        enriched at once while this thread judges and buffers the one before."""
+        raw = item if isinstance(item, Raw) else decode_chunk(item, self.options)
+        decoded = raw.decoded
         good, bad = split(decoded)
         if self._worker_steps and good.num_rows:
             good, enrich_failed = self._enrich(good)
             if enrich_failed.num_rows:
                 bad = pa.concat_tables([bad, enrich_failed])
         # The chunk's bytes are not kept: decoded rows waiting their turn hold only their own.
-        return _Decoded(chunk.stream, chunk.end, len(chunk.data), decoded.num_rows, good, bad)
+        return _Decoded(raw.stream, raw.end, raw.nbytes, decoded.num_rows, good, bad)
 
     def _enrich(self, good: pa.Table) -> tuple[pa.Table, pa.Table]:
         """Run the chain (dedup's verdict excepted); failed batches become failures."""
@@ -398,20 +404,6 @@ class Pipeline:
         if self._inflight is not None:
             inflight, self._inflight = self._inflight, None
             inflight.result()
-
-
-def _use_jemalloc() -> None:
-    """Make jemalloc Arrow's allocator for this process, unless ``ARROW_DEFAULT_MEMORY_POOL``
-    chose one. Every chunk allocates and frees a few hundred MB of Arrow buffers from several
-    threads at once; at 1M events jemalloc (which returns freed pages after a decay) peaked
-    ~100 MB lower than mimalloc and spent less CPU."""
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        return
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:  # a pyarrow built without it
-        return
-    pa.set_memory_pool(pool)
 
 
 def _for_workers(step: Step) -> Step:

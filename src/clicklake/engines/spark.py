@@ -60,7 +60,8 @@ try:
 except ImportError as exc:  # pragma: no cover - the registry reports the missing extra
     raise ImportError(f"pyspark is not installed: {exc}") from exc
 
-from clicklake.engines.local import RunStats, decode_options
+from clicklake.engines.head_start import decode_options
+from clicklake.engines.local import RunStats
 from clicklake.engines.spark_session import spark_session, table_name
 
 log = logging.getLogger("clicklake.spark")
