@@ -342,3 +342,37 @@ def test_demo_refuses_more_days_than_validation_accepts(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "pipeline.max_age_days" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "d" / "spool").exists()
+
+
+@pytest.mark.parametrize("command", ["status", "run"])
+def test_garbage_collection_is_back_on_once_a_command_is_set_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """The process entry loads modules with collection off; every command switches it back on
+    (`run` once its engine is set up, before the long loop)."""
+    import gc
+
+    from click.testing import CliRunner
+
+    from clicklake.cli import cli
+    from clicklake.engines import local
+
+    seen: list[bool] = []
+    real_run = local.Pipeline.run
+
+    def run(self: local.Pipeline, *args: object, **kwargs: object) -> local.RunStats:
+        seen.append(gc.isenabled())
+        return real_run(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local.Pipeline, "run", run)
+    args = ["--data-dir", str(tmp_path / "data"), command]
+    if command == "run":
+        args += ["--source", "files", "--once", str(write_events(tmp_path / "e.ndjson", 5))]
+    gc.disable()
+    try:
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert gc.isenabled()
+        assert seen == ([True] if command == "run" else [])
+    finally:
+        gc.enable()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
@@ -84,6 +85,10 @@ def cli(ctx: click.Context, config: str | None, data_dir: str | None, log_level:
     """
     logs.configure(log_level)
     ctx.obj = _Ctx(config, data_dir)
+    if ctx.invoked_subcommand != "run":
+        # The process entry loads modules with garbage collection off (clicklake.__main__);
+        # `run` switches it back on once its engine is set up, every other command now.
+        gc.enable()
 
 
 @contextmanager
@@ -146,6 +151,7 @@ def run(
 
     settings = obj.settings(pipeline={"commit_interval_s": commit_interval})
     if engine == "spark":
+        gc.enable()
         _run_spark(settings, source, paths, once, app_id)
         return
     src = _make_source(settings, source, paths)
@@ -162,7 +168,10 @@ def run(
             local.PipelineLock(settings),
             _progress(src.total_bytes() if once else None, "ingest") as advance,
         ):
-            pipeline = local.Pipeline(settings, src, app_id=app_id, progress=advance)
+            try:
+                pipeline = local.Pipeline(settings, src, app_id=app_id, progress=advance)
+            finally:
+                gc.enable()  # set up (see clicklake.__main__)
             local.install_signal_handlers(pipeline)
             t0 = time.monotonic()
             try:
