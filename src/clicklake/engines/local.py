@@ -144,6 +144,8 @@ class Pipeline:
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicklake-commit")
         self._inflight: Future[None] | None = None
         self._rounds = 0
+        self._started_at = time.monotonic()
+        self._committed_at: dict[str, float] = {}  # sink name -> when its last commit was sent
         catalog = open_catalog(settings)
         tables = ensure_tables(catalog, settings, ingest_tables(settings))
         self.steps = build_chain(settings)
@@ -359,7 +361,14 @@ class Pipeline:
         """
         self._wait_commit()
         position = self.source.prune(position)
-        jobs = [(sink, sink.detach()) for sink in self.sinks.values() if sink.needs_commit(position)]
+        now = time.monotonic()
+        jobs = [
+            (sink, sink.detach())
+            for sink in self.sinks.values()
+            if self._commits_now(sink, position, now, wait)
+        ]
+        for sink, _ in jobs:
+            self._committed_at[sink.name] = now
         if jobs:
             self.stats.commits += len(jobs)
             self._inflight = self._committer.submit(self._commit_jobs, jobs, dict(position))
@@ -370,6 +379,20 @@ class Pipeline:
                 self._build_models()
         if wait:
             self._wait_commit()
+
+    def _commits_now(self, sink: TableSink, position: Position, now: float, final: bool) -> bool:
+        """Whether ``sink`` commits in this round. With rows, always. With only a newer
+        position (mostly ``failed_events`` while every event is good), at the end of a pass,
+        or once its last commit is ``commit_interval_s`` old: such a snapshot only moves the
+        position, and rounds come as often as the buffers fill (several a second in a backfill).
+        A table whose position lags reads a little again after a crash and skips what it holds,
+        as every table does, and the spool keeps a segment that much longer."""
+        if not sink.needs_commit(position):
+            return False
+        if sink.pending_rows or final:
+            return True
+        last = self._committed_at.get(sink.name, self._started_at)
+        return now - last >= self.settings.pipeline.commit_interval_s
 
     def _build_models(self) -> None:
         from clicklake.models.runner import build_models
