@@ -2,8 +2,8 @@
 
 PyIceberg's own writer filters the whole table once per partition value; a micro-batch of a
 week of events touches ~100 partitions (days x user buckets), so that is ~100 scans. Here the
-partition values are computed once with the table's own transforms, the rows are sorted by
-them once, and each partition is a zero-copy slice of the sorted table.
+partition values are computed once with the table's own transforms, each batch's rows are
+sorted by them once, and each partition's file is made of zero-copy slices of the sorted batches.
 
 The files are written with PyIceberg's own pieces (schema projection with field ids, writer
 options, column statistics), but what does not depend on the file is done once per call, not
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -80,30 +81,43 @@ def write_data_files(table: Table, df: pa.Table, target_bytes: int | None = None
         ]
         return list(ExecutorFactory.get_or_create().map(write_file, tasks))
 
-    keys = []
-    for field in spec.fields:
-        source = schema.find_field(field.source_id)
-        keys.append(field.transform.pyarrow_transform(source.field_type)(df.column(source.name)))
-    order = pc.sort_indices(
-        pa.table({f"k{i}": k for i, k in enumerate(keys)}),
-        sort_keys=[(f"k{i}", "ascending") for i in range(len(keys))],
-    )
-    df = _project(table, _take(df, order), task_schema)
-    sorted_keys = [pc.take(k, order) for k in keys]
-    starts = _run_starts(sorted_keys)
-    ends = [*starts[1:], df.num_rows]
+    # Each batch (mostly one decoded chunk) is sorted by partition on its own and projected to
+    # the file schema once; a partition's rows are then its slice of each sorted batch, in batch
+    # order: the same rows in the same order as one stable sort of the whole table, without first
+    # copying every column into one chunk, and each take stays within one batch (a third less
+    # CPU than one take over the whole commit).
+    sources = [schema.find_field(field.source_id) for field in spec.fields]
+    parts: dict[tuple[Any, ...], list[pa.RecordBatch]] = {}
+    for batch in df.to_batches():
+        if batch.num_rows == 0:
+            continue
+        keys = [
+            field.transform.pyarrow_transform(source.field_type)(batch.column(source.name))
+            for field, source in zip(spec.fields, sources, strict=True)
+        ]
+        order = pc.sort_indices(
+            pa.table({f"k{i}": k for i, k in enumerate(keys)}),
+            sort_keys=[(f"k{i}", "ascending") for i in range(len(keys))],
+        )
+        projected = _project(table, pa.Table.from_batches([batch.take(order)]), task_schema)
+        sorted_batch = projected.combine_chunks().to_batches()[0] if projected.num_rows else None
+        if sorted_batch is None:
+            continue
+        sorted_keys = [pc.take(k, order) for k in keys]
+        starts = _run_starts(sorted_keys)
+        for start, end in zip(starts, [*starts[1:], batch.num_rows], strict=True):
+            value = tuple(k[start].as_py() for k in sorted_keys)
+            parts.setdefault(value, []).append(sorted_batch.slice(start, end - start))
     tasks = []
-    for start, end in zip(starts, ends, strict=True):
+    for value in sorted(parts, key=_nulls_last):
         key = PartitionKey(
             field_values=[
-                PartitionFieldValue(field=field, value=k[start].as_py())
-                for field, k in zip(spec.fields, sorted_keys, strict=True)
+                PartitionFieldValue(field=field, value=v) for field, v in zip(spec.fields, value, strict=True)
             ],
             partition_spec=spec,
             schema=schema,
         )
-        part = df.slice(start, end - start)
-        for batches in bin_pack_arrow_table(part, target):
+        for batches in bin_pack_arrow_table(pa.Table.from_batches(parts[value]), target):
             tasks.append(
                 WriteTask(
                     write_uuid=write_uuid,
@@ -116,14 +130,9 @@ def write_data_files(table: Table, df: pa.Table, target_bytes: int | None = None
     return list(ExecutorFactory.get_or_create().map(write_file, tasks))
 
 
-def _take(df: pa.Table, order: pa.Array) -> pa.Table:
-    """``df.take(order)``, one column at a time, each combined into one chunk first: a take over
-    a contiguous column costs two thirds of one over the many chunks a commit's micro-batches
-    leave, and only one column is ever held twice."""
-    return pa.table(
-        [pc.take(col.combine_chunks() if col.num_chunks > 1 else col, order) for col in df.columns],
-        schema=df.schema,
-    )
+def _nulls_last(value: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
+    """Sort key of a partition value: ascending, nulls after values (as Arrow sorts)."""
+    return tuple((v is None, v if v is not None else 0) for v in value)
 
 
 def _file_schema(table: Table) -> Schema:
