@@ -88,6 +88,7 @@ def write_data_files(table: Table, df: pa.Table, target_bytes: int | None = None
     # CPU than one take over the whole commit).
     sources = [schema.find_field(field.source_id) for field in spec.fields]
     parts: dict[tuple[Any, ...], list[pa.RecordBatch]] = {}
+    part_bytes: dict[tuple[Any, ...], float] = {}  # estimated from each batch's bytes per row
     for batch in df.to_batches():
         if batch.num_rows == 0:
             continue
@@ -105,9 +106,11 @@ def write_data_files(table: Table, df: pa.Table, target_bytes: int | None = None
             continue
         sorted_keys = [pc.take(k, order) for k in keys]
         starts = _run_starts(sorted_keys)
+        row_bytes = sorted_batch.nbytes / sorted_batch.num_rows
         for start, end in zip(starts, [*starts[1:], batch.num_rows], strict=True):
             value = tuple(k[start].as_py() for k in sorted_keys)
             parts.setdefault(value, []).append(sorted_batch.slice(start, end - start))
+            part_bytes[value] = part_bytes.get(value, 0.0) + (end - start) * row_bytes
     tasks = []
     for value in sorted(parts, key=_nulls_last):
         key = PartitionKey(
@@ -117,7 +120,14 @@ def write_data_files(table: Table, df: pa.Table, target_bytes: int | None = None
             partition_spec=spec,
             schema=schema,
         )
-        for batches in bin_pack_arrow_table(pa.Table.from_batches(parts[value]), target):
+        # One file unless the partition is over the target (the size of a sliced batch costs a
+        # pass over it: the estimate spares one per slice, and the target is a proxy anyway).
+        groups = (
+            [parts[value]]
+            if part_bytes[value] <= target
+            else bin_pack_arrow_table(pa.Table.from_batches(parts[value]), target)
+        )
+        for batches in groups:
             tasks.append(
                 WriteTask(
                     write_uuid=write_uuid,
