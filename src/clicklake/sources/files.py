@@ -16,6 +16,7 @@ from typing import BinaryIO
 from clicklake.exceptions import InputError
 from clicklake.sources.base import Chunk
 
+_TAIL = 64 * 1024  # bytes read past a chunk at a time to find where its last line ends
 SUFFIXES = (".ndjson", ".jsonl", ".json", ".ndjson.gz", ".jsonl.gz", ".json.gz", ".gz")
 
 
@@ -51,9 +52,10 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
 
 def _open(path: Path) -> BinaryIO:
     try:
-        f: BinaryIO = path.open("rb")
         if path.name.endswith(".gz"):
-            return gzip.GzipFile(fileobj=f)  # type: ignore[return-value]
+            # gzip.open owns the file: a GzipFile over a file object leaves it open on close.
+            return gzip.open(path, "rb")  # type: ignore[return-value]
+        f: BinaryIO = path.open("rb")
         return f
     except OSError as exc:
         raise InputError(f"cannot open input file {path}: {exc}") from exc
@@ -88,11 +90,10 @@ class FilesSource:
                 raise InputError(f"cannot read input file {path}: {exc}") from exc
 
     def _read(self, f: BinaryIO, stream: str, offset: int) -> Iterator[Chunk]:
-        if offset:
-            if isinstance(f, gzip.GzipFile):
-                _skip(f, offset)
-            else:
-                f.seek(offset)
+        if not isinstance(f, gzip.GzipFile):
+            yield from self._pread(f.fileno(), stream, offset)
+            return
+        _skip(f, offset)
         while True:
             buf = f.read(self.chunk_bytes)
             if not buf:
@@ -103,6 +104,33 @@ class FilesSource:
                 buf += f.readline()
             yield Chunk(stream, offset, buf, "segment")
             offset += len(buf)
+        self._sizes[stream] = offset
+
+    def _pread(self, fd: int, stream: str, offset: int) -> Iterator[Chunk]:
+        """Chunks of a plain file, each read with one ``pread`` of exactly its whole lines: the
+        end of the last line is found first in a small read past the chunk, so the chunk's bytes
+        are never copied again to complete it."""
+        while True:
+            # Where the chunk's last line ends: from its last byte on (already a newline, or the
+            # newline after it), as reading chunk_bytes and then the rest of the line would.
+            size = self.chunk_bytes
+            while True:
+                tail = os.pread(fd, _TAIL, offset + size - 1)
+                newline = tail.find(b"\n")
+                if newline >= 0:
+                    size += newline
+                    break
+                if len(tail) < _TAIL:  # the end of the file: the last line lacks its newline
+                    size += max(len(tail) - 1, 0)
+                    break
+                size += _TAIL - 1
+            buf = os.pread(fd, size, offset)
+            if not buf:
+                break
+            yield Chunk(stream, offset, buf, "segment")
+            offset += len(buf)
+            if len(buf) < size:  # the file ended (or shrank) inside this read
+                break
         self._sizes[stream] = offset
 
     def total_bytes(self) -> int | None:
