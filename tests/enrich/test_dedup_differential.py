@@ -16,6 +16,7 @@ import pytest
 
 from clicklake.enrich import dedup
 from clicklake.enrich.dedup import DedupState
+from clicklake.events.schema import EVENTS_ARROW
 
 HOUR_US = 3_600_000_000
 T0 = 1_700_000_000_000_000
@@ -179,3 +180,25 @@ def test_runs_stay_few_as_the_window_grows() -> None:
     assert len(st._runs) <= 7
     sizes = [len(r) for r in st._runs]
     assert all(a >= 2 * b for a, b in itertools.pairwise(sizes))
+
+
+def test_keys_and_fingerprints_are_what_the_sql_gave() -> None:
+    """The key joined and the fingerprint formatted outside DuckDB are the strings the SQL
+    (``app_id || chr(31) || event_id``, ``printf('%016x', hash(...))``) made, NULLs included."""
+    rng = random.Random(7)
+    n = 400
+    cols = {f.name: pa.nulls(n, f.type) for f in EVENTS_ARROW}
+    cols["app_id"] = pa.array([None if i % 17 == 0 else f"app{i % 3}" for i in range(n)], pa.large_string())
+    cols["event_id"] = pa.array([None if i % 13 == 0 else f"id{i}" for i in range(n)], pa.large_string())
+    cols["properties"] = pa.array([f'{{"v": {rng.random()}}}' for _ in range(n)], pa.large_string())
+    cols["collector_tstamp"] = _stamps([T0 + i for i in range(n)])
+    batch = pa.RecordBatch.from_pydict(cols, schema=EVENTS_ARROW)
+    con = duckdb.connect()
+    con.register("fp_in", pa.Table.from_batches([batch]))
+    expected = con.sql(
+        f"SELECT app_id || chr(31) || event_id AS k, printf('%016x', {dedup._FINGERPRINT_SQL}) AS fp FROM fp_in"
+    ).to_arrow_table()
+    key, fp = dedup.keys(batch, con)
+    assert key.to_pylist() == expected.column("k").to_pylist()
+    assert fp.to_pylist() == expected.column("fp").to_pylist()
+    assert any(v.startswith("0") for v in fp.to_pylist())  # leading zeros kept

@@ -8,14 +8,16 @@ latter is not dropped silently but marked ``duplicate_id_conflict`` and goes to
 ``failed_events``.
 
 The window is in memory: a few runs of remembered ids, each sorted by a 64-bit hash of the key
-(``app_id``, ``event_id``) with the id's first collector time, its key and its fingerprint
-alongside. A batch is judged by binary search of its distinct keys' hashes in each run, so its
-cost grows with the batch and the log of the window, not with the window; a hash match is only a
-candidate, confirmed by comparing the real keys, so a collision never makes a false ``dup``. New
-ids go in as a run of their own; neighbouring runs merge while one is less than twice the next
-(at most log2(ids) runs; an id is copied O(log ids) times over its life). Memory is what the
-window remembers: 16 bytes (hash, time) + 8 + the key's length + 8 + 16 (fingerprint) per id,
-about 100 bytes for UUID ids, so 1M ids take ~100 MB (and twice the largest run during a merge).
+(``app_id``, ``event_id``) with the id's first collector time and where its key and fingerprint
+are stored (appended a batch at a time, never moved by a merge). A batch is judged by binary
+search of its distinct keys' hashes in each run, so its cost grows with the batch and the log of
+the window, not with the window; a hash match is only a candidate, confirmed by comparing the
+real keys, so a collision never makes a false ``dup``. New ids go in as a run of their own;
+neighbouring runs merge while one is less than twice the next (at most log2(ids) runs; an id's
+24 bytes are copied O(log ids) times over its life). Memory is what the window remembers:
+24 bytes (hash, time, place) + 8 + the key's length + 8 + 16 (fingerprint) per id, about 100
+bytes for UUID ids, so 1M ids take ~100 MB; the keys of forgotten ids are dropped when they
+outnumber the remembered ones (so at most twice that, between two sweeps).
 Ids older than the window are forgotten every :data:`EXPIRE_EVERY` batches, counted in event
 time: back from the newest collector time seen, so a backfill of old data dedups like live
 traffic. The window is rebuilt from ``events`` when the pipeline starts, so it holds exactly
@@ -52,56 +54,51 @@ _NO_TS = np.iinfo(np.int64).max
 # What a resend changes: when it was sent and received, and from where. Everything else a
 # client sent is the same in a true resend.
 # A 64-bit hash is plenty: fingerprints are only ever compared between events with the same id.
-_FINGERPRINT_SQL = """printf('%016x', hash(app_id, event_id, event_type, event_name, user_id, anonymous_id,
+# Written as 16 lower-case hex digits (what ``printf('%016x', ...)`` gives), formatted in numpy.
+_FINGERPRINT_SQL = """hash(app_id, event_id, event_type, event_name, user_id, anonymous_id,
     session_id, group_id, previous_id, dvce_created_tstamp, page_url, page_referrer,
-    page_title, properties, traits, context))"""
+    page_title, properties, traits, context)"""
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 
 
 @dataclass
 class _Run:
-    """Remembered ids sorted by key hash, with what judging needs, row-aligned."""
+    """Remembered ids sorted by key hash: numbers only, so merging runs moves 24 bytes an id."""
 
     h: np.ndarray[Any, np.dtype[np.uint64]]  # hash of the key, ascending
     ts: np.ndarray[Any, np.dtype[np.int64]]  # first collector time, µs (_NO_TS when unknown)
-    key: pa.Array  # large_string, the real key: a hash match is only a candidate
-    fp: pa.Array  # large_string, NULL for rows committed before fingerprints existed
+    ref: np.ndarray[Any, np.dtype[np.int64]]  # where the key and fingerprint are stored
 
     def __len__(self) -> int:
         return len(self.h)
 
     @classmethod
-    def of(cls, h: np.ndarray[Any, Any], ts: np.ndarray[Any, Any], key: pa.Array, fp: pa.Array) -> _Run:
+    def of(cls, h: np.ndarray[Any, Any], ts: np.ndarray[Any, Any], ref: np.ndarray[Any, Any]) -> _Run:
         order = np.argsort(h, kind="stable")
-        taken = pa.array(order)
-        return cls(h[order], ts[order], key.take(taken), fp.take(taken))
+        return cls(h[order], ts[order], ref[order])
 
     def merged(self, other: _Run) -> _Run:
         """Both runs as one, in hash order: a linear merge, ``other``'s ids placed after
         ``self``'s equal hashes."""
         n = len(self) + len(other)
         slots = np.searchsorted(self.h, other.h, side="right") + np.arange(len(other))
-        from_other = np.zeros(n, dtype=bool)
-        from_other[slots] = True
-        order = np.empty(n, dtype=np.int64)
-        order[~from_other] = np.arange(len(self))
-        order[slots] = np.arange(len(self), n)
-        taken = pa.array(order)
-        return _Run(
-            np.concatenate([self.h, other.h])[order],
-            np.concatenate([self.ts, other.ts])[order],
-            pa.concat_arrays([self.key, other.key]).take(taken),
-            pa.concat_arrays([self.fp, other.fp]).take(taken),
-        )
+        mine = np.ones(n, dtype=bool)
+        mine[slots] = False
+        out = _Run(np.empty(n, np.uint64), np.empty(n, np.int64), np.empty(n, np.int64))
+        for name in ("h", "ts", "ref"):
+            merged = getattr(out, name)
+            merged[mine] = getattr(self, name)
+            merged[slots] = getattr(other, name)
+        return out
 
     def kept(self, keep: np.ndarray[Any, np.dtype[np.bool_]]) -> _Run:
-        mask = pa.array(keep)
-        return _Run(self.h[keep], self.ts[keep], self.key.filter(mask), self.fp.filter(mask))
+        return _Run(self.h[keep], self.ts[keep], self.ref[keep])
 
 
 @dataclass
 class DedupState:
-    """The ids seen within the window: a few sorted runs of (key hash, seen time, key,
-    fingerprint), probed with binary search and merged as they grow (a log-structured set)."""
+    """The ids seen within the window: a few sorted runs of (key hash, seen time, place of key
+    and fingerprint), probed with binary search and merged as they grow (a log-structured set)."""
 
     window_us: int
     con: duckdb.DuckDBPyConnection
@@ -112,6 +109,11 @@ class DedupState:
     # Each run is at least twice the size of the next one, so there are at most log2(ids) runs
     # and an id is copied O(log ids) times over its life. A key is in at most one run.
     _runs: list[_Run] = field(default_factory=list)
+    # Keys and fingerprints (large_string), appended a batch at a time and never moved but by a
+    # rebuild: an id's ``ref`` is its place, counted across segments from ``_bases``.
+    _segments: list[tuple[pa.Array, pa.Array]] = field(default_factory=list)
+    _bases: list[int] = field(default_factory=list)
+    _stored: int = 0  # entries in the segments, expired ones included until a rebuild
 
     @classmethod
     def empty(cls, window_hours: float) -> DedupState:
@@ -190,32 +192,32 @@ class DedupState:
         h = _key_hash(self.con, distinct)
         found, seen_fp = self._probe(distinct, h)
 
-        taken = pa.array(at)
         seen_r = valid & found[at]
-        seen_fp_r = seen_fp.take(taken)
-        same_as_seen = _true(pc.equal(fp, seen_fp_r)) | (seen_r & _true(pc.is_null(seen_fp_r)))
-        same_as_first = _true(pc.equal(fp, fp.take(pa.array(first[at]))))
-        code = np.where(
-            seen_r,
-            np.where(same_as_seen, _DUP, _CONFLICT),
-            np.where(is_first | ~valid, _NEW, np.where(same_as_first, _DUP, _CONFLICT)),
-        )
+        repeat = valid & ~is_first
+        code = np.full(n, _NEW, dtype=np.int8)
+        # Resends are rare: fingerprints are compared only when some row is seen or repeated.
+        if seen_r.any():
+            seen_fp_r = seen_fp.take(pa.array(at))
+            same = _true(pc.equal(fp, seen_fp_r)) | _true(pc.is_null(seen_fp_r))
+            code[seen_r] = np.where(same[seen_r], _DUP, _CONFLICT)
+        later = repeat & ~seen_r
+        if later.any():
+            same = _true(pc.equal(fp, fp.take(pa.array(first[at]))))
+            code[later] = np.where(same[later], _DUP, _CONFLICT)
         fresh = np.flatnonzero(is_first & ~seen_r)
         if len(fresh):
             ts = _epoch_us(collector_tstamp)
             picked = pa.array(fresh)
             self._remember(h[idx[fresh]], ts[fresh], key.take(picked), fp.take(picked))
-        return _VERDICTS.take(pa.array(code.astype(np.int8)))
+        return _VERDICTS.take(pa.array(code))
 
     def _probe(
         self, key: pa.Array, h: np.ndarray[Any, np.dtype[np.uint64]]
     ) -> tuple[np.ndarray[Any, np.dtype[np.bool_]], pa.Array]:
         """For distinct ``key`` (hashed ``h``): whether each is remembered, and its remembered
         fingerprint (NULL when not remembered or remembered without one)."""
-        found = np.zeros(len(key), dtype=bool)
-        parts: list[pa.Array] = []
-        where = np.full(len(key), -1, dtype=np.int64)  # into the concatenation of parts
-        offset = 0
+        cand_q: list[np.ndarray[Any, Any]] = []
+        cand_ref: list[np.ndarray[Any, Any]] = []
         # Searched in hash order, each search starts near the last one (cache-friendly).
         order = np.argsort(h)
         sorted_h = h[order]
@@ -223,38 +225,45 @@ class DedupState:
             lo = np.empty(len(h), dtype=np.int64)
             lo[order] = np.searchsorted(run.h, sorted_h, side="left")
             last = len(run) - 1
-            hit = (lo <= last) & (run.h[np.minimum(lo, last)] == h) & ~found
-            if not hit.any():
+            q = np.flatnonzero((lo <= last) & (run.h[np.minimum(lo, last)] == h))
+            if not len(q):
                 continue
-            more = hit & (lo < last) & (run.h[np.minimum(lo + 1, last)] == h)
-            hit_q: list[np.ndarray[Any, Any]] = []
-            hit_p: list[np.ndarray[Any, Any]] = []
-            one = np.flatnonzero(hit & ~more)
-            if len(one):
-                same = _true(pc.equal(run.key.take(pa.array(lo[one])), key.take(pa.array(one))))
-                hit_q.append(one[same])
-                hit_p.append(lo[one][same])
-            # Several remembered keys share this hash (a 64-bit collision): compare each.
-            for q in np.flatnonzero(more):
-                wanted = key[int(q)].as_py()
-                p = int(lo[q])
-                while p <= last and run.h[p] == h[q]:
-                    if run.key[p].as_py() == wanted:
-                        hit_q.append(np.array([q]))
-                        hit_p.append(np.array([p]))
-                        break
-                    p += 1
-            if not hit_q:
-                continue
-            q_all, p_all = np.concatenate(hit_q), np.concatenate(hit_p)
-            if not len(q_all):
-                continue
-            found[q_all] = True
-            where[q_all] = offset + np.arange(len(q_all))
-            parts.append(run.fp.take(pa.array(p_all)))
-            offset += len(q_all)
-        fps = pa.concat_arrays(parts) if parts else pa.array([], pa.large_string())
-        return found, fps.take(pa.array(where, mask=where < 0))
+            # Every remembered id with that hash is a candidate (several: a 64-bit collision).
+            start = lo[q]
+            count = np.searchsorted(run.h, h[q], side="right") - start
+            within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+            cand_q.append(np.repeat(q, count))
+            cand_ref.append(run.ref[np.repeat(start, count) + within])
+        found = np.zeros(len(key), dtype=bool)
+        if not cand_q:
+            return found, pa.nulls(len(key), pa.large_string())
+        qs, refs = np.concatenate(cand_q), np.concatenate(cand_ref)
+        stored_key, stored_fp = self._gather(refs)
+        # Keys are unique in the window: at most one candidate of a key is the key itself.
+        same = _true(pc.equal(stored_key, key.take(pa.array(qs))))
+        hits = qs[same]
+        found[hits] = True
+        where = np.full(len(key), -1, dtype=np.int64)
+        where[hits] = np.arange(len(hits))
+        return found, stored_fp.filter(pa.array(same)).take(pa.array(where, mask=where < 0))
+
+    def _gather(self, refs: np.ndarray[Any, np.dtype[np.int64]]) -> tuple[pa.Array, pa.Array]:
+        """The stored keys and fingerprints at ``refs``, in that order."""
+        bases = np.asarray(self._bases, dtype=np.int64)
+        seg = np.searchsorted(bases, refs, side="right") - 1
+        order = np.argsort(seg, kind="stable")
+        keys: list[pa.Array] = []
+        fps: list[pa.Array] = []
+        bounds = np.flatnonzero(np.diff(seg[order])) + 1
+        for part in np.split(order, bounds):
+            s = int(seg[part[0]])
+            local = pa.array(refs[part] - bases[s])
+            keys.append(self._segments[s][0].take(local))
+            fps.append(self._segments[s][1].take(local))
+        back = np.empty(len(refs), dtype=np.int64)
+        back[order] = np.arange(len(refs))
+        unsort = pa.array(back)
+        return pa.concat_arrays(keys).take(unsort), pa.concat_arrays(fps).take(unsort)
 
     def _remember(
         self, h: np.ndarray[Any, Any], ts: np.ndarray[Any, Any], key: pa.Array, fp: pa.Array
@@ -262,7 +271,11 @@ class DedupState:
         """Add ids known to be new to the window."""
         if len(h) == 0:
             return
-        self._runs.append(_Run.of(h.astype(np.uint64), ts.astype(np.int64), key, fp))
+        ref = np.arange(self._stored, self._stored + len(h), dtype=np.int64)
+        self._segments.append((key, fp))
+        self._bases.append(self._stored)
+        self._stored += len(h)
+        self._runs.append(_Run.of(h.astype(np.uint64), ts.astype(np.int64), ref))
         self._settle()
 
     def _settle(self) -> None:
@@ -290,14 +303,31 @@ class DedupState:
                 runs.append(run.kept(keep))
         self._runs = runs
         self._settle()
+        live = self.size()
+        if self._stored - live > live:  # more forgotten than remembered in the segments
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Keep only the remembered ids' keys and fingerprints, in one segment."""
+        refs = [run.ref for run in self._runs]
+        if not refs:
+            self._segments, self._bases, self._stored = [], [], 0
+            return
+        key, fp = self._gather(np.concatenate(refs))
+        at = 0
+        for run in self._runs:
+            run.ref = np.arange(at, at + len(run), dtype=np.int64)
+            at += len(run)
+        self._segments, self._bases, self._stored = [(key, fp)], [0], at
 
     def size(self) -> int:
         """How many ids the window remembers."""
         return sum(len(run) for run in self._runs)
 
     def nbytes(self) -> int:
-        """Bytes the window's runs hold."""
-        return sum(r.h.nbytes + r.ts.nbytes + r.key.nbytes + r.fp.nbytes for r in self._runs)
+        """Bytes the window holds: runs and stored keys and fingerprints."""
+        runs = sum(int(r.h.nbytes + r.ts.nbytes + r.ref.nbytes) for r in self._runs)
+        return runs + sum(int(k.nbytes + f.nbytes) for k, f in self._segments)
 
 
 def _large(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -337,12 +367,23 @@ def keys(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> tuple[pa.Arra
     any connection (one per thread)."""
     con.register("fp_in", pa.Table.from_batches([batch]))
     try:
-        out = con.sql(
-            f"SELECT app_id || chr(31) || event_id AS k, {_FINGERPRINT_SQL} AS fp FROM fp_in"
-        ).to_arrow_table()
+        out = con.sql(f"SELECT {_FINGERPRINT_SQL} AS h FROM fp_in").to_arrow_table()
     finally:
         con.unregister("fp_in")
-    return out.column("k").combine_chunks(), out.column("fp").combine_chunks()
+    sep = pa.scalar(chr(31), pa.large_string())
+    key = pc.binary_join_element_wise(_large(batch.column("app_id")), _large(batch.column("event_id")), sep)
+    return key, _hex16(out.column("h").combine_chunks())
+
+
+def _hex16(h: pa.Array) -> pa.Array:
+    """Each 64-bit value as 16 lower-case hex digits, a ``large_string`` array (no NULLs)."""
+    n = len(h)
+    digits = np.asarray(h.to_numpy(zero_copy_only=False), dtype=">u8").view(np.uint8).reshape(n, 8)
+    text = np.empty((n, 16), np.uint8)
+    text[:, 0::2] = _HEX[digits >> 4]
+    text[:, 1::2] = _HEX[digits & 15]
+    offsets = np.arange(0, 16 * n + 1, 16, dtype=np.int64)
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
 
 
 def fingerprints(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> pa.Array:
