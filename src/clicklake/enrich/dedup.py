@@ -207,8 +207,11 @@ class DedupState:
         fresh = np.flatnonzero(is_first & ~seen_r)
         if len(fresh):
             ts = _epoch_us(collector_tstamp)
-            picked = pa.array(fresh)
-            self._remember(h[idx[fresh]], ts[fresh], key.take(picked), fp.take(picked))
+            if len(fresh) == n:  # the usual batch: every row a new id, no copy of the strings
+                self._remember(h[idx], ts, key, fp)
+            else:
+                picked = pa.array(fresh)
+                self._remember(h[idx[fresh]], ts[fresh], key.take(picked), fp.take(picked))
         return _VERDICTS.take(pa.array(code))
 
     def _probe(
