@@ -184,8 +184,18 @@ def _project(table: Table, df: pa.Table, task_schema: Schema) -> pa.Table:
 
 
 #: Columns whose values hardly repeat within a data file: written without dictionary pages.
+#: ``event_fingerprint`` is one per event (resends are dropped before the write).
 UNIQUE_COLUMNS = frozenset(
-    {"event_id", "source_offset", "properties", "context", "traits", "raw", "error_message"}
+    {
+        "event_id",
+        "event_fingerprint",
+        "source_offset",
+        "properties",
+        "context",
+        "traits",
+        "raw",
+        "error_message",
+    }
 )
 
 
