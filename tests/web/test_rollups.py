@@ -559,3 +559,19 @@ def test_funnel_pieces_equal_the_walk_for_every_range_and_are_built_once(
             assert len(built) - before <= (len(index.rows(ranges[0][0], ranges[-1][1])) if sweep == 0 else 0)
     assert built
     assert len(index.repeated_ids()) > 0
+
+
+def test_funnels_that_differ_in_channel_or_device_only_are_one_answer(lake: Lake) -> None:
+    # The funnel does not read the sessions' channel and device filters the page sends along.
+    settings = lake.settings.model_copy(
+        update={"api": lake.settings.api.model_copy(update={"cache_entries": 64})}
+    )
+    d = Dashboard(settings, SecureQueries(settings, SnapshotCache(settings)))
+    role = authenticate(settings, "tok_admin")
+    steps = ["Product Viewed", "Product Added"]
+    plain = d.funnel(role, FILTERS[0], steps, 3600.0)
+    assert plain["steps"]
+    computed = len(d._cache)
+    for f in (FILTERS[2], FILTERS[3], FILTERS[4]):
+        assert d.funnel(role, f, steps, 3600.0) == plain
+    assert len(d._cache) == computed
