@@ -53,9 +53,9 @@ import httpx
 
 from _common import (
     OUT_DIR,
+    RESULTS_MD,
     clicklake_exe,
     machine_info,
-    RESULTS_MD,
     markdown_table,
     run_measured,
     text_table,
