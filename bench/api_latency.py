@@ -24,7 +24,7 @@ Steps:
 ``bench/models_build.py``); the server adds its ``audit_log`` table to it.
 
 Target: p99 < 300 ms for every call at 10,000,000 events on the 2-core bench machine.
-Results go to stdout and this bench's section of ``bench/RESULTS.md``.
+Results go to stdout and this bench's section of ``bench/RESULTS.md`` (or ``--results FILE``).
 
 Usage::
 
@@ -53,6 +53,7 @@ import httpx
 
 from _common import (
     OUT_DIR,
+    RESULTS_MD,
     clicklake_exe,
     machine_info,
     markdown_table,
@@ -261,6 +262,7 @@ def main() -> None:
         type=Path,
         help="serve this existing data directory (built with --events events) instead of generating one",
     )
+    p.add_argument("--results", type=Path, default=RESULTS_MD, help="results file (default bench/RESULTS.md)")
     args = p.parse_args()
     workdir = OUT_DIR / NAME
     if args.data is not None:
@@ -371,7 +373,7 @@ def main() -> None:
             f"Full run: `.venv/bin/python bench/api_latency.py --events {REFERENCE_EVENTS} --keep`.",
         ]
     )
-    write_results_section(NAME, body)
+    write_results_section(NAME, body, args.results)
 
 
 if __name__ == "__main__":

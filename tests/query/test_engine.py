@@ -44,3 +44,31 @@ def test_run_sql_is_read_only(tmp_path: Path, sql: str) -> None:
     s = load_settings(environ={}, storage={"data_dir": str(tmp_path)})
     with pytest.raises(InputError):
         run_sql(s, sql)
+
+
+def test_snapshot_files_read_only_new_manifests_and_equal_a_scan(tmp_path: Path) -> None:
+    from pyiceberg.manifest import ManifestContent
+
+    from clicklake.query.engine import ManifestFiles, snapshot_files
+
+    s = load_settings(environ={}, storage={"data_dir": str(tmp_path)})
+    table = ensure_tables(open_catalog(s), s, ingest_tables(s))["events"]
+    manifests: dict[str, ManifestFiles] = {}
+    assert snapshot_files(table, manifests=manifests) == snapshot_files(table)
+    for i in range(3):
+        table.append(rows_to_arrow([ev(f"e{i}", f"2024-05-0{i + 1} 10:00:00")]))
+        before = set(manifests)
+        got = snapshot_files(table, manifests=manifests)
+        assert got == snapshot_files(table) and len(got.paths) == i + 1
+        assert len(got.collector_max_us) == i + 1 and None not in got.collector_max_us
+        # A fast append adds one manifest; the ones read before are not read again.
+        assert before < set(manifests) and len(set(manifests) - before) == 1
+    # A delete (rewritten files, or delete files: those are planned as a scan) reads the same,
+    # and a snapshot read from manifests leaves only its own remembered.
+    table.delete("event_id = 'e0'")
+    assert snapshot_files(table, manifests=manifests) == snapshot_files(table)
+    current = table.current_snapshot()
+    assert current is not None
+    listed = current.manifests(table.io)
+    if all(m.content == ManifestContent.DATA for m in listed):
+        assert set(manifests) == {m.manifest_path for m in listed}

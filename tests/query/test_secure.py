@@ -165,3 +165,22 @@ def test_audit_log_is_durable_and_admin_only(lake: Lake, queries: SecureQueries)
     assert copy[0]["token_name"] == LOCAL_ROLE.name
     with pytest.raises(AccessDenied, match="not readable"):
         SecureQueries(settings).run(shop, "SELECT * FROM audit_log")
+
+
+def test_audit_flushes_keep_the_table_and_survive_another_writer(tmp_path: Path) -> None:
+    # The log keeps the table between flushes; another writer's commit in between makes the
+    # next flush reload it, and every row is written once.
+    from clicklake.lakehouse.audit import append_audit
+    from clicklake.query.engine import run_sql
+
+    settings = lake_settings(tmp_path / "data")
+    log = AuditLog(settings, background=False)
+    admin = authenticate(settings, "tok_admin")
+    for i in range(4):
+        log.record(audit_row(admin, kind="api", endpoint=f"log-{i}", allowed=True, status=200))
+        assert log.flush() == 1
+        if i == 1:
+            append_audit(settings, [{"endpoint": "other-writer"}])
+    assert log._table is not None
+    out = run_sql(settings, "SELECT endpoint FROM audit_log ORDER BY endpoint")
+    assert out.column(0).to_pylist() == ["log-0", "log-1", "log-2", "log-3", "other-writer"]

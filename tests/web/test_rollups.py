@@ -173,6 +173,8 @@ FUNNELS: list[tuple[list[str], str, str | None, float]] = [
     (["Order Completed", "Product Viewed"], "strict", "country", 86400.0),
     (["@^/products?/", "Product Added"], "strict", "device", 7200.0),
     (["Page Ping", "@(checkout|cart)"], "any", None, 600.0),
+    # A window past the pieces' horizon: the walk over every entity.
+    (["Product Viewed", "Order Completed"], "strict", "channel", 8 * 86400.0),
 ]
 
 
@@ -472,3 +474,104 @@ def test_identical_concurrent_calls_compute_once_with_or_without_the_cache(lake:
             first.result(timeout=30)
         assert second.result(timeout=30) == "ok"
     assert len(attempts) == 2
+
+
+def test_funnel_pieces_equal_the_walk_for_every_range_and_are_built_once(
+    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The per-day pieces against the walk over every entity, for every range of the held days,
+    # over snapshots that change days under remembered pieces and that resend events (copies
+    # collected a second earlier and derived 20 minutes later, on the same day).
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from clicklake.web import funnel_index
+
+    built: list[int] = []
+    real_build = funnel_index._build_piece
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(funnel_index, "_build_piece", counted)
+    state = SnapshotCache(lake.settings).states()["events"]
+    columns = {c for c, _ in state.columns}
+    n = len(state.paths)
+    copies: list[str] = []
+    copy_days: list[int | None] = []
+    for i in range(0, n, 2):
+        t = pq.read_table(state.paths[i])
+        t = t.filter(pc.less(pc.hour(t["derived_tstamp"]), 23))
+        for name, value in (
+            ("collector_tstamp", pc.subtract(t["collector_tstamp"], pa.scalar(timedelta(seconds=1)))),
+            ("derived_tstamp", pc.add(t["derived_tstamp"], pa.scalar(timedelta(minutes=20)))),
+            ("geo_country", pa.array(["ZZ"] * t.num_rows, t.schema.field("geo_country").type)),
+        ):
+            t = t.set_column(t.schema.get_field_index(name), name, value)
+        copies.append(str(tmp_path / f"copy-{i}.parquet"))
+        copy_days.append(state.days[i])
+        pq.write_table(t, copies[-1])
+    snapshots = [
+        ([state.paths[i] for i in range(0, n, 2)], [state.days[i] for i in range(0, n, 2)]),
+        (list(state.paths), list(state.days)),
+        ([*state.paths, *copies], [*state.days, *copy_days]),
+    ]
+    funnels = [
+        *FUNNELS,
+        ([Step(event="Home").name(), "Product Viewed", "Home"], "any", "device", 3 * 86400.0),
+    ]
+    index = FunnelIndex(1)
+    first_day = LAST - timedelta(days=7)
+    ranges = [
+        (first_day + timedelta(days=a), first_day + timedelta(days=b)) for a in range(9) for b in range(a, 9)
+    ]
+    column = {"channel": "default_channel_group", "device": "dvce_class", "country": "geo_country"}
+    for paths, days in snapshots:
+        assert index.sync(paths, days, columns)
+        for steps, order, breakdown, window in funnels:
+            parsed = [Step(event=e or None, path=p or None) for e, _, p in (s.partition("@") for s in steps)]
+            bd = column[breakdown] if breakdown else None
+            for bots in (False, True):
+                for apps, app in ((None, None), (["demo-shop"], None), (None, "other-blog")):
+                    for first, last in ranges:
+                        got = index.funnel(first, last, parsed, window, order, bd, apps, app, bots)
+                        exp = funnel_index.run_funnel(
+                            index.rows(first, last),
+                            len(index._ent_ids),
+                            parsed,
+                            window,
+                            order,
+                            bd,
+                            datetime.combine(first, datetime.min.time(), UTC),
+                            datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC),
+                            apps,
+                            app,
+                            bots,
+                        )
+                        assert got == exp, (steps, order, breakdown, bots, apps, app, first, last)
+        # One funnel over every range: each day's piece is built at most once, then only read.
+        parsed = [Step(event="Product Viewed"), Step(event="Product Added")]
+        for sweep in range(2):
+            before = len(built)
+            for first, last in ranges:
+                index.funnel(first, last, parsed, 3600.0, "strict", None, None, None, False)
+            assert len(built) - before <= (len(index.rows(ranges[0][0], ranges[-1][1])) if sweep == 0 else 0)
+    assert built
+    assert len(index.repeated_ids()) > 0
+
+
+def test_funnels_that_differ_in_channel_or_device_only_are_one_answer(lake: Lake) -> None:
+    # The funnel does not read the sessions' channel and device filters the page sends along.
+    settings = lake.settings.model_copy(
+        update={"api": lake.settings.api.model_copy(update={"cache_entries": 64})}
+    )
+    d = Dashboard(settings, SecureQueries(settings, SnapshotCache(settings)))
+    role = authenticate(settings, "tok_admin")
+    steps = ["Product Viewed", "Product Added"]
+    plain = d.funnel(role, FILTERS[0], steps, 3600.0)
+    assert plain["steps"]
+    computed = len(d._cache)
+    for f in (FILTERS[2], FILTERS[3], FILTERS[4]):
+        assert d.funnel(role, f, steps, 3600.0) == plain
+    assert len(d._cache) == computed

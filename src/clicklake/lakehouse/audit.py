@@ -11,6 +11,7 @@ import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
+from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import (
     BooleanType,
@@ -58,31 +59,41 @@ def audit_spec() -> TableSpec:
     return TableSpec(AUDIT_LOG, AUDIT_SCHEMA, spec)
 
 
-def append_audit(settings: Settings, rows: Sequence[dict[str, Any]], retries: int = 8) -> None:
+def append_audit(
+    settings: Settings, rows: Sequence[dict[str, Any]], retries: int = 8, table: Table | None = None
+) -> Table | None:
     """Append ``rows`` to ``audit_log`` in one Iceberg commit (the table is created if missing).
 
     Args:
         settings: The settings (catalog location).
         rows: Audit rows, keyed by the column names of :data:`AUDIT_SCHEMA`.
         retries: Commit retries after losing a race with another writer.
+        table: The table as the previous append left it (a writer that appends every few
+            seconds skips opening the catalog again); it is reloaded if another writer
+            committed in between.
+
+    Returns:
+        The table after the commit, for the next append (``None`` when there was nothing to write).
 
     Raises:
         StorageError: The catalog or warehouse cannot be written.
     """
     if not rows:
-        return
+        return table
     data = pa.Table.from_pylist([{f.name: r.get(f.name) for f in AUDIT_ARROW} for r in rows], AUDIT_ARROW)
     delay = 0.05
     for attempt in range(retries + 1):
         try:
-            table = ensure_tables(open_catalog(settings), settings, (audit_spec(),))[AUDIT_LOG]
+            if table is None:
+                table = ensure_tables(open_catalog(settings), settings, (audit_spec(),))[AUDIT_LOG]
             table.append(data)
             snap = table.current_snapshot()
             log.info(
                 "event=audit_appended rows=%d snapshot=%s", len(rows), snap.snapshot_id if snap else None
             )
-            return
+            return table
         except CommitFailedException as exc:
+            table = None  # another writer committed: reload
             if attempt == retries:
                 raise StorageError(
                     f"audit_log commit lost {retries + 1} races; {len(rows)} rows not written"
@@ -91,3 +102,4 @@ def append_audit(settings: Settings, rows: Sequence[dict[str, Any]], retries: in
             delay = min(delay * 2, 1.0)
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"cannot append to audit_log: {exc}") from exc
+    return table  # not reached: the last attempt returns or raises

@@ -11,12 +11,15 @@ import logging
 import threading
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clicklake.config import Settings
 from clicklake.exceptions import ClickLakeError
 from clicklake.lakehouse.audit import append_audit
 from clicklake.query.access import Role
+
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
 
 log = logging.getLogger("clicklake.audit")
 
@@ -73,6 +76,8 @@ class AuditLog:
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The table as the last flush left it: the next one does not open the catalog again.
+        self._table: Table | None = None
         if background:
             self._thread = threading.Thread(target=self._loop, name="clicklake-audit", daemon=True)
             self._thread.start()
@@ -102,8 +107,9 @@ class AuditLog:
             if not rows:
                 return 0
             try:
-                append_audit(self.settings, rows)
+                self._table = append_audit(self.settings, rows, table=self._table)
             except BaseException:
+                self._table = None
                 with self._lock:
                     self._rows[:0] = rows
                 raise

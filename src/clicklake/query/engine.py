@@ -17,11 +17,13 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.manifest import ManifestContent
 from pyiceberg.table import Table
 
 from clicklake.config import Settings
@@ -73,28 +75,68 @@ class DataFiles:
     collector_max_us: tuple[int | None, ...] = ()
 
 
-def snapshot_files(table: Table, snapshot_id: int | None = None) -> DataFiles:
-    """The data files of ``snapshot_id`` (default: the current snapshot) of ``table``."""
+#: One data file of a manifest: its local path, partition values and largest collector time.
+ManifestFiles = tuple[tuple[str, tuple[object, ...], int | None], ...]
+
+
+def snapshot_files(
+    table: Table, snapshot_id: int | None = None, manifests: dict[str, ManifestFiles] | None = None
+) -> DataFiles:
+    """The data files of ``snapshot_id`` (default: the current snapshot) of ``table``.
+
+    Args:
+        table: The table.
+        snapshot_id: The snapshot (default: the current one).
+        manifests: Files already read per manifest path (manifest files never change): only the
+            manifests not in it are read; afterwards it holds those of this snapshot. Used when
+            the snapshot has no delete manifests; otherwise the files are planned as a scan would.
+    """
     if snapshot_id is None and table.current_snapshot() is None:
         return DataFiles((), (), False)
-    scan = table.scan(snapshot_id=snapshot_id) if snapshot_id is not None else table.scan()
     try:
         collector_id: int | None = table.schema().find_field("collector_tstamp").field_id
     except ValueError:
         collector_id = None
+
+    def high(data_file: Any) -> int | None:
+        raw = (data_file.upper_bounds or {}).get(collector_id) if collector_id is not None else None
+        # Iceberg's single-value form of a timestamp: 8 bytes, little-endian microseconds.
+        return int.from_bytes(raw, "little", signed=True) if raw and len(raw) == 8 else None
+
+    if manifests is not None:
+        snap = table.current_snapshot() if snapshot_id is None else table.snapshot_by_id(snapshot_id)
+        listed = snap.manifests(table.io) if snap is not None else []
+        if snap is not None and all(m.content == ManifestContent.DATA for m in listed):
+            files: list[tuple[str, tuple[object, ...], int | None]] = []
+            for m in listed:
+                known = manifests.get(m.manifest_path)
+                if known is None:
+                    known = tuple(
+                        (
+                            local_path(e.data_file.file_path),
+                            tuple(e.data_file.partition),  # type: ignore[arg-type]  # Record is iterable
+                            high(e.data_file),
+                        )
+                        for e in m.fetch_manifest_entry(table.io, discard_deleted=True)
+                    )
+                    manifests[m.manifest_path] = known
+                files.extend(known)
+            for gone in set(manifests) - {m.manifest_path for m in listed}:
+                del manifests[gone]
+            highs = tuple(h for _, _, h in files) if collector_id is not None else ()
+            return DataFiles(tuple(f[0] for f in files), tuple(f[1] for f in files), False, highs)
+    scan = table.scan(snapshot_id=snapshot_id) if snapshot_id is not None else table.scan()
     paths: list[str] = []
     parts: list[tuple[object, ...]] = []
-    highs: list[int | None] = []
+    highs_list: list[int | None] = []
     deletes = False
     for task in scan.plan_files():
         paths.append(local_path(task.file.file_path))
         parts.append(tuple(task.file.partition))  # type: ignore[arg-type]  # Record is iterable
         deletes = deletes or bool(task.delete_files)
         if collector_id is not None:
-            raw = (task.file.upper_bounds or {}).get(collector_id)
-            # Iceberg's single-value form of a timestamp: 8 bytes, little-endian microseconds.
-            highs.append(int.from_bytes(raw, "little", signed=True) if raw and len(raw) == 8 else None)
-    return DataFiles(tuple(paths), tuple(parts), deletes, tuple(highs))
+            highs_list.append(high(task.file))
+    return DataFiles(tuple(paths), tuple(parts), deletes, tuple(highs_list))
 
 
 def duck_type(arrow_type: pa.DataType) -> str:

@@ -51,6 +51,7 @@ from clicklake.lakehouse.catalog import open_catalog
 from clicklake.query.access import AccessDenied, Role
 from clicklake.query.engine import (
     ALL_TABLES,
+    ManifestFiles,
     load_tables,
     local_path,
     parquet_relation,
@@ -184,6 +185,9 @@ class SnapshotCache:
         self._lock = threading.Lock()
         self._catalog: Catalog | None = None
         self._states: dict[str, TableState] = {}
+        # Per table, the files of each manifest read so far: a new snapshot reads only its new
+        # manifests (the audit log gets one every few seconds, with a manifest per append).
+        self._manifests: dict[str, dict[str, ManifestFiles]] = {}
         self._checked = 0.0
         self._loaded = False
         self._background = background
@@ -252,7 +256,9 @@ class SnapshotCache:
                     states[name] = old
                     continue
                 scratch = scratch or duckdb.connect(":memory:")
-                states[name] = _table_state(scratch, name, table, snap_id)
+                states[name] = _table_state(
+                    scratch, name, table, snap_id, self._manifests.setdefault(name, {})
+                )
         finally:
             if scratch is not None:
                 scratch.close()
@@ -284,9 +290,15 @@ def _as_day(value: object) -> int | None:
     return None
 
 
-def _table_state(con: duckdb.DuckDBPyConnection, name: str, table: Any, snap_id: int | None) -> TableState:
+def _table_state(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    table: Any,
+    snap_id: int | None,
+    manifests: dict[str, ManifestFiles] | None = None,
+) -> TableState:
     schema = table.schema().as_arrow()
-    files = snapshot_files(table)
+    files = snapshot_files(table, manifests=manifests)
     arrow: pa.Table | None = None
     if files.has_deletes:
         arrow = table.scan().to_arrow()

@@ -563,7 +563,10 @@ class Dashboard:
                     r["breakdown"] = r.pop(FUNNEL_BREAKDOWNS[breakdown])
             return {"order": order, "window_s": window_s, "steps": rows}
 
-        return dict(self.cached(role, "funnel", (f, tuple(steps), window_s, order, breakdown), compute))
+        # A funnel is narrowed by dates and app only (channel and device are sessions'): the
+        # page sends them along, and the answer is the same whatever they are.
+        key = (Filters(f.start, f.end, f.app), tuple(steps), window_s, order, breakdown)
+        return dict(self.cached(role, "funnel", key, compute))
 
     def live(self, role: Role, app: str | None, minutes: int = 30) -> dict[str, Any]:
         """Events committed per minute over the last ``minutes`` (by collector time), and the latest ones."""

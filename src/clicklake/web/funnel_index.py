@@ -16,6 +16,7 @@ id itself, which can only change which of them supplies the breakdown value.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ _EPOCH = date(1970, 1, 1)
 _CODED = ("app_id", "event_name", "url_path", "default_channel_group", "dvce_class", "geo_country")
 #: NULL as a dictionary value, so that the indices have no nulls and numpy reads them in place.
 _NULL = "\x00"
+_GENERATIONS = itertools.count()
 
 
 @dataclass
@@ -71,13 +73,20 @@ class _Day:
 
     table: pa.Table
     files: dict[str, int]
+    number: int = 0  # the day partition, as days since 1970-01-01
     dup: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # Tells this assembly of the day from any other (a piece remembers those of the days it read).
+    generation: int = field(default_factory=lambda: next(_GENERATIONS))
     _names: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
     _paths: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     # A step's rows per (step, apps seen, bots counted): the same funnel asked again, by the
     # same role, does not select them again. Emptied when ``dup`` changes.
     _steps: dict[tuple[Any, ...], _Rows] = field(default_factory=dict, repr=False)
+    # A funnel's entities anchored on this day, per funnel (see :class:`_Piece`).
+    _pieces: dict[tuple[Any, ...], _Piece] = field(default_factory=dict, repr=False)
+    _values: dict[str, list[Any]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     ts_range: tuple[int, int] = (0, 0)  # smallest and largest ``ts``
 
     def __post_init__(self) -> None:
@@ -108,6 +117,33 @@ class _Day:
         col = self.table[name]
         return (col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()).dictionary
 
+    def values(self, name: str) -> list[Any]:
+        """A dictionary column's values as Python (NULL as ``None``), in code order."""
+        found = self._values.get(name)
+        if found is None:
+            found = [None if v == _NULL else v for v in self.dictionary(name).to_pylist()]
+            self._values[name] = found
+        return found
+
+    @property
+    def aligned(self) -> bool:
+        """Whether every row's time falls on the day of its partition."""
+        lo = self.number * _DAY_US
+        return self.table.num_rows == 0 or (self.ts_range[0] >= lo and self.ts_range[1] < lo + _DAY_US)
+
+    def piece(self, key: tuple[Any, ...], later: tuple[int, ...]) -> _Piece | None:
+        """The piece remembered for funnel ``key``, if it read the following days ``later`` (generations)."""
+        found = self._pieces.get(key)
+        return found if found is not None and found.later == later else None
+
+    def keep_piece(self, key: tuple[Any, ...], piece: _Piece) -> None:
+        """Remember ``piece`` for funnel ``key`` (the oldest of :data:`_PIECES_KEPT` goes)."""
+        with self._lock:
+            self._pieces.pop(key, None)
+            if len(self._pieces) >= _PIECES_KEPT:
+                self._pieces.pop(next(iter(self._pieces)))
+            self._pieces[key] = piece
+
     def step_rows(
         self, step: Step, apps: frozenset[str] | None, app: str | None, include_bots: bool
     ) -> _Rows:
@@ -117,7 +153,7 @@ class _Day:
         found = self._steps.get(key)
         if found is not None:
             return found
-        names = [None if v == _NULL else v for v in self.dictionary("app_id").to_pylist()]
+        names = self.values("app_id")
         ok_app = np.array(
             [(apps is None or v in apps) and (app is None or v == app) for v in names], dtype=bool
         )
@@ -153,9 +189,10 @@ class _Day:
         return self._keep(key, found)
 
     def _keep(self, key: tuple[Any, ...], found: _Rows) -> _Rows:
-        if len(self._steps) >= _STEPS_KEPT:
-            self._steps.pop(next(iter(self._steps)), None)  # the oldest
-        self._steps[key] = found
+        with self._lock:
+            if len(self._steps) >= _STEPS_KEPT:
+                self._steps.pop(next(iter(self._steps)), None)  # the oldest
+            self._steps[key] = found
         return found
 
     def forget_steps(self) -> None:
@@ -184,6 +221,15 @@ class _Day:
 
 #: Step row sets remembered per day (about 12 bytes per row of the step).
 _STEPS_KEPT = 8
+#: Funnel pieces remembered per day (about 6 bytes per entity anchored on the day).
+_PIECES_KEPT = 8
+#: Funnels whose window reaches further than this many days past the anchor's day walk the
+#: days per call instead of reading pieces (a piece keeps a depth per day it reaches).
+_MAX_HORIZON = 7
+_DAY_US = 86_400_000_000
+#: A step not reached (a day offset past any horizon).
+_FAR = np.int8(127)
+_NEVER = np.iinfo(np.int64).max
 
 #: Parquet bytes read per query while building: bounds the memory a build takes on the side.
 _CHUNK_BYTES = 48 * 1024 * 1024
@@ -327,7 +373,7 @@ class FunnelIndex:
                     )
                 )
                 table = table.take(order)
-                self._days[d] = _Day(table, numbers)
+                self._days[d] = _Day(table, numbers, d)
             before = self._repeated
             self._track_ids(parts, rebuild=removed)
             # Without removed files, ids only gain copies: the days held already need only the
@@ -435,10 +481,23 @@ class FunnelIndex:
         app: str | None,
         include_bots: bool,
     ) -> list[dict[str, Any]]:
-        """:func:`run_funnel` over the days ``first..last`` (each whole day, UTC)."""
-        days = self.rows(first, last)
+        """:func:`run_funnel` over the days ``first..last`` (each whole day, UTC).
+
+        When every day it reads holds only times of its own day and the window reaches at most
+        :data:`_MAX_HORIZON` days past the anchor's, the answer is summed from per-day pieces
+        (:func:`funnel_by_pieces`), which a later call with another range reads again.
+        """
+        _check_steps(steps)
+        lo, hi = (first - _EPOCH).days, (last - _EPOCH).days
         with self._lock:
-            entities = len(self._ent_ids)  # only grows: covers the days read above
+            held = dict(self._days)
+            entities = len(self._ent_ids)  # only grows: covers the days held
+        days = [held[k] for k in sorted(held) if lo <= k <= hi and held[k].table.num_rows]
+        horizon = _horizon(window_s)
+        if horizon <= _MAX_HORIZON and all(day.aligned for k, day in held.items() if lo <= k <= hi + horizon):
+            return funnel_by_pieces(
+                days, held, entities, steps, window_s, order, breakdown, lo, hi, apps, app, include_bots
+            )
         start = datetime.combine(first, datetime.min.time(), UTC)
         end = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC)
         return run_funnel(
@@ -481,6 +540,61 @@ def _first_of_runs(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
 
 
+def _check_steps(steps: Sequence[Step]) -> None:
+    if not steps or len(steps) > 16:
+        raise InputError("a funnel has 1 to 16 steps")
+    for s in steps:
+        if s.event is None and s.path is None:
+            raise InputError("a funnel step needs an event name, a path, or both")
+
+
+def _horizon(window_s: float) -> int:
+    """How many days past its anchor's day a funnel's later steps can fall."""
+    return (_DAY_US - 1 + round(window_s * 1_000_000)) // _DAY_US
+
+
+class _Labels:
+    """Breakdown values numbered across the days of one call (0 is NULL, or no breakdown)."""
+
+    def __init__(self, column: str | None):
+        self.column = column
+        self.values: list[Any] = [None]
+        self._numbers: dict[Any, int] = {None: 0}
+
+    def numbers(self, day: _Day) -> np.ndarray:
+        """Per code of ``day``'s dictionary of the column, its number here."""
+        if self.column is None:
+            return np.zeros(1, dtype=np.int64)
+        out = []
+        for v in day.values(self.column):
+            found = self._numbers.get(v)
+            if found is None:
+                found = self._numbers[v] = len(self.values)
+                self.values.append(v)
+            out.append(found)
+        return np.asarray(out, dtype=np.int64)
+
+    def of(self, day: _Day, rows: np.ndarray) -> np.ndarray:
+        """The numbers of the values of ``rows`` of ``day``."""
+        if self.column is None:
+            return np.zeros(len(rows), dtype=np.int64)
+        numbered: np.ndarray = self.numbers(day)[day.array(self.column)[rows]]
+        return numbered
+
+
+def _picked(
+    days: Sequence[_Day],
+    steps: Sequence[Step],
+    apps: Collection[str] | None,
+    app: str | None,
+    include_bots: bool,
+) -> list[list[_Rows]]:
+    # Per day and step: the rows matching the step that pass the bot and app filters, in
+    # (entity, time, event id) order. A step naming an event reads only that name's slice.
+    scope = None if apps is None else frozenset(apps)
+    return [[day.step_rows(st, scope, app, include_bots) for st in steps] for day in days]
+
+
 def run_funnel(
     days: Sequence[_Day],
     entities: int,
@@ -503,22 +617,209 @@ def run_funnel(
         One dict per (breakdown value, step): ``[breakdown,] step, step_name, entities,
         conversion_from_start, conversion_from_previous, drop_off, drop_off_rate``.
     """
-    if not steps or len(steps) > 16:
-        raise InputError("a funnel has 1 to 16 steps")
-    for s in steps:
-        if s.event is None and s.path is None:
-            raise InputError("a funnel step needs an event name, a path, or both")
+    _check_steps(steps)
     lo = int((start - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
     hi = int((end - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
-    n = len(steps)
-    allowed = None if apps is None else set(apps)
-    bd_values: list[Any] = [None]
-    bd_global: dict[Any, int] = {None: 0}
+    labels = _Labels(breakdown)
+    picked = _picked(days, steps, apps, app, include_bots)
+    counts = _walk(days, picked, entities, steps, window_s, order, labels, lo, hi)
+    return _answer(counts, labels, steps)
 
-    # Per day and step: the rows matching the step that pass the bot and app filters, in
-    # (entity, time, event id) order. A step naming an event reads only that name's slice.
-    scope = None if allowed is None else frozenset(allowed)
-    picked = [[day.step_rows(st, scope, app, include_bots) for st in steps] for day in days]
+
+def funnel_by_pieces(
+    days: Sequence[_Day],
+    held: dict[int, _Day],
+    entities: int,
+    steps: Sequence[Step],
+    window_s: float,
+    order: str,
+    breakdown: str | None,
+    first: int,
+    last: int,
+    apps: Collection[str] | None,
+    app: str | None,
+    include_bots: bool,
+) -> list[dict[str, Any]]:
+    """:func:`run_funnel` over ``days`` (day numbers ``first..last``), summed from per-day pieces.
+
+    A day's :class:`_Piece` holds the entities whose anchor (strict: first step-1 row; any:
+    first row of any step) is on that day, with the steps each reaches within the window using
+    the rows of that day and of each number of following days. It does not depend on the
+    range, so it is built once per funnel and read by every range that holds the day: an entity
+    is counted on the first day of the range where it is anchored, with the depth that stops at
+    the range's last day. Every day read must hold only times of its own day (the caller checks).
+
+    Copies of an event (ids repeated in the index) are the one thing a piece cannot know about,
+    since which copy counts depends on the range: the entities with such a row among the
+    steps' rows of the range are left out of the pieces' sums and walked exactly, on their rows
+    only.
+
+    Args:
+        held: every day of the index by number (the pieces read the days after their own).
+        first: the number of the range's first day (days since 1970-01-01).
+        last: the number of its last day.
+
+    Returns:
+        As :func:`run_funnel`.
+    """
+    horizon = _horizon(window_s)
+    w_us = round(window_s * 1_000_000)
+    strict = order == "strict"
+    scope = None if apps is None else frozenset(apps)
+    key = (tuple(steps), w_us, strict, breakdown, scope, app, include_bots)
+    labels = _Labels(breakdown)
+    n = len(steps)
+    picked = _picked(days, steps, apps, app, include_bots)
+    marked = [day.array("ent")[r.dup] for day, per_step in zip(days, picked, strict=True) for r in per_step]
+    dirty = np.unique(np.concatenate(marked)) if marked else np.zeros(0, dtype=np.int32)
+    seen = np.zeros(entities, dtype=bool)
+    seen[dirty] = True  # walked exactly below
+    cells: list[np.ndarray] = []
+    for day in days:
+        after = [held.get(day.number + k) for k in range(1, horizon + 1)]
+        later = tuple(-1 if d is None else d.generation for d in after)
+        piece = day.piece(key, later)
+        if piece is None:
+            piece = _build_piece(
+                day, after, later, entities, steps, w_us, strict, breakdown, scope, app, include_bots
+            )
+            day.keep_piece(key, piece)
+        fresh = ~seen[piece.ent]
+        seen[piece.ent] = True
+        depth = piece.depth[min(last - day.number, horizon)][fresh].astype(np.int64)
+        if breakdown:
+            depth += labels.numbers(day)[piece.value[fresh]] * (n + 1)
+        cells.append(depth)
+    per_cell = np.bincount(np.concatenate(cells), minlength=len(labels.values) * (n + 1)) if cells else None
+    counts = np.zeros((n, len(labels.values)), dtype=np.int64)
+    if per_cell is not None:
+        # Entities of depth d reach steps 1..d: step i counts those of depth > i.
+        at_least = np.cumsum(per_cell.reshape(-1, n + 1)[:, ::-1], axis=1)[:, ::-1]
+        counts += at_least[:, 1:].T
+    if len(dirty):
+        # The rows of those entities only (rows are in entity order), entities renumbered 0..k-1.
+        theirs: list[list[_Rows]] = []
+        for per_step in picked:
+            theirs.append([])
+            for r in per_step:
+                a = np.searchsorted(r.ent, dirty)
+                size = np.searchsorted(r.ent, dirty, side="right") - a
+                at = np.repeat(a - (np.cumsum(size) - size), size) + np.arange(int(size.sum()))
+                ent = np.searchsorted(dirty, r.ent[at]).astype(np.int32)
+                theirs[-1].append(_Rows(r.rows[at], r.dup, ent, r.ts[at]))
+        lo, hi = first * _DAY_US, (last + 1) * _DAY_US
+        exact = _walk(days, theirs, len(dirty), steps, window_s, order, labels, lo, hi)
+        grown = np.zeros((n, len(labels.values)), dtype=np.int64)
+        grown[:, : counts.shape[1]] = counts
+        counts = grown + exact
+    return _answer(counts, labels, steps)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One funnel's entities anchored on one day (see :func:`funnel_by_pieces`).
+
+    Attributes:
+        ent: the entities anchored on the day, ascending.
+        depth: ``depth[h]``: how many steps each reaches with the rows of its day and the ``h``
+            days after it (int8, one row per ``h`` up to the horizon).
+        value: the breakdown value of each anchor row (a code of the day's dictionary).
+        later: the generations of the days after this one that were read (-1: none held).
+    """
+
+    ent: np.ndarray
+    depth: np.ndarray
+    value: np.ndarray
+    later: tuple[int, ...]
+
+
+def _build_piece(
+    day: _Day,
+    after: Sequence[_Day | None],
+    later: tuple[int, ...],
+    entities: int,
+    steps: Sequence[Step],
+    w_us: int,
+    strict: bool,
+    breakdown: str | None,
+    scope: frozenset[str] | None,
+    app: str | None,
+    include_bots: bool,
+) -> _Piece:
+    n = len(steps)
+    reach = [(k, d) for k, d in enumerate([day, *after]) if d is not None]
+
+    def rows_of(d: _Day, i: int) -> _Rows:
+        return d.step_rows(steps[i], scope, app, include_bots)
+
+    if strict:
+        anchor_rows, ent, t1 = rows_of(day, 0).firsts()
+    else:
+        firsts = [rows_of(day, i).firsts() for i in range(n) if steps[i] not in steps[:i]]
+        ent = np.unique(np.concatenate([f[1] for f in firsts]))
+    m = len(ent)
+    # Entity number -> its place in ``ent`` (-1: not anchored here).
+    slot = np.full(entities, -1, dtype=np.int32)
+    slot[ent] = np.arange(m, dtype=np.int32)
+    off = np.full((n, m), _FAR, dtype=np.int8)  # per step, the day offset of the row reaching it
+
+    def mine(r: _Rows) -> tuple[np.ndarray, np.ndarray]:
+        s = slot[r.ent]
+        keep = s >= 0
+        return s[keep], r.ts[keep]
+
+    if strict:
+        off[0] = 0
+        prev = t1
+        for i in range(1, n):
+            found = np.full(m, _NEVER, dtype=np.int64)
+            for k, d in reach:
+                s, t = mine(rows_of(d, i))
+                ok = (t > prev[s]) & (t - t1[s] <= w_us)
+                s, t = s[ok], t[ok]
+                at = _first_of_runs(s)
+                s, t = s[at], t[at]
+                new = found[s] == _NEVER
+                found[s[new]] = t[new]
+                off[i, s[new]] = k
+            prev = found
+    else:
+        t0 = np.full(m, _NEVER, dtype=np.int64)
+        id0 = np.zeros(m, dtype=np.uint64)
+        anchor_rows = np.zeros(m, dtype=np.int64)
+        for rows, e, t in firsts:
+            s = slot[e]
+            ids = day.array("eid")[rows]
+            better = (t < t0[s]) | ((t == t0[s]) & (ids < id0[s]))
+            s = s[better]
+            t0[s], id0[s], anchor_rows[s] = t[better], ids[better], rows[better]
+        for i in range(n):
+            for k, d in reach:
+                s, t = mine(rows_of(d, i))
+                s = s[(t >= t0[s]) & (t - t0[s] <= w_us)]
+                s = s[off[i, s] == _FAR]
+                off[i, s] = k
+        off = np.maximum.accumulate(off, axis=0)  # step i counts once steps 1..i all have a row
+    depth = np.stack([np.count_nonzero(off <= h, axis=0) for h in range(len(later) + 1)]).astype(np.int8)
+    value = day.array(breakdown)[anchor_rows] if breakdown else np.zeros(0, dtype=np.int8)
+    return _Piece(ent, depth, value, later)
+
+
+def _walk(
+    days: Sequence[_Day],
+    picked: list[list[_Rows]],
+    entities: int,
+    steps: Sequence[Step],
+    window_s: float,
+    order: str,
+    labels: _Labels,
+    lo: int,
+    hi: int,
+) -> np.ndarray:
+    """Entities (numbered below ``entities`` in ``picked``) reaching each step, per breakdown
+    value: shape (steps, values of ``labels``), for times in ``[lo, hi)``."""
+    n = len(steps)
+    breakdown = labels.column
 
     # Dedup: of the copies of an event id among these rows, the one collected first (then
     # derived first) counts. Only rows whose id occurs more than once in the index are looked at.
@@ -538,6 +839,7 @@ def run_funnel(
         later = o[1:][eid[o][1:] == eid[o][:-1]]
         for di in np.unique(d_day[later]):
             losers[int(di)] = d_row[later][d_day[later] == di]
+    picked = [list(per_step) for per_step in picked]
     for di, (day, per_step) in enumerate(zip(days, picked, strict=True)):
         inside = day.ts_range[0] >= lo and day.ts_range[1] < hi  # the whole day is in the range
         gone = losers[di]
@@ -549,21 +851,7 @@ def run_funnel(
                 keep &= ~np.isin(r.rows, gone)
             per_step[i] = _Rows(r.rows[keep], r.dup[:0], r.ent[keep], r.ts[keep])
 
-    def anchor_values(day: _Day, rows: np.ndarray) -> np.ndarray:
-        if not breakdown:
-            return np.zeros(len(rows), dtype=np.int64)
-        remap = []
-        for v in day.dictionary(breakdown).to_pylist():
-            key = None if v == _NULL else v
-            if key not in bd_global:
-                bd_global[key] = len(bd_values)
-                bd_values.append(key)
-            remap.append(bd_global[key])
-        values: np.ndarray = np.asarray(remap, dtype=np.int64)[day.array(breakdown)[rows]]
-        return values
-
     w_us = round(window_s * 1_000_000)
-    never = np.iinfo(np.int64).max
     anchor = np.zeros(entities if breakdown else 0, dtype=np.int64)
     reached: list[np.ndarray] = []
     if order == "strict":
@@ -571,7 +859,7 @@ def run_funnel(
         # of its first step 1. Days come in time order, so the first day that has one wins.
         t1 = prev = np.zeros(0, dtype=np.int64)
         for i in range(n):
-            first = np.full(entities, never, dtype=np.int64)
+            first = np.full(entities, _NEVER, dtype=np.int64)
             for day, per_step in zip(days, picked, strict=True):
                 step = per_step[i]
                 if len(step.rows) == 0:
@@ -584,18 +872,18 @@ def run_funnel(
                     rows, e, t = rows[ok], e[ok], t[ok]
                     at = _first_of_runs(e)
                     rows, e, t = rows[at], e[at], t[at]
-                new = first[e] == never
+                new = first[e] == _NEVER
                 first[e[new]] = t[new]
                 if i == 0 and breakdown:
-                    anchor[e[new]] = anchor_values(day, rows[new])
+                    anchor[e[new]] = labels.of(day, rows[new])
             if i == 0:
                 t1 = first
             prev = first
-            reached.append(first != never)
+            reached.append(first != _NEVER)
     else:
         # Any order: from each entity's first row of any step (by time, then event id), which
         # steps it has within the window.
-        t0 = np.full(entities, never, dtype=np.int64)
+        t0 = np.full(entities, _NEVER, dtype=np.int64)
         id0 = np.zeros(entities, dtype=np.uint64)
         for i in range(n):
             if any(steps[j] == steps[i] for j in range(i)):
@@ -609,7 +897,7 @@ def run_funnel(
                 e, rows = e[better], rows[better]
                 t0[e], id0[e] = t[better], ids[better]
                 if breakdown:
-                    anchor[e] = anchor_values(day, rows)
+                    anchor[e] = labels.of(day, rows)
         for i in range(n):
             hit = np.zeros(entities, dtype=bool)
             for per_step in picked:
@@ -618,14 +906,20 @@ def run_funnel(
                 hit[e[inside]] = True
             reached.append(hit if i == 0 else reached[i - 1] & hit)
     if breakdown:
-        counts = np.stack([np.bincount(anchor[r], minlength=len(bd_values)) for r in reached])
-    else:
-        counts = np.array([[np.count_nonzero(r)] for r in reached], dtype=np.int64)
+        return np.stack([np.bincount(anchor[r], minlength=len(labels.values)) for r in reached])
+    return np.array([[np.count_nonzero(r)] for r in reached], dtype=np.int64)
+
+
+def _answer(counts: np.ndarray, labels: _Labels, steps: Sequence[Step]) -> list[dict[str, Any]]:
+    """The rows of a funnel's answer from its counts (steps x breakdown values)."""
+    n = len(steps)
+    breakdown = labels.column
     if counts[0].sum() == 0:
         return []
     names = [s.name() for s in steps]
-    present = [c for c in range(len(bd_values)) if counts[0, c] > 0]
-    present.sort(key=lambda c: (bd_values[c] is not None, bd_values[c] if bd_values[c] is not None else ""))
+    values = labels.values
+    present = [c for c in range(counts.shape[1]) if counts[0, c] > 0]
+    present.sort(key=lambda c: (values[c] is not None, values[c] if values[c] is not None else ""))
     out: list[dict[str, Any]] = []
     for c in present:
         for i in range(n):
@@ -633,7 +927,7 @@ def run_funnel(
             prev_n = int(counts[i - 1, c]) if i else entities_i
             row: dict[str, Any] = {}
             if breakdown:
-                row[breakdown] = bd_values[c]
+                row[breakdown] = values[c]
             row.update(
                 {
                     "step": i + 1,
