@@ -87,11 +87,9 @@ def write_data_files(table: Table, df: pa.Table, target_bytes: int | None = None
     # copying every column into one chunk, and each take stays within one batch (a third less
     # CPU than one take over the whole commit).
     sources = [schema.find_field(field.source_id) for field in spec.fields]
-    parts: dict[tuple[Any, ...], list[pa.RecordBatch]] = {}
-    part_bytes: dict[tuple[Any, ...], float] = {}  # estimated from each batch's bytes per row
-    for batch in df.to_batches():
-        if batch.num_rows == 0:
-            continue
+
+    def sort(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[pa.Array], list[int]]:
+        """``batch`` sorted by partition and projected, its sorted keys and where each run starts."""
         keys = [
             field.transform.pyarrow_transform(source.field_type)(batch.column(source.name))
             for field, source in zip(spec.fields, sources, strict=True)
@@ -101,13 +99,16 @@ def write_data_files(table: Table, df: pa.Table, target_bytes: int | None = None
             sort_keys=[(f"k{i}", "ascending") for i in range(len(keys))],
         )
         projected = _project(table, pa.Table.from_batches([batch.take(order)]), task_schema)
-        sorted_batch = projected.combine_chunks().to_batches()[0] if projected.num_rows else None
-        if sorted_batch is None:
-            continue
         sorted_keys = [pc.take(k, order) for k in keys]
-        starts = _run_starts(sorted_keys)
+        return projected.combine_chunks().to_batches()[0], sorted_keys, _run_starts(sorted_keys)
+
+    parts: dict[tuple[Any, ...], list[pa.RecordBatch]] = {}
+    part_bytes: dict[tuple[Any, ...], float] = {}  # estimated from each batch's bytes per row
+    # Batches are sorted on the writer threads (the takes run without the GIL), then split in order.
+    batches = [b for b in df.to_batches() if b.num_rows]
+    for sorted_batch, sorted_keys, starts in ExecutorFactory.get_or_create().map(sort, batches):
         row_bytes = sorted_batch.nbytes / sorted_batch.num_rows
-        for start, end in zip(starts, [*starts[1:], batch.num_rows], strict=True):
+        for start, end in zip(starts, [*starts[1:], sorted_batch.num_rows], strict=True):
             value = tuple(k[start].as_py() for k in sorted_keys)
             parts.setdefault(value, []).append(sorted_batch.slice(start, end - start))
             part_bytes[value] = part_bytes.get(value, 0.0) + (end - start) * row_bytes
