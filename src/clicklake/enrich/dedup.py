@@ -2,7 +2,7 @@
 
 An SDK that gets no answer resends the same call with the same ``messageId``. Within
 ``enrich.dedup.window_hours`` (default 24 h, by collector time) a second copy is dropped, one
-row per ``(app_id, event_id)`` reaches ``events``. An ``event_fingerprint`` (MD5 of the event
+row per ``(app_id, event_id)`` reaches ``events``. An ``event_fingerprint`` (a 64-bit hash of the event
 minus its send-time fields) tells a true resend from a different event that reuses an id: the
 latter is not dropped silently but marked ``duplicate_id_conflict`` and goes to
 ``failed_events``.
