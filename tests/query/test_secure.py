@@ -184,3 +184,34 @@ def test_audit_flushes_keep_the_table_and_survive_another_writer(tmp_path: Path)
     assert log._table is not None
     out = run_sql(settings, "SELECT endpoint FROM audit_log ORDER BY endpoint")
     assert out.column(0).to_pylist() == ["log-0", "log-1", "log-2", "log-3", "other-writer"]
+
+
+def test_a_serving_audit_log_keeps_a_bounded_history_and_every_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each flush is a snapshot and each append copies the whole metadata: past the limit the
+    # flusher expires all but the last few snapshots, and no row is lost.
+    from pyiceberg.table import Table
+
+    from clicklake.lakehouse.audit import append_audit
+    from clicklake.lakehouse.catalog import open_catalog, table_id
+    from clicklake.query import audit
+    from clicklake.query.engine import run_sql
+
+    monkeypatch.setattr(audit, "AUDIT_MAX_SNAPSHOTS", 6)
+    monkeypatch.setattr(audit, "AUDIT_KEEP_SNAPSHOTS", 2)
+    settings = lake_settings(tmp_path / "data")
+    log = AuditLog(settings, background=False)
+    admin = authenticate(settings, "tok_admin")
+    counts = []
+    for i in range(15):
+        log.record(audit_row(admin, kind="api", endpoint=f"e{i:02d}", allowed=True, status=200))
+        assert log.flush() == 1
+        table: Table = open_catalog(settings).load_table(table_id(settings, "audit_log"))
+        counts.append(len(table.metadata.snapshots))
+    assert max(counts) <= 6  # never more than the limit
+    drops = [i for i in range(1, len(counts)) if counts[i] < counts[i - 1]]
+    assert len(drops) >= 2 and all(counts[i] <= 3 for i in drops)  # expired down to the last few, twice
+    append_audit(settings, [{"endpoint": "z-after"}])  # the table still takes appends
+    out = run_sql(settings, "SELECT endpoint FROM audit_log ORDER BY endpoint")
+    assert out.column(0).to_pylist() == [f"e{i:02d}" for i in range(15)] + ["z-after"]

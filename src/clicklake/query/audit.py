@@ -25,6 +25,12 @@ log = logging.getLogger("clicklake.audit")
 
 #: Buffered rows kept at most when appends keep failing (oldest dropped, and logged).
 MAX_PENDING = 100_000
+# Snapshots of audit_log a serving process lets pile up before it expires all but the last
+# AUDIT_KEEP_SNAPSHOTS: a flush every few seconds adds one, and every append copies the table's
+# whole metadata (all its snapshots), so an unbounded history makes each flush slower, beside the
+# API's requests. The rows stay: an append-only table's data files are all in its current snapshot.
+AUDIT_MAX_SNAPSHOTS = 60
+AUDIT_KEEP_SNAPSHOTS = 10
 
 
 def audit_row(
@@ -113,7 +119,24 @@ class AuditLog:
                 with self._lock:
                     self._rows[:0] = rows
                 raise
+            if self._table is not None and len(self._table.metadata.snapshots) > AUDIT_MAX_SNAPSHOTS:
+                self._expire(self._table)
             return len(rows)
+
+    def _expire(self, table: Table) -> None:
+        """Expire all but the last :data:`AUDIT_KEEP_SNAPSHOTS` snapshots of ``audit_log`` (a
+        failure is logged; the next flush past the limit tries again)."""
+        from clicklake.lakehouse.maintenance import expire
+
+        opts = self.settings.maintenance.model_copy(
+            update={"snapshot_max_age_hours": 0, "keep_last_snapshots": AUDIT_KEEP_SNAPSHOTS}
+        )
+        try:
+            result = expire(table, opts)
+            log.info("event=audit_snapshots_expired expired=%d", result.snapshots_expired)
+        except Exception as exc:  # the audit rows are written; only the history waits
+            log.warning("event=audit_expire_failed error=%r", str(exc))
+        self._table = None  # reloaded by the next append
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.api.audit_flush_s):
