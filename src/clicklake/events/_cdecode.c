@@ -277,6 +277,27 @@ static int scan_string(Cur *c, char *esc) {
     }
 }
 
+/* An object member's key and its colon, blanks before each: on success [*ks, *ke) is the key
+ * with its quotes and *esc says whether it has escapes (as scan_string). -1: not a key. */
+static inline int scan_key(Cur *c, const uint8_t **ks, const uint8_t **ke, char *esc) {
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != '"') return -1;
+    *ks = c->p;
+    if (scan_string(c, esc)) return -1;
+    *ke = c->p;
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != ':') return -1;
+    c->p++;
+    return 0;
+}
+
+/* Which of the n names the key [s, s + len) is (without quotes), or -1. */
+static inline int name_index(const char *const *names, const uint8_t *lens, int n, const uint8_t *s, size_t len) {
+    for (int i = 0; i < n; i++)
+        if (lens[i] == len && memcmp(names[i], s, len) == 0) return i;
+    return -1;
+}
+
 static inline void put_utf8(Out *o, uint32_t u) {
     char b[4];
     size_t n;
@@ -447,6 +468,21 @@ static inline int key_is(const uint8_t *s, const uint8_t *e, const char *k, size
     return (size_t)(e - s) == klen && memcmp(s, k, klen) == 0;
 }
 
+/* The opening byte of an object or array (at c->p), and its closing byte when it is empty; both
+ * copied to o. Returns 1 empty (consumed), 0 members or elements follow, -1 nested too deep. */
+static inline int open_container(Cur *c, Out *o, uint8_t close, int depth) {
+    if (depth >= MAX_DEPTH) return -1;
+    if (o) out_byte(o, (char)*c->p);
+    c->p++;
+    skip_ws(c);
+    if (c->p < c->end && *c->p == close) {
+        c->p++;
+        if (o) out_byte(o, (char)close);
+        return 1;
+    }
+    return 0;
+}
+
 /* Validate (o NULL) or write canonically (o set) the value at c->p. strip: drop null members of
  * objects, recursively through objects but not arrays (what JSON merge patch keeps of a patch).
  * Returns 0 ok, -1 fallback. */
@@ -462,29 +498,16 @@ static int emit_value(Cur *c, Out *o, int strip, int depth) {
         return 0;
     }
     if (ch == '{') {
-        if (depth >= MAX_DEPTH) return -1;
-        c->p++;
-        if (o) out_byte(o, '{');
-        skip_ws(c);
-        if (c->p < c->end && *c->p == '}') {
-            c->p++;
-            if (o) out_byte(o, '}');
-            return 0;
-        }
+        int opened = open_container(c, o, '}', depth);
+        if (opened) return opened > 0 ? 0 : -1;
         int first = 1;
         /* keys seen, for the duplicate check in strip mode (merge patch of duplicates: leave it to DuckDB) */
         const uint8_t *keys[32][2];
         int nkeys = 0;
         for (;;) {
-            skip_ws(c);
-            if (c->p >= c->end || *c->p != '"') return -1;
-            const uint8_t *ks = c->p;
+            const uint8_t *ks, *ke;
             char kesc;
-            if (scan_string(c, &kesc)) return -1;
-            const uint8_t *ke = c->p;
-            skip_ws(c);
-            if (c->p >= c->end || *c->p != ':') return -1;
-            c->p++;
+            if (scan_key(c, &ks, &ke, &kesc)) return -1;
             skip_ws(c);
             if (c->p >= c->end) return -1;
             if (strip) {
@@ -520,15 +543,8 @@ static int emit_value(Cur *c, Out *o, int strip, int depth) {
         }
     }
     if (ch == '[') {
-        if (depth >= MAX_DEPTH) return -1;
-        c->p++;
-        if (o) out_byte(o, '[');
-        skip_ws(c);
-        if (c->p < c->end && *c->p == ']') {
-            c->p++;
-            if (o) out_byte(o, ']');
-            return 0;
-        }
+        int opened = open_container(c, o, ']', depth);
+        if (opened) return opened > 0 ? 0 : -1;
         int first = 1;
         for (;;) {
             if (o && !first) out_byte(o, ',');
@@ -617,24 +633,10 @@ static int scan_fields_lazy(Cur *c, const char *const *names, const uint8_t *len
         return 0;
     }
     for (;;) {
-        skip_ws(c);
-        if (c->p >= c->end || *c->p != '"') return -1;
-        const uint8_t *ks = c->p + 1;
+        const uint8_t *ks, *ke;
         char kesc;
-        if (scan_string(c, &kesc)) return -1;
-        if (kesc) return -1;
-        const uint8_t *ke = c->p - 1;
-        skip_ws(c);
-        if (c->p >= c->end || *c->p != ':') return -1;
-        c->p++;
-        int idx = -1;
-        size_t kl = (size_t)(ke - ks);
-        for (int i = 0; i < n; i++) {
-            if (lens[i] == kl && memcmp(names[i], ks, kl) == 0) {
-                idx = i;
-                break;
-            }
-        }
+        if (scan_key(c, &ks, &ke, &kesc) || kesc) return -1;
+        int idx = name_index(names, lens, n, ks + 1, (size_t)(ke - ks - 2));
         Span tmp;
         if (idx < 0) {
             if (!allow_other) return -1;
@@ -680,27 +682,14 @@ static int emit_fields(const Span *obj, Out *o, const char *const *names, const 
     } else {
         int first = 1;
         for (;;) {
-            skip_ws(c);
-            if (c->p >= c->end || *c->p != '"') return -1;
-            const uint8_t *ks = c->p;
+            const uint8_t *ks, *ke;
             char kesc;
-            if (scan_string(c, &kesc) || kesc) return -1;
-            const uint8_t *ke = c->p;
-            skip_ws(c);
-            if (c->p >= c->end || *c->p != ':') return -1;
-            c->p++;
+            if (scan_key(c, &ks, &ke, &kesc) || kesc) return -1;
             if (!first) out_byte(o, ',');
             first = 0;
             out_put(o, ks, (size_t)(ke - ks));
             out_byte(o, ':');
-            size_t kl = (size_t)(ke - ks - 2);
-            int idx = -1;
-            for (int i = 0; i < n; i++) {
-                if (lens[i] == kl && memcmp(names[i], ks + 1, kl) == 0) {
-                    idx = i;
-                    break;
-                }
-            }
+            int idx = name_index(names, lens, n, ks + 1, (size_t)(ke - ks - 2));
             size_t vs = o->len;
             if (emit_value(c, o, 0, 2)) return -1;
             if (idx >= 0) {
@@ -1055,19 +1044,14 @@ static int members_of(const Span *obj, Member *m) {
     skip_ws(&c);
     if (c.p < c.end && *c.p == '}') return c.p + 1 == c.end ? 0 : -1;
     for (;;) {
-        skip_ws(&c);
-        if (n >= MAX_MEMBERS || c.p >= c.end || *c.p != '"') return -1;
-        const uint8_t *ks = c.p;
+        const uint8_t *ks, *ke;
         char kesc;
-        if (scan_string(&c, &kesc) || kesc) return -1;
+        if (n >= MAX_MEMBERS || scan_key(&c, &ks, &ke, &kesc) || kesc) return -1;
         m[n].ks = ks + 1;
-        m[n].ke = c.p - 1;
+        m[n].ke = ke - 1;
         for (int i = 0; i < n; i++)
             if (m[i].ke - m[i].ks == m[n].ke - m[n].ks && memcmp(m[i].ks, m[n].ks, (size_t)(m[n].ke - m[n].ks)) == 0)
                 return -1;
-        skip_ws(&c);
-        if (c.p >= c.end || *c.p != ':') return -1;
-        c.p++;
         if (scan_value(&c, &m[n].v)) return -1;
         n++;
         skip_ws(&c);
