@@ -37,6 +37,22 @@ def _sql(q: SecureQueries, role: Role, sql: str, params: list[Any]) -> list[dict
     return list(q.run(role, sql, params).table.to_pylist())
 
 
+def _write_resent_copy(t: pa.Table, later: timedelta, path: Path) -> str:
+    """A client's resent copy of the events ``t`` as a data file at ``path``: received a second
+    earlier (so it is the copy that counts), timed ``later`` and from another country."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for name, value in (
+        ("collector_tstamp", pc.subtract(t["collector_tstamp"], pa.scalar(timedelta(seconds=1)))),
+        ("derived_tstamp", pc.add(t["derived_tstamp"], pa.scalar(later))),
+        ("geo_country", pa.array(["ZZ"] * t.num_rows, t.schema.field("geo_country").type)),
+    ):
+        t = t.set_column(t.schema.get_field_index(name), name, value)
+    pq.write_table(t, path)
+    return str(path)
+
+
 def _close(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert a.keys() == b.keys()
     # NaN (DuckDB's 0.0 / 0) is null in JSON, as the API sends it.
@@ -239,15 +255,8 @@ def test_funnel_index_follows_added_and_removed_files(lake: Lake, tmp_path: Path
         t = t.filter(pc.less(pc.hour(t["derived_tstamp"]), 22))
         if t.num_rows == 0 or i % 2:
             continue
-        for name, value in (
-            ("collector_tstamp", pc.subtract(t["collector_tstamp"], pa.scalar(timedelta(seconds=1)))),
-            ("derived_tstamp", pc.add(t["derived_tstamp"], pa.scalar(timedelta(minutes=50)))),
-            ("geo_country", pa.array(["ZZ"] * t.num_rows, t.schema.field("geo_country").type)),
-        ):
-            t = t.set_column(t.schema.get_field_index(name), name, value)
-        copies.append(str(tmp_path / f"copy-{i}.parquet"))
+        copies.append(_write_resent_copy(t, timedelta(minutes=50), tmp_path / f"copy-{i}.parquet"))
         copy_days.append(state.days[i])
-        pq.write_table(t, copies[-1])
     assert copies
     snapshots = [
         ([state.paths[i] for i in keep], [state.days[i] for i in keep])
@@ -503,15 +512,8 @@ def test_funnel_pieces_equal_the_walk_for_every_range_and_are_built_once(
     for i in range(0, n, 2):
         t = pq.read_table(state.paths[i])
         t = t.filter(pc.less(pc.hour(t["derived_tstamp"]), 23))
-        for name, value in (
-            ("collector_tstamp", pc.subtract(t["collector_tstamp"], pa.scalar(timedelta(seconds=1)))),
-            ("derived_tstamp", pc.add(t["derived_tstamp"], pa.scalar(timedelta(minutes=20)))),
-            ("geo_country", pa.array(["ZZ"] * t.num_rows, t.schema.field("geo_country").type)),
-        ):
-            t = t.set_column(t.schema.get_field_index(name), name, value)
-        copies.append(str(tmp_path / f"copy-{i}.parquet"))
+        copies.append(_write_resent_copy(t, timedelta(minutes=20), tmp_path / f"copy-{i}.parquet"))
         copy_days.append(state.days[i])
-        pq.write_table(t, copies[-1])
     snapshots = [
         ([state.paths[i] for i in range(0, n, 2)], [state.days[i] for i in range(0, n, 2)]),
         (list(state.paths), list(state.days)),
