@@ -105,7 +105,7 @@ class PipelineSettings(_Section):
     pipeline_id: str = Field(default="main", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     commit_interval_s: float = Field(default=10.0, gt=0)
     commit_max_events: int = Field(default=200_000, gt=0)
-    commit_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1024 * 1024)
+    commit_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     # 16 MB: two chunks decode at once (engines/local.py), so peak memory stays under 1.5 GB.
     read_chunk_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
     default_app_id: str = "default"

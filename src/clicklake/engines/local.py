@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.table import Table
@@ -46,6 +47,7 @@ from clicklake.lakehouse.catalog import (
     open_catalog,
 )
 from clicklake.lakehouse.sink import TableSink
+from clicklake.lakehouse.write import sort_by_partition
 from clicklake.metrics import PipelineMetrics
 from clicklake.sources.base import Chunk, Position, Source, min_position
 
@@ -68,7 +70,8 @@ class RunStats:
 @dataclass(frozen=True)
 class _Decoded:
     """A decoded and enriched chunk: where it ends in its stream, how many bytes and lines it
-    had, its good rows (not judged by dedup yet) and its failures."""
+    had, its good rows (not judged by dedup yet) and its failures, each sorted by its table's
+    partition, and which row of the chunk each good row was (``order``, for dedup's verdict)."""
 
     stream: str
     end: int
@@ -76,6 +79,7 @@ class _Decoded:
     rows: int
     good: pa.Table
     bad: pa.Table
+    order: np.ndarray
 
 
 class PipelineLock:
@@ -160,10 +164,20 @@ class Pipeline:
         self._worker_steps = [_for_workers(step) for step in self.steps]
         pid = settings.pipeline.pipeline_id
         retries = settings.pipeline.commit_retries
+        # Rows reach the sinks sorted by partition (on the decode workers), so that a commit
+        # holds one copy of its rows, not a second sorted one: room for bigger commits.
         self.sinks = {
-            EVENTS: TableSink(tables[EVENTS], pid, source.name, "load_tstamp", retries, self.metrics),
+            EVENTS: TableSink(
+                tables[EVENTS], pid, source.name, "load_tstamp", retries, self.metrics, presorted=True
+            ),
             FAILED_EVENTS: TableSink(
-                tables[FAILED_EVENTS], pid, source.name, "failed_tstamp", retries, self.metrics
+                tables[FAILED_EVENTS],
+                pid,
+                source.name,
+                "failed_tstamp",
+                retries,
+                self.metrics,
+                presorted=True,
             ),
         }
 
@@ -272,9 +286,9 @@ class Pipeline:
         self._commit(position, wait=True)
 
     def _decode_chunk(self, item: Chunk | Raw) -> _Decoded:
-        """Decode (unless the head start did), split and enrich one chunk, on a decode worker:
-        the decoder, DuckDB and most of Arrow run without the GIL, so two chunks are decoded and
-        enriched at once while this thread judges and buffers the one before."""
+        """Decode (unless the head start did), split, enrich and sort one chunk, on a decode
+        worker: the decoder, DuckDB and most of Arrow run without the GIL, so two chunks are
+        decoded and enriched at once while this thread judges and buffers the one before."""
         raw = item if isinstance(item, Raw) else decode_chunk(item, self.options)
         decoded = raw.decoded
         good, bad = split(decoded)
@@ -282,8 +296,10 @@ class Pipeline:
             good, enrich_failed = self._enrich(good)
             if enrich_failed.num_rows:
                 bad = pa.concat_tables([bad, enrich_failed])
+        good, order = sort_by_partition(self.sinks[EVENTS].table, good)
+        bad, _ = sort_by_partition(self.sinks[FAILED_EVENTS].table, bad)
         # The chunk's bytes are not kept: decoded rows waiting their turn hold only their own.
-        return _Decoded(raw.stream, raw.end, raw.nbytes, decoded.num_rows, good, bad)
+        return _Decoded(raw.stream, raw.end, raw.nbytes, decoded.num_rows, good, bad, order)
 
     def _enrich(self, good: pa.Table) -> tuple[pa.Table, pa.Table]:
         """Run the chain (dedup's verdict excepted); failed batches become failures."""
@@ -298,8 +314,9 @@ class Pipeline:
         self.metrics.bytes_read.inc(chunk.nbytes)
         good, bad = chunk.good, chunk.bad
         if KEY in good.column_names:
-            good, conflicts = self._judge(good)
+            good, conflicts = self._judge(good, chunk.order)
             if conflicts.num_rows:
+                conflicts, _ = sort_by_partition(self.sinks[FAILED_EVENTS].table, conflicts)
                 bad = pa.concat_tables([bad, conflicts])
         took_good = self.sinks[EVENTS].add(good)
         took_bad = self.sinks[FAILED_EVENTS].add(bad)
@@ -316,20 +333,28 @@ class Pipeline:
         if self.progress:
             self.progress(chunk.nbytes)
 
-    def _judge(self, enriched: pa.Table) -> tuple[pa.Table, pa.Table]:
-        """Dedup's verdict, in source order: drop resends, fail id conflicts."""
+    def _judge(self, enriched: pa.Table, order: np.ndarray) -> tuple[pa.Table, pa.Table]:
+        """Dedup's verdict, in source order: drop resends, fail id conflicts.
+
+        ``enriched`` is sorted by partition; row ``i`` was row ``order[i]`` of its chunk. Dedup
+        judges the chunk's rows in source order (the first of two copies is the new one), so
+        the verdict is given on the keys put back in that order, then sorted like the rows."""
         assert self._dedup is not None
-        verdict = self._dedup.judge_keys(
-            enriched.column(KEY).combine_chunks(),
-            enriched.column("event_fingerprint").combine_chunks(),
-            enriched.column("collector_tstamp"),
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order), dtype=order.dtype)
+        in_source_order = pa.array(back)
+        verdict_in_source_order = self._dedup.judge_keys(
+            enriched.column(KEY).combine_chunks().take(in_source_order),
+            enriched.column("event_fingerprint").combine_chunks().take(in_source_order),
+            enriched.column("collector_tstamp").take(in_source_order),
         )
+        verdict = verdict_in_source_order.take(pa.array(order))
         out = enriched.drop_columns([KEY])
         failed = FAILED_ARROW.empty_table()
-        conflict = pc.equal(verdict, "conflict")
+        conflict = pc.equal(verdict_in_source_order, "conflict")
         if pc.any(conflict).as_py():
             failed = rows_to_failures(
-                out.filter(conflict),
+                out.take(pa.array(back[np.flatnonzero(conflict.to_numpy(zero_copy_only=False))])),
                 "enrich",
                 "duplicate_id_conflict",
                 "this messageId was already used by a different event within the dedup window",

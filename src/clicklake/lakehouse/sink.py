@@ -64,6 +64,9 @@ class TableSink:
         load_column: Timestamp column set to the commit time (``load_tstamp``), if any.
         retries: How often a conflicting commit is retried.
         metrics: Where commit durations, sizes and retries are recorded (none by default).
+        presorted: Rows come to :meth:`add` with each batch sorted by partition
+            (:func:`~clicklake.lakehouse.write.sort_by_partition`), so the commit writes them
+            without a sorted copy. Unsorted rows would still land in the right partitions.
     """
 
     def __init__(
@@ -74,8 +77,10 @@ class TableSink:
         load_column: str | None,
         retries: int = 8,
         metrics: PipelineMetrics | None = None,
+        presorted: bool = False,
     ):
         self.table = table
+        self.presorted = presorted
         self.name = table.name()[-1]
         self.pipeline_id = pipeline_id
         self.source = source
@@ -144,7 +149,7 @@ class TableSink:
         files = []
         if df is not None and df.num_rows:
             try:
-                files = write_data_files(self.table, df)
+                files = write_data_files(self.table, df, presorted=self.presorted)
             except OSError as exc:
                 raise StorageError(
                     f"cannot write data files of {self.name}: {exc}; nothing of this batch was "
