@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.enrich.base import BoundedCache, Step, append_columns
+from clicklake.enrich.base import BoundedCache, Step, append_columns, encode
 from clicklake.events.schema import EVENTS_ARROW
 from clicklake.exceptions import ConfigError
 
@@ -164,8 +164,8 @@ class PiiHasher:
 
     def hash_column(self, values: pa.Array) -> pa.Array:
         """Every non-null value of a string column replaced by its hash (nulls stay null)."""
-        encoded = pc.dictionary_encode(values)
-        digests = pa.array(self.digest_many(encoded.dictionary.to_pylist()), type=pa.large_string())
+        encoded = encode(values)
+        digests = pa.array(self.digest_many(encoded.values()), type=pa.large_string())
         return pc.take(digests, encoded.indices)
 
     def _sql(self, query: str, table: pa.Table) -> pa.Array:
@@ -184,6 +184,9 @@ class PiiHasher:
     def hash_json_path(self, docs: pa.Array, field: PiiField) -> pa.Array:
         """The value at ``field.path`` in each JSON document replaced by its hash.
 
+        Each distinct document is extracted and patched once (a user sends the same traits event
+        after event, and most events have none), then spread back to its rows.
+
         Args:
             docs: A string column of JSON documents (nulls and invalid JSON are left as they are).
             field: The path.
@@ -194,6 +197,14 @@ class PiiHasher:
         docs = _large(docs)
         if docs.null_count == len(docs):
             return docs
+        encoded = encode(docs)
+        distinct = _large(encoded.dictionary)
+        patched = self._patch_distinct(distinct, field)
+        return docs if patched is distinct else pc.take(patched, encoded.indices)
+
+    def _patch_distinct(self, docs: pa.Array, field: PiiField) -> pa.Array:
+        """:meth:`hash_json_path` over distinct, non-null documents; ``docs`` itself if none has
+        a value at the path."""
         path = field.json_path.replace("'", "''")
         found = self._sql(
             f"SELECT CASE WHEN json_valid(c) THEN json_extract_string(c, '{path}') END FROM t",
