@@ -76,8 +76,10 @@ def append_columns(batch: pa.RecordBatch, columns: dict[str, pa.Array]) -> pa.Re
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
-ENCODINGS_KEPT = 16
-"""Dictionary encodings each thread remembers (:func:`encode`): a batch's few repeated columns."""
+ENCODINGS_KEPT = 8
+"""Dictionary encodings each thread remembers (:func:`encode`): the columns of one batch that
+several steps read (``page_url``, ``page_referrer``, ``user_agent``, ``context``,
+``user_ipaddress``, ``user_id``, ``traits``), so at most about one batch's worth is held."""
 
 
 class Encoded:
@@ -117,7 +119,7 @@ def _identity(values: pa.Array) -> tuple[object, ...]:
     )
 
 
-def encode(values: pa.Array | pa.ChunkedArray) -> Encoded:
+def encode(values: pa.Array | pa.ChunkedArray, *, keep: bool = True) -> Encoded:
     """``pc.dictionary_encode`` of a column, computed once per thread for the same data.
 
     Several steps look up the same columns of a batch (``page_url`` in url, dedup, referrer and
@@ -128,6 +130,8 @@ def encode(values: pa.Array | pa.ChunkedArray) -> Encoded:
 
     Args:
         values: A column (a chunked one is combined first).
+        keep: Remember the encoding for the next steps; false for a column only this call
+            reads (a step's own intermediate), so it does not push out one that is shared.
 
     Returns:
         Its encoding; do not modify it.
@@ -144,6 +148,8 @@ def encode(values: pa.Array | pa.ChunkedArray) -> Encoded:
         return found
     encoded = pc.dictionary_encode(values)
     out = Encoded(values, encoded.dictionary, encoded.indices)
+    if not keep:
+        return out
     memo[key] = out
     if len(memo) > ENCODINGS_KEPT:
         memo.popitem(last=False)
@@ -158,7 +164,11 @@ def spread(values: pa.Array | list[Any], encoded: Encoded, type: pa.DataType | N
 
 
 def unique_map(
-    values: pa.Array, fn: Callable[[str], tuple[object, ...]], types: tuple[pa.DataType, ...]
+    values: pa.Array,
+    fn: Callable[[str], tuple[object, ...]],
+    types: tuple[pa.DataType, ...],
+    *,
+    keep: bool = True,
 ) -> list[pa.Array]:
     """Apply ``fn`` once per distinct value of a string column and spread the results back.
 
@@ -166,11 +176,12 @@ def unique_map(
         values: A string column (nulls allowed: they map to nulls).
         fn: Called once per distinct non-null value; returns one item per output column.
         types: The Arrow type of each output column.
+        keep: Whether other steps may read the same column (see :func:`encode`).
 
     Returns:
         One array per output column, aligned with ``values``.
     """
-    encoded = encode(values)
+    encoded = encode(values, keep=keep)
     results = [fn(v) for v in encoded.values()]
     columns = list(zip(*results, strict=True)) if results else [() for _ in types]
     return [spread(pa.array(col, type=t), encoded) for col, t in zip(columns, types, strict=True)]

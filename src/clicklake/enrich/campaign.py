@@ -387,7 +387,7 @@ def enrich(batch: pa.RecordBatch) -> pa.RecordBatch:
     key = pc.binary_join_element_wise(
         *inputs, pa.scalar(_SEP, _STR), null_handling="replace", null_replacement=""
     )
-    (channel,) = unique_map(key, _channel_for_key, (_STR,))
+    (channel,) = unique_map(key, _channel_for_key, (_STR,), keep=False)
 
     names = [c.name for c in COLUMNS]
     return append_columns(batch, dict(zip(names, [*mkt, clickid, network, channel], strict=True)))
