@@ -98,3 +98,26 @@ def test_contains_literal_agrees_with_match_substring(kind: pa.DataType) -> None
 def test_contains_literal_does_not_match_across_two_values() -> None:
     column = pa.array(['xx"cam', 'paign"', '"campaign"', None, 'a"campaign"'], pa.large_string())
     assert contains_literal(column, '"campaign"').tolist() == [False, False, True, False, True]
+
+
+def test_the_chain_forgets_a_batch_s_encodings_once_it_is_through() -> None:
+    from clicklake.enrich.base import Step
+    from clicklake.enrich.chain import run_chain
+
+    batch = pa.RecordBatch.from_arrays([pa.array(["a", "b", "a"], pa.large_string())], names=["c"])
+    seen: list[base.Encoded] = []
+
+    def reads_c(b: pa.RecordBatch) -> pa.RecordBatch:
+        seen.append(encode(b.column("c")))
+        return b
+
+    out, failures = run_chain([Step("one", reads_c), Step("two", reads_c)], batch)
+    assert not failures and out.num_rows == 3
+    assert seen[0] is seen[1]  # the second step reused the first one's encoding
+    assert not base._local.encodings
+
+
+def test_an_all_null_result_is_spread_without_a_take() -> None:
+    column = pa.array(["a", None, "b"], pa.large_string())
+    (out,) = unique_map(column, lambda v: (None,), (pa.large_string(),))
+    assert out.type == pa.large_string() and out.to_pylist() == [None, None, None]

@@ -156,10 +156,19 @@ def encode(values: pa.Array | pa.ChunkedArray, *, keep: bool = True) -> Encoded:
     return out
 
 
+def forget_encodings() -> None:
+    """Drop this thread's remembered encodings (the chain does, once a batch is through it)."""
+    memo: OrderedDict[tuple[object, ...], Encoded] | None = getattr(_local, "encodings", None)
+    if memo is not None:
+        memo.clear()
+
+
 def spread(values: pa.Array | list[Any], encoded: Encoded, type: pa.DataType | None = None) -> pa.Array:
     """Per-distinct-value results (aligned with ``encoded.dictionary``) as a per-row column."""
     if not isinstance(values, pa.Array):
         values = pa.array(values, type=type)
+    if values.null_count == len(values):  # e.g. no URL of the batch has a fragment: no take
+        return pa.nulls(len(encoded.indices), values.type)
     return pc.take(values, encoded.indices)
 
 
