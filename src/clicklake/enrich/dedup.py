@@ -58,6 +58,7 @@ _NO_TS = np.iinfo(np.int64).max
 _FINGERPRINT_SQL = """hash(app_id, event_id, event_type, event_name, user_id, anonymous_id,
     session_id, group_id, previous_id, dvce_created_tstamp, page_url, page_referrer,
     page_title, properties, traits, context)"""
+_FINGERPRINT_COLUMNS = [c.strip() for c in _FINGERPRINT_SQL[len("hash(") : -1].split(",")]
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 
 
@@ -434,11 +435,11 @@ def _distinct_hashes(
 def keys(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> tuple[pa.Array, pa.Array]:
     """``(key, fingerprint)`` of each row: what :meth:`DedupState.judge_keys` judges. Pure, on
     any connection (one per thread)."""
-    con.register("fp_in", pa.Table.from_batches([batch]))
-    try:
-        out = con.sql(f"SELECT {_FINGERPRINT_SQL} AS h FROM fp_in").to_arrow_table()
-    finally:
-        con.unregister("fp_in")
+    # Only the hashed columns go to DuckDB (binding every column of the batch costs as much
+    # as hashing a few of them), as a relation rather than a registered view.
+    out = (
+        con.from_arrow(batch.select(_FINGERPRINT_COLUMNS)).select(f"{_FINGERPRINT_SQL} AS h").to_arrow_table()
+    )
     sep = pa.scalar(chr(31), pa.large_string())
     key = pc.binary_join_element_wise(_large(batch.column("app_id")), _large(batch.column("event_id")), sep)
     return key, _hex16(out.column("h").combine_chunks())
