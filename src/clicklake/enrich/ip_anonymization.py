@@ -154,22 +154,19 @@ def _scrub_context(
     pairs = pc.dictionary_encode(pair)
     ci = pc.divide(pairs.dictionary, pa.scalar(m, pa.int64()))
     ii = pc.subtract(pairs.dictionary, pc.multiply(ci, pa.scalar(m, pa.int64())))
-    con = thread_connection()
-    con.register(
-        "t",
-        pa.table(
-            {"c": pc.take(ctx.dictionary, ci), "o": pc.take(distinct, ii), "a": pc.take(anonymized, ii)}
-        ),
+    table = pa.table(
+        {"c": pc.take(ctx.dictionary, ci), "o": pc.take(distinct, ii), "a": pc.take(anonymized, ii)}
     )
-    try:
-        result = con.sql(
-            """SELECT CASE WHEN c IS NULL OR o IS NULL OR o IS NOT DISTINCT FROM a
-                                OR NOT contains(c, '"' || o || '"') THEN c
-                           ELSE replace(c, '"' || o || '"', COALESCE('"' || a || '"', 'null')) END AS c
-               FROM t"""
-        ).to_arrow_table()
-    finally:
-        con.unregister("t")
+    result = (
+        thread_connection()
+        .from_arrow(table)
+        .select(
+            """CASE WHEN c IS NULL OR o IS NULL OR o IS NOT DISTINCT FROM a
+                         OR NOT contains(c, '"' || o || '"') THEN c
+                    ELSE replace(c, '"' || o || '"', COALESCE('"' || a || '"', 'null')) END AS c"""
+        )
+        .to_arrow_table()
+    )
     scrubbed = pc.take(result.column("c").combine_chunks().cast(context.type), pairs.indices)
     return pc.if_else(pc.is_null(pair), context, scrubbed) if pair.null_count else scrubbed
 
