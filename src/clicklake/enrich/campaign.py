@@ -129,7 +129,6 @@ SHOPPING_SITES = frozenset(
 )
 
 _STR = pa.large_string()
-_URL_TYPES = (pa.bool_(),) + (_STR,) * 9
 
 
 @lru_cache(maxsize=CACHE_SIZE)
