@@ -158,6 +158,11 @@ def generate(events: int, seed: int, out: Path) -> Input:
     run = run_measured(cmd, cwd=out.parent)
     if not run.ok:
         sys.exit(f"clicklake generate failed: {run.error_line()}\n{run.stderr}")
+    return read_input(out, f" in {run.wall_s:.1f}s")
+
+
+def read_input(out: Path, took: str = "") -> Input:
+    """The input that ``clicklake generate`` wrote into ``out``, as its manifest describes it."""
     manifest: dict[str, Any] = json.loads((out / "manifest.json").read_text())
     files = sorted(p for p in out.rglob("*") if p.is_file() and {".ndjson", ".jsonl"} & set(p.suffixes))
     if not files:
@@ -167,7 +172,7 @@ def generate(events: int, seed: int, out: Path) -> Input:
     if lines != expected:
         print(f"warning: {lines:,} lines but manifest expects {expected:,} event rows", file=sys.stderr)
     size = sum(p.stat().st_size for p in files)
-    print(f"  {len(files)} file(s), {lines:,} lines, {size / MB:,.1f} MB in {run.wall_s:.1f}s", flush=True)
+    print(f"  {len(files)} file(s), {lines:,} lines, {size / MB:,.1f} MB{took}", flush=True)
     return Input(files, expected, lines, size)
 
 
@@ -360,6 +365,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     p.add_argument("--workdir", type=Path, help="scratch directory (default: a new one under bench/out/)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory afterwards")
+    p.add_argument(
+        "--input",
+        type=Path,
+        help="reuse a directory written by `clicklake generate --format ndjson` (read only) instead of "
+        "generating one; --events and --seed are then ignored",
+    )
     p.add_argument("--results", type=Path, default=RESULTS_MD, help="results file (default bench/RESULTS.md)")
     # internal: run one floor in this child process
     p.add_argument("--floor", choices=sorted(FLOORS), help=argparse.SUPPRESS)
@@ -381,9 +392,13 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
     try:
-        input_dir = workdir / "input"
-        shutil.rmtree(input_dir, ignore_errors=True)
-        inp = generate(args.events, args.seed, input_dir)
+        if args.input is not None:
+            print(f"reusing the input in {args.input}", flush=True)
+            inp = read_input(args.input.resolve())
+        else:
+            input_dir = workdir / "input"
+            shutil.rmtree(input_dir, ignore_errors=True)
+            inp = generate(args.events, args.seed, input_dir)
         plain, *plain_check = run_clicklake(inp, workdir, "clicklake, no enrichment", NO_ENRICHMENT)
         chain, *chain_check = run_clicklake(inp, workdir, "clicklake, full chain", FULL_CHAIN)
         floors = [run_floor("pyarrow", "floor A: pyarrow", inp, workdir),

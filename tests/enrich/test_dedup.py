@@ -80,3 +80,18 @@ def test_the_window_follows_event_time_so_backfills_dedup_too() -> None:
     st.expire()
     _, verdict = st.judge(batch(["old"], ["x"], at_us=week_ago + 2 * 24 * 3_600_000_000))
     assert verdict.to_pylist() == ["new"]
+
+
+def test_a_key_hashes_the_same_in_any_batch() -> None:
+    """The window finds a key by its hash: the hash of a key must not depend on the other keys of
+    its batch (one length or several, contiguous or sliced, with NULLs)."""
+    from clicklake.enrich.dedup import _key_hash
+
+    keys = ["a\x1f1", "a\x1f22", "a\x1f333", "a\x1f4444", "é\x1f€" * 5, "", "a\x1f12345678", "b\x1f1"]
+    alone = {k: int(_key_hash(None, pa.array([k], pa.large_string()))[0]) for k in keys}
+    assert len(set(alone.values())) == len(keys)
+    mixed = pa.array(keys * 3 + [None], pa.large_string())
+    for piece in (mixed, mixed.slice(1), mixed.slice(5, 9), pa.array(["a\x1f1"] * 4, pa.large_string())):
+        got = _key_hash(None, piece).tolist()
+        expected = [0 if k is None else alone[k] for k in piece.to_pylist()]
+        assert got == expected

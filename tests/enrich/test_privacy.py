@@ -249,3 +249,23 @@ def test_anonymization_also_scrubs_the_address_inside_context() -> None:
     ctx = [orjson.loads(c) for c in out.column("context").to_pylist()]
     # the full address is gone from the JSON; other fields and rows are untouched
     assert ctx == [{"ip": "203.0.113.0", "locale": "en"}, {"locale": "fr"}, {"ip": "10.0.0.1"}]
+
+
+def test_pii_repeated_documents_and_a_small_cache_give_the_same_hashes() -> None:
+    """Values and documents are hashed once per distinct one, the hashes kept in a bounded cache
+    across batches: a cache far smaller than the values, forgetting all the time, answers the same."""
+    small = pii.PiiHasher(SALT.encode(), pii.parse_fields(["user_id", "traits.email"]), cache_size=2)
+    users = [f"u{i % 5}" if i % 4 else None for i in range(40)]
+    traits = [None if i % 3 else f'{{"email":"{u}@example.com","plan":"pro"}}' for i, u in enumerate(users)]
+    for start in range(0, 40, 10):
+        batch = _events(user_id=users[start : start + 10], traits=traits[start : start + 10])
+        out = small(batch).to_pydict()
+        assert out["user_id"] == [_h(u) if u else None for u in users[start : start + 10]]
+        for doc, got in zip(traits[start : start + 10], out["traits"], strict=True):
+            if doc is None:
+                assert got is None
+            else:
+                expected = json.loads(doc)
+                expected["email"] = _h(expected["email"])
+                assert json.loads(got) == expected
+        assert len(small._cache) <= 2

@@ -9,12 +9,15 @@ computes per unique value (user agent, IP, URL) rather than per row.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from clicklake.events.schema import Column
 
@@ -73,8 +76,108 @@ def append_columns(batch: pa.RecordBatch, columns: dict[str, pa.Array]) -> pa.Re
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
+ENCODINGS_KEPT = 8
+"""Dictionary encodings each thread remembers (:func:`encode`): the columns of one batch that
+several steps read (``page_url``, ``page_referrer``, ``user_agent``, ``context``,
+``user_ipaddress``, ``user_id``, ``traits``), so at most about one batch's worth is held."""
+
+
+class Encoded:
+    """A string column as its distinct values and, per row, the index of its value (null: null).
+
+    Attributes:
+        dictionary: The distinct non-null values, in order of first appearance.
+        indices: Per row, an ``int32`` index into ``dictionary``; null where the value is null.
+    """
+
+    __slots__ = ("_values", "dictionary", "indices", "source")
+
+    def __init__(self, source: pa.Array, dictionary: pa.Array, indices: pa.Array) -> None:
+        self.source = source  # held, so the buffers that identify it are never reused meanwhile
+        self.dictionary = dictionary
+        self.indices = indices
+        self._values: list[Any] | None = None
+
+    def values(self) -> list[Any]:
+        """``dictionary`` as Python values (converted once, shared by the steps that ask)."""
+        if self._values is None:
+            self._values = self.dictionary.to_pylist()
+        return self._values
+
+
+def _identity(values: pa.Array) -> tuple[object, ...]:
+    """What makes two arrays the same data: their type, place and buffers' addresses.
+
+    Arrow arrays are immutable, so while one of them is held (and its buffers cannot be freed
+    and reused) another array with the same identity holds the very same values.
+    """
+    return (
+        values.type,
+        values.offset,
+        len(values),
+        tuple(b.address if b is not None else 0 for b in values.buffers()),
+    )
+
+
+def encode(values: pa.Array | pa.ChunkedArray, *, keep: bool = True) -> Encoded:
+    """``pc.dictionary_encode`` of a column, computed once per thread for the same data.
+
+    Several steps look up the same columns of a batch (``page_url`` in url, dedup, referrer and
+    campaign; ``context`` in dedup, campaign and ip_anonymization; ``user_agent``,
+    ``user_ipaddress``): the first one hashes the column, the next ones reuse its encoding.
+    Each thread remembers its last :data:`ENCODINGS_KEPT` encodings (the engine runs a batch's
+    whole chain on one thread), holding the source arrays so their identity stays valid.
+
+    Args:
+        values: A column (a chunked one is combined first).
+        keep: Remember the encoding for the next steps; false for a column only this call
+            reads (a step's own intermediate), so it does not push out one that is shared.
+
+    Returns:
+        Its encoding; do not modify it.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    memo: OrderedDict[tuple[object, ...], Encoded] | None = getattr(_local, "encodings", None)
+    if memo is None:
+        memo = _local.encodings = OrderedDict()
+    key = _identity(values)
+    found = memo.get(key)
+    if found is not None:
+        memo.move_to_end(key)
+        return found
+    encoded = pc.dictionary_encode(values)
+    out = Encoded(values, encoded.dictionary, encoded.indices)
+    if not keep:
+        return out
+    memo[key] = out
+    if len(memo) > ENCODINGS_KEPT:
+        memo.popitem(last=False)
+    return out
+
+
+def forget_encodings() -> None:
+    """Drop this thread's remembered encodings (the chain does, once a batch is through it)."""
+    memo: OrderedDict[tuple[object, ...], Encoded] | None = getattr(_local, "encodings", None)
+    if memo is not None:
+        memo.clear()
+
+
+def spread(values: pa.Array | list[Any], encoded: Encoded, type: pa.DataType | None = None) -> pa.Array:
+    """Per-distinct-value results (aligned with ``encoded.dictionary``) as a per-row column."""
+    if not isinstance(values, pa.Array):
+        values = pa.array(values, type=type)
+    if values.null_count == len(values):  # e.g. no URL of the batch has a fragment: no take
+        return pa.nulls(len(encoded.indices), values.type)
+    return pc.take(values, encoded.indices)
+
+
 def unique_map(
-    values: pa.Array, fn: Callable[[str], tuple[object, ...]], types: tuple[pa.DataType, ...]
+    values: pa.Array,
+    fn: Callable[[str], tuple[object, ...]],
+    types: tuple[pa.DataType, ...],
+    *,
+    keep: bool = True,
 ) -> list[pa.Array]:
     """Apply ``fn`` once per distinct value of a string column and spread the results back.
 
@@ -82,24 +185,55 @@ def unique_map(
         values: A string column (nulls allowed: they map to nulls).
         fn: Called once per distinct non-null value; returns one item per output column.
         types: The Arrow type of each output column.
+        keep: Whether other steps may read the same column (see :func:`encode`).
 
     Returns:
         One array per output column, aligned with ``values``.
     """
-    import pyarrow.compute as pc
+    encoded = encode(values, keep=keep)
+    results = [fn(v) for v in encoded.values()]
+    columns = list(zip(*results, strict=True)) if results else [() for _ in types]
+    return [spread(pa.array(col, type=t), encoded) for col, t in zip(columns, types, strict=True)]
 
-    encoded = (
-        pc.dictionary_encode(values).combine_chunks()
-        if isinstance(values, pa.ChunkedArray)
-        else pc.dictionary_encode(values)
-    )
-    dictionary = encoded.dictionary.to_pylist()
-    results = [fn(v) for v in dictionary]
-    out = []
-    for i, t in enumerate(types):
-        dict_values = pa.array([r[i] for r in results], type=t)
-        out.append(pc.take(dict_values, encoded.indices))
-    return out
+
+def contains_literal(values: pa.Array, literal: str) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """Whether each value of a string column contains ``literal`` (null: false).
+
+    One byte search over the column's data buffer, instead of Arrow's ``match_substring``
+    (several times slower on long values such as the JSON ``context``).
+
+    Args:
+        values: A ``string`` or ``large_string`` array.
+        literal: A non-empty substring.
+
+    Returns:
+        One boolean per value.
+    """
+    n = len(values)
+    found = np.zeros(n, dtype=bool)
+    if n == 0:
+        return found
+    width = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    _, offsets_buf, data_buf = values.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=width)[values.offset : values.offset + n + 1].astype(np.int64)
+    if data_buf is None:
+        return found
+    data = memoryview(data_buf)[offsets[0] : offsets[-1]].tobytes()
+    needle = literal.encode("utf-8")
+    base = int(offsets[0])
+    hits: list[int] = []
+    at = data.find(needle)
+    while at >= 0:
+        hits.append(at + base)
+        at = data.find(needle, at + 1)
+    if hits:
+        starts = np.asarray(hits, dtype=np.int64)
+        row = np.searchsorted(offsets, starts, side="right") - 1
+        inside = starts + len(needle) <= offsets[row + 1]
+        found[row[inside]] = True
+    if values.null_count:
+        found &= np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    return found
 
 
 class BoundedCache(Generic[V]):

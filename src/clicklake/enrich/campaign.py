@@ -22,14 +22,16 @@ from __future__ import annotations
 import json
 import re
 from functools import cache, lru_cache
+from typing import Any
 from urllib.parse import parse_qsl
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.enrich.base import Step, append_columns, unique_map
+from clicklake.enrich.base import Encoded, Step, append_columns, contains_literal, encode, spread, unique_map
 from clicklake.enrich.referrer import RefererIndex, default_index
 from clicklake.enrich.url import split_url
 from clicklake.events.schema import Column
@@ -127,7 +129,6 @@ SHOPPING_SITES = frozenset(
 )
 
 _STR = pa.large_string()
-_URL_TYPES = (pa.bool_(),) + (_STR,) * 9
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -312,20 +313,49 @@ def _column(batch: pa.RecordBatch, name: str) -> pa.Array:
     return pa.nulls(batch.num_rows, _STR)
 
 
-def _context_columns(context: pa.Array, need: pa.Array) -> list[pa.Array]:
-    """``context.campaign`` fields, parsed only where ``need`` is true; null elsewhere."""
-    n = len(context)
-    # Searched once per distinct context (visitors send the same one event after event):
-    # hashing the column is several times cheaper than a substring search over all of it.
-    encoded = pc.dictionary_encode(context)
-    mentions = pc.take(pc.match_substring(encoded.dictionary, '"campaign"'), encoded.indices)
-    mask = pc.and_(need, pc.fill_null(mentions, False))
-    empty = [pa.nulls(n, _STR) for _ in CONTEXT_KEYS]
-    if not pc.any(mask).as_py():
-        return empty
-    subset = pc.filter(context, mask)
-    parsed = unique_map(subset, context_campaign, (_STR,) * 5)
-    return [pc.replace_with_mask(e, mask, p) for e, p in zip(empty, parsed, strict=True)]
+def _indices(encoded: Encoded) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """Each row's index into ``encoded.dictionary``; -1 where the value is null."""
+    return np.asarray(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _mkt_columns(
+    url_rows: np.ndarray[Any, np.dtype[np.int64]],
+    url_parts: list[tuple[bool | str | None, ...]],
+    context: pa.Array,
+) -> list[pa.Array]:
+    """``mkt_source`` .. ``mkt_content``: the URL's ``utm_*`` where it has any, else
+    ``context.campaign`` where the context mentions ``"campaign"``, else null.
+
+    Both kinds of values go into one table of distinct 5-tuples (one per URL, then one per
+    context parsed) and each row picks its tuple, so each column is built with a single take.
+    The JSON context is only parsed for the rows that need it, once per distinct context.
+    """
+    has_utm = np.fromiter((bool(p[0]) for p in url_parts), dtype=bool, count=len(url_parts))
+    row_utm = np.zeros(len(url_rows), dtype=bool)
+    valid = url_rows >= 0
+    row_utm[valid] = has_utm[url_rows[valid]]
+    code = np.where(row_utm, url_rows, -1)
+    table: list[tuple[str | None, ...]] = [p[1:6] for p in url_parts]  # type: ignore[misc]
+    if not row_utm.all():
+        ctx = encode(context)
+        mentions = contains_literal(ctx.dictionary, '"campaign"')
+        if mentions.any():
+            ctx_rows = _indices(ctx)
+            need = ~row_utm & (ctx_rows >= 0)
+            need[need] = mentions[ctx_rows[need]]
+            if need.any():
+                wanted = np.unique(ctx_rows[need])
+                docs = ctx.dictionary.take(pa.array(wanted)).to_pylist()
+                where = np.full(len(ctx.dictionary), -1, dtype=np.int64)
+                where[wanted] = np.arange(len(table), len(table) + len(wanted))
+                table += [context_campaign(doc) for doc in docs]
+                code[need] = where[ctx_rows[need]]
+    rows = pa.array(code, mask=code < 0)
+    return [pc.take(pa.array(col, type=_STR), rows) for col in _transpose(table, 5)]
+
+
+def _transpose(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    return list(zip(*rows, strict=True)) if rows else [() for _ in range(width)]
 
 
 def enrich(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -338,11 +368,10 @@ def enrich(batch: pa.RecordBatch) -> pa.RecordBatch:
     Returns:
         The same rows with the eight columns appended.
     """
-    has_utm, *url_cols = unique_map(batch.column("page_url"), url_campaign, _URL_TYPES)
-    has_utm = pc.fill_null(has_utm, False)
-    utm_cols, click_cols = url_cols[:5], url_cols[5:]
-    ctx_cols = _context_columns(batch.column("context"), pc.invert(has_utm))
-    mkt = [pc.if_else(has_utm, u, c) for u, c in zip(utm_cols, ctx_cols, strict=True)]
+    url = encode(batch.column("page_url"))
+    url_parts = [url_campaign(u) for u in url.values()]
+    mkt = _mkt_columns(_indices(url), url_parts, batch.column("context"))
+    click_cols = [spread(pa.array(col, type=_STR), url) for col in _transpose(url_parts, 10)[6:]]
     clickid, network, implied_source, implied_medium = click_cols
 
     inputs = [
@@ -357,7 +386,7 @@ def enrich(batch: pa.RecordBatch) -> pa.RecordBatch:
     key = pc.binary_join_element_wise(
         *inputs, pa.scalar(_SEP, _STR), null_handling="replace", null_replacement=""
     )
-    (channel,) = unique_map(key, _channel_for_key, (_STR,))
+    (channel,) = unique_map(key, _channel_for_key, (_STR,), keep=False)
 
     names = [c.name for c in COLUMNS]
     return append_columns(batch, dict(zip(names, [*mkt, clickid, network, channel], strict=True)))

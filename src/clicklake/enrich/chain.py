@@ -22,7 +22,7 @@ from typing import Final
 import pyarrow as pa
 
 from clicklake.config import PluginSettings, Settings
-from clicklake.enrich.base import EnrichFn, Step
+from clicklake.enrich.base import EnrichFn, Step, forget_encodings
 from clicklake.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,14 @@ def run_chain(steps: list[Step], batch: pa.RecordBatch) -> tuple[pa.RecordBatch,
         When a step fails, an empty (zero-row) slice of ``batch`` and one failure holding the
         whole input batch: none of its rows is written to ``events``.
     """
+    try:
+        return _run_steps(steps, batch)
+    finally:
+        # The steps' shared encodings are of this batch's columns: none is read again.
+        forget_encodings()
+
+
+def _run_steps(steps: list[Step], batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[EnrichFailure]]:
     current = batch
     for step in steps:
         fn: EnrichFn = step.fn

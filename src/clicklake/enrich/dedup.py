@@ -58,6 +58,7 @@ _NO_TS = np.iinfo(np.int64).max
 _FINGERPRINT_SQL = """hash(app_id, event_id, event_type, event_name, user_id, anonymous_id,
     session_id, group_id, previous_id, dvce_created_tstamp, page_url, page_referrer,
     page_title, properties, traits, context)"""
+_FINGERPRINT_COLUMNS = [c.strip() for c in _FINGERPRINT_SQL[len("hash(") : -1].split(",")]
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 
 
@@ -177,20 +178,26 @@ class DedupState:
         if n == 0:
             return pa.array([], pa.string())
         key, fp = _large(key), _large(fp)
-        # Row -> its key among the batch's distinct keys (-1: NULL key), exact string equality.
-        encoded = pc.dictionary_encode(key)
-        distinct = _large(encoded.dictionary)
-        idx = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        valid = idx >= 0
-        if len(distinct) == 0:
-            return pa.array(["new"] * n, pa.string())
         rows = np.arange(n, dtype=np.int64)
+        h, order = _distinct_hashes(self.con, key)
+        if h is not None:
+            # The usual batch: no NULL and no repeated key (distinct hashes prove it), so the
+            # rows are the distinct keys, in order, with no dictionary of the strings to build.
+            distinct, idx = key, rows
+        else:
+            # Row -> its key among the batch's distinct keys (-1: NULL key), exact string equality.
+            encoded = pc.dictionary_encode(key)
+            distinct = _large(encoded.dictionary)
+            idx = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+            if len(distinct) == 0:
+                return pa.array(["new"] * n, pa.string())
+            h, order = _key_hash(self.con, distinct), None
+        valid = idx >= 0
         first = np.full(len(distinct), n, dtype=np.int64)
         np.minimum.at(first, idx[valid], rows[valid])
         at = np.where(valid, idx, 0)
         is_first = valid & (first[at] == rows)
-        h = _key_hash(self.con, distinct)
-        found, seen_fp = self._probe(distinct, h)
+        found, seen_fp = self._probe(distinct, h, order)
 
         seen_r = valid & found[at]
         repeat = valid & ~is_first
@@ -215,14 +222,19 @@ class DedupState:
         return _VERDICTS.take(pa.array(code))
 
     def _probe(
-        self, key: pa.Array, h: np.ndarray[Any, np.dtype[np.uint64]]
+        self,
+        key: pa.Array,
+        h: np.ndarray[Any, np.dtype[np.uint64]],
+        order: np.ndarray[Any, np.dtype[np.intp]] | None = None,
     ) -> tuple[np.ndarray[Any, np.dtype[np.bool_]], pa.Array]:
-        """For distinct ``key`` (hashed ``h``): whether each is remembered, and its remembered
-        fingerprint (NULL when not remembered or remembered without one)."""
+        """For distinct ``key`` (hashed ``h``, ``order`` its argsort when known): whether each is
+        remembered, and its remembered fingerprint (NULL when not remembered or remembered
+        without one)."""
         cand_q: list[np.ndarray[Any, Any]] = []
         cand_ref: list[np.ndarray[Any, Any]] = []
         # Searched in hash order, each search starts near the last one (cache-friendly).
-        order = np.argsort(h)
+        if order is None:
+            order = np.argsort(h)
         sorted_h = h[order]
         for run in self._runs:
             lo = np.empty(len(h), dtype=np.int64)
@@ -355,24 +367,79 @@ def _epoch_us(ts: pa.Array | pa.ChunkedArray) -> np.ndarray[Any, np.dtype[np.int
     return np.asarray(as_int.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _key_hash(con: duckdb.DuckDBPyConnection, key: pa.Array) -> np.ndarray[Any, np.dtype[np.uint64]]:
-    """A 64-bit hash of each (non-NULL) key: where to look, never proof of a match."""
-    con.register("key_in", pa.table({"k": key}))
-    try:
-        out = con.sql("SELECT hash(k) AS h FROM key_in").to_arrow_table()
-    finally:
-        con.unregister("key_in")
-    return np.asarray(out.column("h").combine_chunks().to_numpy(zero_copy_only=False), dtype=np.uint64)
+_GOLDEN = 0x9E3779B97F4A7C15
+_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
+_MUL2 = np.uint64(0x94D049BB133111EB)
+_MASK64 = (1 << 64) - 1
+
+
+def _key_hash(con: duckdb.DuckDBPyConnection | None, key: pa.Array) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """A 64-bit hash of each key's UTF-8 bytes: where to look, never proof of a match.
+
+    Computed in numpy, a word of 8 bytes at a time over all keys of one length at once (keys
+    are ``app_id`` + ``event_id``, nearly all of one length), mixed with splitmix64's finalizer.
+    The window only ever compares hashes made by this function in this process (it is rebuilt
+    from ``events`` at start), so any good 64-bit hash serves. NULL keys hash to 0. ``con`` is
+    not used (the hash was DuckDB's; tests swap in weaker hashes with this signature).
+    """
+    del con
+    key = _large(key)
+    n = len(key)
+    out = np.zeros(n, dtype=np.uint64)
+    if n == 0:
+        return out
+    _, offsets_buf, data_buf = key.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[key.offset : key.offset + n + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    valid = np.ones(n, dtype=bool) if key.null_count == 0 else _true(key.is_valid())
+    for length in np.unique(lengths[valid]).tolist():
+        rows = np.flatnonzero((lengths == length) & valid)
+        width = -(-length // 8) * 8
+        padded = np.zeros((len(rows), width), dtype=np.uint8)
+        if length:
+            starts = offsets[rows]
+            if len(rows) == n and starts[-1] - starts[0] == (n - 1) * length:  # contiguous
+                padded[:, :length] = data[starts[0] : starts[0] + n * length].reshape(n, length)
+            else:
+                padded[:, :length] = data[starts[:, None] + np.arange(length)]
+        words = padded.view("<u8")
+        h = np.full(len(rows), (length * _GOLDEN) & _MASK64, dtype=np.uint64)
+        for j in range(words.shape[1]):
+            h = (h ^ words[:, j]) * _MUL1
+            h ^= h >> 31
+        h ^= h >> 30
+        h *= _MUL1
+        h ^= h >> 27
+        h *= _MUL2
+        h ^= h >> 31
+        out[rows] = h
+    return out
+
+
+def _distinct_hashes(
+    con: duckdb.DuckDBPyConnection, key: pa.Array
+) -> tuple[np.ndarray[Any, np.dtype[np.uint64]], np.ndarray[Any, np.dtype[np.intp]]] | tuple[None, None]:
+    """``(hashes, their argsort)`` of ``key`` when it has no NULL and no two equal hashes (so no
+    two equal keys), else ``(None, None)``."""
+    if key.null_count:
+        return None, None
+    h = _key_hash(con, key)
+    order = np.argsort(h)
+    sorted_h = h[order]
+    if len(h) > 1 and bool((sorted_h[1:] == sorted_h[:-1]).any()):
+        return None, None
+    return h, order
 
 
 def keys(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> tuple[pa.Array, pa.Array]:
     """``(key, fingerprint)`` of each row: what :meth:`DedupState.judge_keys` judges. Pure, on
     any connection (one per thread)."""
-    con.register("fp_in", pa.Table.from_batches([batch]))
-    try:
-        out = con.sql(f"SELECT {_FINGERPRINT_SQL} AS h FROM fp_in").to_arrow_table()
-    finally:
-        con.unregister("fp_in")
+    # Only the hashed columns go to DuckDB (binding every column of the batch costs as much
+    # as hashing a few of them), as a relation rather than a registered view.
+    out = (
+        con.from_arrow(batch.select(_FINGERPRINT_COLUMNS)).select(f"{_FINGERPRINT_SQL} AS h").to_arrow_table()
+    )
     sep = pa.scalar(chr(31), pa.large_string())
     key = pc.binary_join_element_wise(_large(batch.column("app_id")), _large(batch.column("event_id")), sep)
     return key, _hex16(out.column("h").combine_chunks())

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.enrich.base import BoundedCache, Step, append_columns
+from clicklake.enrich.base import BoundedCache, Step, append_columns, encode
 from clicklake.events.schema import Column
 from clicklake.exceptions import ConfigError
 
@@ -181,8 +181,8 @@ class GeoLookup:
         if batch.num_rows == 0 or IP_COLUMN not in batch.schema.names:
             arrays = [pa.nulls(batch.num_rows, type=t) for t in _TYPES]
         else:
-            encoded = pc.dictionary_encode(batch.column(IP_COLUMN))
-            rows = self.lookup(encoded.dictionary.to_pylist())
+            encoded = encode(batch.column(IP_COLUMN))
+            rows = self.lookup(encoded.values())
             # Without a MaxMind file only the country can be set: skip the all-null columns.
             width = len(_TYPES) if self._reader is not None else 1
             arrays = [

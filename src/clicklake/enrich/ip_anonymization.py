@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.enrich.base import BoundedCache, Step, append_columns, thread_connection
+from clicklake.enrich.base import BoundedCache, Step, append_columns, encode, thread_connection
 
 IP_COLUMN = "user_ipaddress"
 
@@ -111,8 +111,8 @@ class IpAnonymizer:
         """``batch`` with ``user_ipaddress`` truncated."""
         if batch.num_rows == 0 or IP_COLUMN not in batch.schema.names:
             return batch
-        column = batch.column(IP_COLUMN)
-        encoded = pc.dictionary_encode(column)
+        # The same encoding as the geoip step's (and, for context, the campaign step's).
+        encoded = encode(batch.column(IP_COLUMN))
         distinct = encoded.dictionary
         # Plain IPv4, the bulk of the traffic, is handled by Arrow regexes; Python sees the rest.
         is_ipv4 = pc.match_substring_regex(distinct, _IPV4)
@@ -146,7 +146,7 @@ def _scrub_context(
     m = len(distinct)
     if m == 0:
         return context
-    ctx = pc.dictionary_encode(context)
+    ctx = encode(context)
     # One int64 per row naming its (context, address) pair; null when either is null (kept as is).
     pair = pc.add(
         pc.multiply(ctx.indices.cast(pa.int64()), pa.scalar(m, pa.int64())), ip_indices.cast(pa.int64())
@@ -154,22 +154,19 @@ def _scrub_context(
     pairs = pc.dictionary_encode(pair)
     ci = pc.divide(pairs.dictionary, pa.scalar(m, pa.int64()))
     ii = pc.subtract(pairs.dictionary, pc.multiply(ci, pa.scalar(m, pa.int64())))
-    con = thread_connection()
-    con.register(
-        "t",
-        pa.table(
-            {"c": pc.take(ctx.dictionary, ci), "o": pc.take(distinct, ii), "a": pc.take(anonymized, ii)}
-        ),
+    table = pa.table(
+        {"c": pc.take(ctx.dictionary, ci), "o": pc.take(distinct, ii), "a": pc.take(anonymized, ii)}
     )
-    try:
-        result = con.sql(
-            """SELECT CASE WHEN c IS NULL OR o IS NULL OR o IS NOT DISTINCT FROM a
-                                OR NOT contains(c, '"' || o || '"') THEN c
-                           ELSE replace(c, '"' || o || '"', COALESCE('"' || a || '"', 'null')) END AS c
-               FROM t"""
-        ).to_arrow_table()
-    finally:
-        con.unregister("t")
+    result = (
+        thread_connection()
+        .from_arrow(table)
+        .select(
+            """CASE WHEN c IS NULL OR o IS NULL OR o IS NOT DISTINCT FROM a
+                         OR NOT contains(c, '"' || o || '"') THEN c
+                    ELSE replace(c, '"' || o || '"', COALESCE('"' || a || '"', 'null')) END AS c"""
+        )
+        .to_arrow_table()
+    )
     scrubbed = pc.take(result.column("c").combine_chunks().cast(context.type), pairs.indices)
     return pc.if_else(pc.is_null(pair), context, scrubbed) if pair.null_count else scrubbed
 

@@ -22,7 +22,7 @@ consistent with them and sessions are still built per (pseudonymous) person.
 
 Plain columns are hashed once per distinct value, with a bounded cache that survives across
 batches. JSON paths are extracted and patched by DuckDB (``json_extract_string`` and
-``json_merge_patch``) over the whole column; only the extracted values are hashed in Python,
+``json_merge_patch``) once per distinct document of the column; only the extracted values are hashed in Python,
 once each. A patched document is re-serialized compactly by DuckDB (its keys may come out in
 another order and numbers in their shortest form); unpatched documents are untouched.
 """
@@ -31,16 +31,14 @@ from __future__ import annotations
 
 import hmac
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.enrich.base import BoundedCache, Step, append_columns
+from clicklake.enrich.base import BoundedCache, Step, append_columns, encode, thread_connection
 from clicklake.events.schema import EVENTS_ARROW
 from clicklake.exceptions import ConfigError
 
@@ -124,7 +122,7 @@ def _large(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 class PiiHasher:
-    """The state behind the ``pii`` step: the key, the fields, the hash cache, a DuckDB connection.
+    """The state behind the ``pii`` step: the key, the fields, the hash cache.
 
     Args:
         salt: The HMAC key; must not be empty.
@@ -141,8 +139,6 @@ class PiiHasher:
         self._key = salt
         self.fields = tuple(fields)
         self._cache: BoundedCache[str] = BoundedCache(cache_size)
-        self._con: Any = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # the salt stays out of reprs, logs and tracebacks
         return f"PiiHasher(fields={[f.column + ''.join('.' + k for k in f.path) for f in self.fields]})"
@@ -164,25 +160,20 @@ class PiiHasher:
 
     def hash_column(self, values: pa.Array) -> pa.Array:
         """Every non-null value of a string column replaced by its hash (nulls stay null)."""
-        encoded = pc.dictionary_encode(values)
-        digests = pa.array(self.digest_many(encoded.dictionary.to_pylist()), type=pa.large_string())
+        encoded = encode(values)
+        digests = pa.array(self.digest_many(encoded.values()), type=pa.large_string())
         return pc.take(digests, encoded.indices)
 
-    def _sql(self, query: str, table: pa.Table) -> pa.Array:
-        import duckdb
-
-        with self._lock:
-            if self._con is None:
-                self._con = duckdb.connect(config={"threads": 1})
-            cur = self._con.cursor()
-        try:
-            cur.register("t", table)
-            return _large(cur.sql(query).to_arrow_table().column(0))
-        finally:
-            cur.close()
+    @staticmethod
+    def _select(expression: str, table: pa.Table) -> pa.Array:
+        """``expression`` over the rows of ``table``, on this thread's DuckDB connection."""
+        return _large(thread_connection().from_arrow(table).select(expression).to_arrow_table().column(0))
 
     def hash_json_path(self, docs: pa.Array, field: PiiField) -> pa.Array:
         """The value at ``field.path`` in each JSON document replaced by its hash.
+
+        Each distinct document is extracted and patched once (a user sends the same traits event
+        after event, and most events have none), then spread back to its rows.
 
         Args:
             docs: A string column of JSON documents (nulls and invalid JSON are left as they are).
@@ -194,10 +185,17 @@ class PiiHasher:
         docs = _large(docs)
         if docs.null_count == len(docs):
             return docs
+        encoded = encode(docs)
+        distinct = _large(encoded.dictionary)
+        patched = self._patch_distinct(distinct, field)
+        return docs if patched is distinct else pc.take(patched, encoded.indices)
+
+    def _patch_distinct(self, docs: pa.Array, field: PiiField) -> pa.Array:
+        """:meth:`hash_json_path` over distinct, non-null documents; ``docs`` itself if none has
+        a value at the path."""
         path = field.json_path.replace("'", "''")
-        found = self._sql(
-            f"SELECT CASE WHEN json_valid(c) THEN json_extract_string(c, '{path}') END FROM t",
-            pa.table({"c": docs}),
+        found = self._select(
+            f"CASE WHEN json_valid(c) THEN json_extract_string(c, '{path}') END", pa.table({"c": docs})
         )
         if found.null_count == len(found):
             return docs
@@ -208,8 +206,8 @@ class PiiHasher:
             pa.scalar(suffix, pa.large_string()),
             pa.scalar("", pa.large_string()),
         )
-        return self._sql(
-            "SELECT CASE WHEN p IS NULL THEN c ELSE CAST(json_merge_patch(c, p) AS VARCHAR) END FROM t",
+        return self._select(
+            "CASE WHEN p IS NULL THEN c ELSE CAST(json_merge_patch(c, p) AS VARCHAR) END",
             pa.table({"c": docs, "p": patch}),
         )
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
-from clicklake.enrich.base import Step, append_columns, unique_map
+from clicklake.enrich.base import Step, append_columns, encode, spread, unique_map
 from clicklake.enrich.url import split_url
 from clicklake.events.schema import Column
 
@@ -193,6 +193,11 @@ def make_classifier(index: RefererIndex, internal_domains: tuple[str, ...]) -> C
 
 
 _TYPES = (pa.large_string(), pa.bool_(), pa.large_string(), pa.large_string(), pa.large_string())
+_NO_REFERRER: RefrParts = (None, None, None, None, None)  # type: ignore[assignment]  # as a null row
+
+
+def _transpose(rows: list[RefrParts]) -> list[tuple[object, ...]]:
+    return list(zip(*rows, strict=True)) if rows else [() for _ in _TYPES]
 
 
 def make_enrich(classify: Callable[[str], RefrParts]) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
@@ -206,10 +211,13 @@ def make_enrich(classify: Callable[[str], RefrParts]) -> Callable[[pa.RecordBatc
     """
 
     def enrich(batch: pa.RecordBatch) -> pa.RecordBatch:
-        referrer = batch.column("page_referrer")
-        # An empty referrer is no referrer.
-        referrer = pc.if_else(pc.equal(pc.utf8_trim_whitespace(referrer), ""), None, referrer)
-        host, internal_domain, medium, source, term = unique_map(referrer, classify, _TYPES)
+        referrer = encode(batch.column("page_referrer"))
+        # An empty referrer is no referrer (decided per distinct value, with Arrow's trim).
+        empty = pc.equal(pc.utf8_trim_whitespace(referrer.dictionary), "").to_pylist()
+        parts = [_NO_REFERRER if e else classify(v) for v, e in zip(referrer.values(), empty, strict=True)]
+        host, internal_domain, medium, source, term = (
+            spread(pa.array(col, type=t), referrer) for col, t in zip(_transpose(parts), _TYPES, strict=True)
+        )
         (page_host,) = unique_map(batch.column("page_url"), _page_host, (pa.large_string(),))
         same_host = pc.fill_null(pc.equal(host, page_host), False)
         internal = pc.or_(pc.fill_null(internal_domain, False), same_host)
