@@ -8,10 +8,10 @@
 -- join is needed to attach it; keys whose hash another key shares (practically never; more often
 -- with Spark's 32-bit hash) are numbered past the largest hash instead, so key_id stays exact.
 -- Cost: the events files are read once into narrow rows (JSON is parsed only where its value is
--- used: heartbeat and scroll depth of page pings), plus the id and key columns once more for the
--- two hash aggregates. The pipeline already drops client retries, so copies are rare: candidate
--- copies are the events whose event_id hash occurs more than once (an aggregate over integers,
--- not strings), and only their rows are ranked, by event_id itself. The descriptive columns
+-- used: heartbeat and scroll depth of page pings); the two hash aggregates (copies, keys) read
+-- those rows, not the files again. The pipeline already drops client retries, so copies are
+-- rare: candidate copies are the events whose event_id hash occurs more than once (an aggregate
+-- over integers, not strings), and only their rows are ranked, by event_id itself. The descriptive columns
 -- (titles, referrers, marketing, device, geo) are not carried: sessionized reads them for the few
 -- rows that show them (page views, first events of sessions), and has_copies (a candidate) tells
 -- it which event_ids need the same copy choice again; it also reads there the app, session key,
@@ -20,6 +20,7 @@
 WITH ev AS (
     SELECT
         event_id,
+        hash(event_id) AS event_h,
         event_type,
         event_name,
         app_id,
@@ -35,10 +36,12 @@ WITH ev AS (
             coalesce(TRY_CAST(json_extract_string(properties, '$.heartbeat') AS DOUBLE), {{heartbeat_s}})
         END AS heartbeat_s,
         CASE WHEN event_type = 'track' AND event_name = 'Page Ping' THEN
-            coalesce(
+            -- Most pings carry no scroll depth: their document is parsed once (heartbeat), not thrice.
+            -- Only a document naming "scroll" (or with an escape that could spell it) can hold one.
+            CASE WHEN properties LIKE '%scroll%' OR strpos(properties, chr(92)) > 0 THEN coalesce(
                 TRY_CAST(json_extract_string(properties, '$.percent_scrolled') AS DOUBLE),
                 TRY_CAST(json_extract_string(properties, '$.scroll_depth') AS DOUBLE)
-            )
+            ) END
         END AS scroll_depth_pct,
         CASE WHEN event_type IN ('page', 'screen') OR (event_type = 'track' AND event_name = 'Page Ping') THEN
             page_url
@@ -51,22 +54,14 @@ WITH ev AS (
     FROM src_events
 ),
 copies AS (
-    SELECT hash(event_id) AS event_h
-    FROM src_events
-    GROUP BY hash(event_id)
+    SELECT event_h
+    FROM ev
+    GROUP BY event_h
     HAVING count(*) > 1
 ),
 keys AS (
     SELECT DISTINCT app_id, session_key, CAST(hash(app_id, session_key) >> 1 AS BIGINT) AS key_h
-    FROM (
-        SELECT
-            app_id,
-            CASE
-                WHEN session_id IS NOT NULL THEN 's:' || session_id
-                ELSE 'd:' || coalesce(anonymous_id, user_id)
-            END AS session_key
-        FROM src_events
-    ) AS k
+    FROM ev
 ),
 clashes AS (
     SELECT
@@ -79,7 +74,7 @@ clashes AS (
 deduped AS (
     SELECT ev.*, false AS has_copies
     FROM ev
-    LEFT JOIN copies AS c ON c.event_h = hash(ev.event_id)
+    LEFT JOIN copies AS c ON c.event_h = ev.event_h
     WHERE c.event_h IS NULL AND ev.event_id IS NOT NULL
     UNION ALL
     SELECT * EXCLUDE (copy_rank)
@@ -92,7 +87,7 @@ deduped AS (
                 ORDER BY _collector_tstamp, derived_tstamp, _source_stream, _source_offset, _source_index
             ) AS copy_rank
         FROM ev
-        WHERE event_id IS NULL OR hash(event_id) IN (SELECT event_h FROM copies)
+        WHERE event_id IS NULL OR event_h IN (SELECT event_h FROM copies)
     ) AS ranked
     WHERE copy_rank = 1
 )
@@ -109,7 +104,7 @@ SELECT
     (d.event_type = 'track' AND d.event_name = 'Page Ping') AS is_ping,
     d.* EXCLUDE (
         event_id, has_copies, event_type, event_name, app_id, user_id, anonymous_id, client_session_id,
-        session_key, derived_tstamp, _collector_tstamp, _source_stream, _source_offset, _source_index
+        session_key, event_h, derived_tstamp, _collector_tstamp, _source_stream, _source_offset, _source_index
     )
 FROM deduped AS d
 LEFT JOIN clashes AS k

@@ -232,6 +232,7 @@ def template_values(opts: ModelOptions, window: str = "true") -> dict[str, str]:
         "gap_us": str(opts.gap_us),
         "max_len_us": str(opts.max_len_us),
         "midnight_clause": " OR local_date <> prev_date" if opts.split_at_midnight else "",
+        "midnight_next_clause": " OR next_date <> local_date" if opts.split_at_midnight else "",
         "page_path_clean": path_clean,
         "min_visit_s": _num(opts.page_ping_min_visit_s),
         "cv_aggregates": agg,

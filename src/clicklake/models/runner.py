@@ -27,7 +27,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -219,6 +220,21 @@ def _retention_cutoff(table: Table, since: int) -> int:
     return cutoff
 
 
+@contextmanager
+def _timed(step: str) -> Iterator[None]:
+    """Log the wall and process CPU seconds (all threads) of one build step."""
+    t0, c0 = time.monotonic(), time.process_time()
+    try:
+        yield
+    finally:
+        log.debug(
+            "event=models_step step=%s seconds=%.3f cpu_seconds=%.3f",
+            step,
+            time.monotonic() - t0,
+            time.process_time() - c0,
+        )
+
+
 class _Builder:
     def __init__(self, settings: Settings, catalog: Catalog, events: Table, opts: ModelOptions) -> None:
         self.settings = settings
@@ -370,7 +386,8 @@ class _Builder:
         return " OR ".join(conds), ranges
 
     def _create(self, name: str, sql: str) -> None:
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {quote_ident(name)} AS {sql}")
+        with _timed(name):
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {quote_ident(name)} AS {sql}")
 
     def _drop(self, name: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
@@ -387,14 +404,16 @@ class _Builder:
         # Each intermediate is dropped once read for the last time: at 10M events they are GBs.
         self._drop("sessionized")
         self._drop("base_events")
-        return {
-            "page_views": self.con.sql(
+        out = {}
+        with _timed("fetch page_views"):
+            out["page_views"] = self.con.sql(
                 "SELECT * FROM page_views_new ORDER BY page_view_date, session_id, page_view_in_session_index"
-            ).to_arrow_table(),
-            "sessions": self.con.sql(
+            ).to_arrow_table()
+        with _timed("fetch sessions"):
+            out["sessions"] = self.con.sql(
                 "SELECT * FROM sessions_new ORDER BY session_date, app_id, start_tstamp, session_id"
-            ).to_arrow_table(),
-        }
+            ).to_arrow_table()
+        return out
 
     def compute_global(self, sessions: Table) -> dict[str, pa.Table]:
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW src_events AS {self.events.relation()}")
@@ -406,7 +425,11 @@ class _Builder:
             "users": f"SELECT * FROM ({render('users', values)}) AS u ORDER BY app_id, user_key",
             "daily_kpis": f'SELECT * FROM ({render("daily_kpis", values)}) AS k ORDER BY "date", app_id',
         }
-        return {name: self.con.sql(sql).to_arrow_table() for name, sql in out.items()}
+        tables = {}
+        for name, sql in out.items():
+            with _timed(name):
+                tables[name] = self.con.sql(sql).to_arrow_table()
+        return tables
 
     # -- writing --------------------------------------------------------------------------
 
@@ -429,6 +452,10 @@ class _Builder:
         return table
 
     def write(self, name: str, df: pa.Table, windows: Sequence[Window] | None) -> int:
+        with _timed(f"write {name}"):
+            return self._write(name, df, windows)
+
+    def _write(self, name: str, df: pa.Table, windows: Sequence[Window] | None) -> int:
         table = self.table_for(name, df)
         props = {EVENTS_SNAPSHOT_KEY: str(self.snapshot_id)}
         part = MODEL_TABLES[name]

@@ -8,9 +8,13 @@
 -- md5(app_id | session_key | first event time in microseconds). Sessions made only of page pings
 -- are dropped (a tab left open is not a visit). Cuts depend on times alone: events at the same
 -- instant always share a session.
--- Cost: the cuts are computed over narrow rows (key_id, time; see base_events), so the window
--- passes sort two integers; rows at the same instant need no grouping first, as the second of
--- them is never a cut. A session is (key_id, session_start_us) in the models and
+-- Cost: the cuts are computed over narrow rows (key_id, time; see base_events) in one window pass
+-- (one sort of two integers): each row sees its neighbours' times, so the rows that start or end
+-- a run are known without a running max over every row; rows at the same instant need no
+-- grouping first, as the second of them is never a cut. Only those bound rows (about two a run)
+-- are paired into runs, their non-ping events counted as the difference of a running count
+-- (peers included, so ties cannot reorder it); the rare runs longer than max_session_length are
+-- cut into pieces over their own rows. A session is (key_id, session_start_us) in the models and
 -- spans session_start_us..session_end_us; the other rows of base_events find theirs by time range
 -- where they are counted (page pings in page_views, every event in sessions), so no copy of all
 -- the rows is made here. Only the shown rows get the descriptive columns, read from src_events
@@ -20,48 +24,65 @@ WITH points AS (
     SELECT key_id, tstamp_us, local_date, CASE WHEN is_ping THEN 0 ELSE 1 END AS non_ping
     FROM base_events
 ),
-ordered AS (
+edges AS (
     SELECT
         p.*,
         lag(tstamp_us) OVER (PARTITION BY key_id ORDER BY tstamp_us) AS prev_us,
-        lag(local_date) OVER (PARTITION BY key_id ORDER BY tstamp_us) AS prev_date
+        lag(local_date) OVER (PARTITION BY key_id ORDER BY tstamp_us) AS prev_date,
+        lead(tstamp_us) OVER (PARTITION BY key_id ORDER BY tstamp_us) AS next_us,
+        lead(local_date) OVER (PARTITION BY key_id ORDER BY tstamp_us) AS next_date,
+        sum(non_ping) OVER (PARTITION BY key_id ORDER BY tstamp_us) AS non_pings_to
     FROM points AS p
 ),
-runs AS (
-    SELECT
-        o.*,
-        max(
-            CASE
-                WHEN prev_us IS NULL OR tstamp_us - prev_us >= {{gap_us}}{{midnight_clause}} THEN tstamp_us
-            END
-        ) OVER (
-            PARTITION BY key_id
-            ORDER BY tstamp_us
-            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-        ) AS run_start_us
-    FROM ordered AS o
-),
-pieces AS (
+bounds AS (
     SELECT
         key_id,
         tstamp_us,
-        non_ping,
-        run_start_us,
-        CAST(floor((tstamp_us - run_start_us) / {{max_len_us}}) AS BIGINT) AS piece_no
-    FROM runs
+        non_pings_to,
+        prev_us IS NULL OR tstamp_us - prev_us >= {{gap_us}}{{midnight_clause}} AS is_start,
+        next_us IS NULL OR next_us - tstamp_us >= {{gap_us}}{{midnight_next_clause}} AS is_end
+    FROM edges
+    WHERE prev_us IS NULL OR tstamp_us - prev_us >= {{gap_us}}{{midnight_clause}}
+        OR next_us IS NULL OR next_us - tstamp_us >= {{gap_us}}{{midnight_next_clause}}
 ),
-spans AS (
+run_ends AS (
     SELECT
         key_id,
-        min(tstamp_us) AS session_start_us,
-        max(tstamp_us) AS session_end_us,
-        sum(non_ping) AS non_ping_events
-    FROM pieces
-    GROUP BY key_id, run_start_us, piece_no
+        tstamp_us AS run_end_us,
+        non_pings_to,
+        CASE WHEN is_start THEN tstamp_us ELSE lag(tstamp_us) OVER (PARTITION BY key_id ORDER BY tstamp_us, is_end) END
+            AS run_start_us,
+        is_end
+    FROM bounds
+),
+runs AS (
+    SELECT
+        key_id,
+        run_start_us,
+        run_end_us,
+        non_pings_to - coalesce(lag(non_pings_to) OVER (PARTITION BY key_id ORDER BY run_end_us), 0) AS non_ping_events
+    FROM run_ends
+    WHERE is_end
+),
+long_pieces AS (
+    SELECT
+        p.key_id,
+        min(p.tstamp_us) AS session_start_us,
+        max(p.tstamp_us) AS session_end_us,
+        sum(CASE WHEN p.is_ping THEN 0 ELSE 1 END) AS non_ping_events
+    FROM base_events AS p
+    JOIN runs AS r
+        ON r.key_id = p.key_id AND p.tstamp_us >= r.run_start_us AND p.tstamp_us <= r.run_end_us
+    WHERE r.run_end_us - r.run_start_us >= {{max_len_us}}
+    GROUP BY p.key_id, r.run_start_us, CAST(floor((p.tstamp_us - r.run_start_us) / {{max_len_us}}) AS BIGINT)
 ),
 named AS (
+    SELECT key_id, run_start_us AS session_start_us, run_end_us AS session_end_us
+    FROM runs
+    WHERE run_end_us - run_start_us < {{max_len_us}} AND non_ping_events > 0
+    UNION ALL
     SELECT key_id, session_start_us, session_end_us
-    FROM spans
+    FROM long_pieces
     WHERE non_ping_events > 0
 ),
 sessioned AS (
