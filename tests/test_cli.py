@@ -376,3 +376,45 @@ def test_garbage_collection_is_back_on_once_a_command_is_set_up(
         assert seen == ([True] if command == "run" else [])
     finally:
         gc.enable()
+
+
+def test_a_finished_run_exits_without_teardown_and_loses_no_output(tmp_path: Path) -> None:
+    """`run` ends the process without the interpreter's teardown once it has committed: the
+    summary (stdout, a pipe here), the logs (stderr) and an exit handler's work all survive."""
+    f = write_events(tmp_path / "e.ndjson", 2000)
+    marker, torn_down = tmp_path / "atexit-ran", tmp_path / "torn-down"
+    # An exit handler registered during the run, as a library's would be: it still runs. An
+    # object freed only by the teardown: its finalizer does not.
+    hook = (
+        "import atexit, pathlib, sys; "
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes'); "
+        "Freed = type('Freed', (), {'__del__': lambda self: "
+        f"pathlib.Path({str(torn_down)!r}).write_text('yes')}}); "
+        "freed = Freed(); "
+        "from clicklake.__main__ import main; "
+        "sys.argv = ['clicklake', *sys.argv[1:]]; main()"
+    )
+    args = ("--data-dir", "d", "--log-level", "info", "run", "--source", "files", "--once", str(f))
+    res = subprocess.run(
+        [sys.executable, "-c", hook, *args],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CLICKLAKE_")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "committed 2,000 events" in res.stdout
+    assert "event=finish events=2000" in res.stderr
+    assert marker.read_text() == "yes"
+    assert not torn_down.exists()
+    assert rows(tmp_path / "d", tmp_path)["events"] == 2000
+    # A failing run still exits the ordinary way, with its code and message.
+    res = subprocess.run(
+        [sys.executable, "-c", hook, "--data-dir", "d", "run", "--source", "files", "--once", "missing"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 2 and "does not exist" in res.stderr

@@ -31,6 +31,10 @@ console = Console(stderr=True)
 # Pipes and CI logs get a wide, unwrapped layout instead of rich's 80-column default.
 stdout = Console(width=None if sys.stdout.isatty() else 140)
 
+#: Set once a command's work is done and durable (``run``, after its last commit): the
+#: ``clicklake`` process then ends without the interpreter's teardown (see clicklake.__main__).
+SKIP_TEARDOWN = False
+
 
 class _Ctx:
     def __init__(self, config: str | None, data_dir: str | None):
@@ -183,6 +187,10 @@ def run(
         if head is not None:
             head.cancel()
     _print_run_summary(stats, time.monotonic() - t0)
+    # Every table committed and the source closed: the process may end without tearing down
+    # its modules (only when started as the ``clicklake`` command, see clicklake.__main__).
+    global SKIP_TEARDOWN
+    SKIP_TEARDOWN = True
 
 
 def _run_spark(
