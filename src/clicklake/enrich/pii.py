@@ -22,9 +22,10 @@ consistent with them and sessions are still built per (pseudonymous) person.
 
 Plain columns are hashed once per distinct value, with a bounded cache that survives across
 batches. JSON paths are extracted and patched by DuckDB (``json_extract_string`` and
-``json_merge_patch``) once per distinct document of the column; only the extracted values are hashed in Python,
-once each. A patched document is re-serialized compactly by DuckDB (its keys may come out in
-another order and numbers in their shortest form); unpatched documents are untouched.
+``json_merge_patch``) once per distinct document of the column; only the extracted values are
+hashed in Python, once each. A patched document is re-serialized compactly by DuckDB (its keys
+may come out in another order and numbers in their shortest form); unpatched documents are
+untouched.
 """
 
 from __future__ import annotations

@@ -157,9 +157,7 @@ def sort_by_partition(table: Table, rows: pa.Table) -> tuple[pa.Table, np.ndarra
         out.append(batch.take(order))
         orders.append(np.asarray(order, dtype=np.int64) + start)
         start += batch.num_rows
-    return pa.Table.from_batches(out, schema=rows.schema), (
-        np.concatenate(orders) if orders else np.arange(0, dtype=np.int64)
-    )
+    return pa.Table.from_batches(out, schema=rows.schema), np.concatenate(orders)
 
 
 def _partition_keys(table: Table, batch: pa.RecordBatch) -> list[pa.Array]:
