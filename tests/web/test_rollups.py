@@ -19,7 +19,7 @@ from clicklake.query.access import Role, authenticate
 from clicklake.query.engine import parquet_relation, quote_ident
 from clicklake.query.secure import SecureQueries, SnapshotCache
 from clicklake.web.dashboard import DIMENSIONS, Dashboard, Filters
-from clicklake.web.funnel_index import FunnelIndex
+from clicklake.web.funnel_index import FunnelIndex, FunnelQuery
 from tests.web.fixtures import END, Lake
 
 LAST = END.date()
@@ -299,13 +299,7 @@ def test_funnel_index_follows_added_and_removed_files(lake: Lake, tmp_path: Path
                     got = index.funnel(
                         LAST - timedelta(days=6),
                         LAST,
-                        these,
-                        3600.0,
-                        "strict",
-                        "geo_country",
-                        None,
-                        app,
-                        bots,
+                        FunnelQuery.of(these, 3600.0, "strict", "geo_country", None, app, bots),
                     )
                     exp = funnel(
                         settings,
@@ -537,19 +531,14 @@ def test_funnel_pieces_equal_the_walk_for_every_range_and_are_built_once(
             for bots in (False, True):
                 for apps, app in ((None, None), (["demo-shop"], None), (None, "other-blog")):
                     for first, last in ranges:
-                        got = index.funnel(first, last, parsed, window, order, bd, apps, app, bots)
+                        query = FunnelQuery.of(parsed, window, order, bd, apps, app, bots)
+                        got = index.funnel(first, last, query)
                         exp = funnel_index.run_funnel(
                             index.rows(first, last),
                             len(index._ent_ids),
-                            parsed,
-                            window,
-                            order,
-                            bd,
+                            query,
                             datetime.combine(first, datetime.min.time(), UTC),
                             datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC),
-                            apps,
-                            app,
-                            bots,
                         )
                         assert got == exp, (steps, order, breakdown, bots, apps, app, first, last)
         # One funnel over every range: each day's piece is built at most once, then only read.
@@ -557,7 +546,7 @@ def test_funnel_pieces_equal_the_walk_for_every_range_and_are_built_once(
         for sweep in range(2):
             before = len(built)
             for first, last in ranges:
-                index.funnel(first, last, parsed, 3600.0, "strict", None, None, None, False)
+                index.funnel(first, last, FunnelQuery.of(parsed, 3600.0, "strict"))
             assert len(built) - before <= (len(index.rows(ranges[0][0], ranges[-1][1])) if sweep == 0 else 0)
     assert built
     assert len(index.repeated_ids()) > 0

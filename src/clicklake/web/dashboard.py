@@ -29,7 +29,7 @@ from clicklake.models.render import options_from_settings
 from clicklake.query.access import Role
 from clicklake.query.engine import quote_ident
 from clicklake.query.secure import Narrow, SecureQueries, TableState
-from clicklake.web.funnel_index import FunnelIndex
+from clicklake.web.funnel_index import FunnelIndex, FunnelQuery
 from clicklake.web.rollups import (
     EVENT_NAMES_REDUCE_SQL,
     EVENT_NAMES_SQL,
@@ -538,9 +538,8 @@ class Dashboard:
                 and f.start >= indexed[2]
                 and self._funnel_index.sync(indexed[0], indexed[1], {c for c, _ in state.columns})
             ):
-                found = self._funnel_index.funnel(
-                    f.start, f.end, parsed, window_s, order, column, role.apps, f.app, self._include_bots
-                )
+                query = FunnelQuery.of(parsed, window_s, order, column, role.apps, f.app, self._include_bots)
+                found = self._funnel_index.funnel(f.start, f.end, query)
                 if column:
                     for r in found:
                         r["breakdown"] = r.pop(column)

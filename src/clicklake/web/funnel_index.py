@@ -41,6 +41,61 @@ _NULL = "\x00"
 _GENERATIONS = itertools.count()
 
 
+@dataclass(frozen=True)
+class FunnelQuery:
+    """What a funnel asks, apart from its date range (see :func:`clicklake.models.funnel.funnel`).
+
+    Attributes:
+        steps: the ordered steps (1 to 16).
+        window_s: the conversion window in seconds, from the anchor row.
+        order: ``strict`` (each step after the previous one) or ``any``.
+        breakdown: the index column to break the counts down by, or ``None``.
+        apps: the apps a role may see (``None``: all).
+        app: the one app asked for (``None``: every app the role sees).
+        include_bots: whether bot events count.
+    """
+
+    steps: tuple[Step, ...]
+    window_s: float
+    order: str
+    breakdown: str | None
+    apps: frozenset[str] | None
+    app: str | None
+    include_bots: bool
+
+    @classmethod
+    def of(
+        cls,
+        steps: Sequence[Step],
+        window_s: float,
+        order: str,
+        breakdown: str | None = None,
+        apps: Collection[str] | None = None,
+        app: str | None = None,
+        include_bots: bool = False,
+    ) -> FunnelQuery:
+        """The query, with ``steps`` as a tuple and ``apps`` as a frozenset (both hashable)."""
+        return cls(
+            tuple(steps),
+            window_s,
+            order,
+            breakdown,
+            None if apps is None else frozenset(apps),
+            app,
+            include_bots,
+        )
+
+    @property
+    def w_us(self) -> int:
+        """The window in microseconds."""
+        return round(self.window_s * 1_000_000)
+
+    @property
+    def strict(self) -> bool:
+        """Whether each step must come after the previous one."""
+        return self.order == "strict"
+
+
 @dataclass
 class _Rows:
     """One funnel step's rows of one day, ascending (so in (entity, time, event id) order)."""
@@ -84,7 +139,7 @@ class _Day:
     # same role, does not select them again. Emptied when ``dup`` changes.
     _steps: dict[tuple[Any, ...], _Rows] = field(default_factory=dict, repr=False)
     # A funnel's entities anchored on this day, per funnel (see :class:`_Piece`).
-    _pieces: dict[tuple[Any, ...], _Piece] = field(default_factory=dict, repr=False)
+    _pieces: dict[FunnelQuery, _Piece] = field(default_factory=dict, repr=False)
     _values: dict[str, list[Any]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     ts_range: tuple[int, int] = (0, 0)  # smallest and largest ``ts``
@@ -131,12 +186,12 @@ class _Day:
         lo = self.number * _DAY_US
         return self.table.num_rows == 0 or (self.ts_range[0] >= lo and self.ts_range[1] < lo + _DAY_US)
 
-    def piece(self, key: tuple[Any, ...], later: tuple[int, ...]) -> _Piece | None:
+    def piece(self, key: FunnelQuery, later: tuple[int, ...]) -> _Piece | None:
         """The piece remembered for funnel ``key``, if it read the following days ``later`` (generations)."""
         found = self._pieces.get(key)
         return found if found is not None and found.later == later else None
 
-    def keep_piece(self, key: tuple[Any, ...], piece: _Piece) -> None:
+    def keep_piece(self, key: FunnelQuery, piece: _Piece) -> None:
         """Remember ``piece`` for funnel ``key`` (the oldest of :data:`_PIECES_KEPT` goes)."""
         with self._lock:
             self._pieces.pop(key, None)
@@ -469,40 +524,25 @@ class FunnelIndex:
         with self._lock:
             return [d for k, d in sorted(self._days.items()) if lo <= k <= hi and d.table.num_rows]
 
-    def funnel(
-        self,
-        first: date,
-        last: date,
-        steps: Sequence[Step],
-        window_s: float,
-        order: str,
-        breakdown: str | None,
-        apps: Collection[str] | None,
-        app: str | None,
-        include_bots: bool,
-    ) -> list[dict[str, Any]]:
+    def funnel(self, first: date, last: date, query: FunnelQuery) -> list[dict[str, Any]]:
         """:func:`run_funnel` over the days ``first..last`` (each whole day, UTC).
 
         When every day it reads holds only times of its own day and the window reaches at most
         :data:`_MAX_HORIZON` days past the anchor's, the answer is summed from per-day pieces
         (:func:`funnel_by_pieces`), which a later call with another range reads again.
         """
-        _check_steps(steps)
+        _check_steps(query.steps)
         lo, hi = (first - _EPOCH).days, (last - _EPOCH).days
         with self._lock:
             held = dict(self._days)
             entities = len(self._ent_ids)  # only grows: covers the days held
         days = [held[k] for k in sorted(held) if lo <= k <= hi and held[k].table.num_rows]
-        horizon = _horizon(window_s)
+        horizon = _horizon(query.window_s)
         if horizon <= _MAX_HORIZON and all(day.aligned for k, day in held.items() if lo <= k <= hi + horizon):
-            return funnel_by_pieces(
-                days, held, entities, steps, window_s, order, breakdown, lo, hi, apps, app, include_bots
-            )
+            return funnel_by_pieces(days, held, entities, query, lo, hi)
         start = datetime.combine(first, datetime.min.time(), UTC)
         end = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC)
-        return run_funnel(
-            days, entities, steps, window_s, order, breakdown, start, end, apps, app, include_bots
-        )
+        return run_funnel(days, entities, query, start, end)
 
 
 def _per_value(dictionary: pa.Array, test: Any, null_value: bool) -> np.ndarray:
@@ -582,31 +622,16 @@ class _Labels:
         return numbered
 
 
-def _picked(
-    days: Sequence[_Day],
-    steps: Sequence[Step],
-    apps: Collection[str] | None,
-    app: str | None,
-    include_bots: bool,
-) -> list[list[_Rows]]:
+def _picked(days: Sequence[_Day], query: FunnelQuery) -> list[list[_Rows]]:
     # Per day and step: the rows matching the step that pass the bot and app filters, in
     # (entity, time, event id) order. A step naming an event reads only that name's slice.
-    scope = None if apps is None else frozenset(apps)
-    return [[day.step_rows(st, scope, app, include_bots) for st in steps] for day in days]
+    return [
+        [day.step_rows(st, query.apps, query.app, query.include_bots) for st in query.steps] for day in days
+    ]
 
 
 def run_funnel(
-    days: Sequence[_Day],
-    entities: int,
-    steps: Sequence[Step],
-    window_s: float,
-    order: str,
-    breakdown: str | None,
-    start: datetime,
-    end: datetime,
-    apps: Collection[str] | None,
-    app: str | None,
-    include_bots: bool,
+    days: Sequence[_Day], entities: int, query: FunnelQuery, start: datetime, end: datetime
 ) -> list[dict[str, Any]]:
     """Entities reaching each step over the index ``days`` (see :func:`clicklake.models.funnel.funnel`).
 
@@ -617,28 +642,17 @@ def run_funnel(
         One dict per (breakdown value, step): ``[breakdown,] step, step_name, entities,
         conversion_from_start, conversion_from_previous, drop_off, drop_off_rate``.
     """
-    _check_steps(steps)
+    _check_steps(query.steps)
     lo = int((start - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
     hi = int((end - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
-    labels = _Labels(breakdown)
-    picked = _picked(days, steps, apps, app, include_bots)
-    counts = _walk(days, picked, entities, steps, window_s, order, labels, lo, hi)
-    return _answer(counts, labels, steps)
+    labels = _Labels(query.breakdown)
+    picked = _picked(days, query)
+    counts = _walk(days, picked, entities, query, labels, lo, hi)
+    return _answer(counts, labels, query.steps)
 
 
 def funnel_by_pieces(
-    days: Sequence[_Day],
-    held: dict[int, _Day],
-    entities: int,
-    steps: Sequence[Step],
-    window_s: float,
-    order: str,
-    breakdown: str | None,
-    first: int,
-    last: int,
-    apps: Collection[str] | None,
-    app: str | None,
-    include_bots: bool,
+    days: Sequence[_Day], held: dict[int, _Day], entities: int, query: FunnelQuery, first: int, last: int
 ) -> list[dict[str, Any]]:
     """:func:`run_funnel` over ``days`` (day numbers ``first..last``), summed from per-day pieces.
 
@@ -662,14 +676,11 @@ def funnel_by_pieces(
     Returns:
         As :func:`run_funnel`.
     """
-    horizon = _horizon(window_s)
-    w_us = round(window_s * 1_000_000)
-    strict = order == "strict"
-    scope = None if apps is None else frozenset(apps)
-    key = (tuple(steps), w_us, strict, breakdown, scope, app, include_bots)
+    horizon = _horizon(query.window_s)
+    breakdown = query.breakdown
     labels = _Labels(breakdown)
-    n = len(steps)
-    picked = _picked(days, steps, apps, app, include_bots)
+    n = len(query.steps)
+    picked = _picked(days, query)
     marked = [day.array("ent")[r.dup] for day, per_step in zip(days, picked, strict=True) for r in per_step]
     dirty = np.unique(np.concatenate(marked)) if marked else np.zeros(0, dtype=np.int32)
     seen = np.zeros(entities, dtype=bool)
@@ -678,12 +689,10 @@ def funnel_by_pieces(
     for day in days:
         after = [held.get(day.number + k) for k in range(1, horizon + 1)]
         later = tuple(-1 if d is None else d.generation for d in after)
-        piece = day.piece(key, later)
+        piece = day.piece(query, later)
         if piece is None:
-            piece = _build_piece(
-                day, after, later, entities, steps, w_us, strict, breakdown, scope, app, include_bots
-            )
-            day.keep_piece(key, piece)
+            piece = _build_piece(day, after, later, entities, query)
+            day.keep_piece(query, piece)
         fresh = ~seen[piece.ent]
         seen[piece.ent] = True
         depth = piece.depth[min(last - day.number, horizon)][fresh].astype(np.int64)
@@ -708,11 +717,11 @@ def funnel_by_pieces(
                 ent = np.searchsorted(dirty, r.ent[at]).astype(np.int32)
                 theirs[-1].append(_Rows(r.rows[at], r.dup, ent, r.ts[at]))
         lo, hi = first * _DAY_US, (last + 1) * _DAY_US
-        exact = _walk(days, theirs, len(dirty), steps, window_s, order, labels, lo, hi)
+        exact = _walk(days, theirs, len(dirty), query, labels, lo, hi)
         grown = np.zeros((n, len(labels.values)), dtype=np.int64)
         grown[:, : counts.shape[1]] = counts
         counts = grown + exact
-    return _answer(counts, labels, steps)
+    return _answer(counts, labels, query.steps)
 
 
 @dataclass(frozen=True)
@@ -734,23 +743,14 @@ class _Piece:
 
 
 def _build_piece(
-    day: _Day,
-    after: Sequence[_Day | None],
-    later: tuple[int, ...],
-    entities: int,
-    steps: Sequence[Step],
-    w_us: int,
-    strict: bool,
-    breakdown: str | None,
-    scope: frozenset[str] | None,
-    app: str | None,
-    include_bots: bool,
+    day: _Day, after: Sequence[_Day | None], later: tuple[int, ...], entities: int, query: FunnelQuery
 ) -> _Piece:
+    steps, w_us, strict, breakdown = query.steps, query.w_us, query.strict, query.breakdown
     n = len(steps)
     reach = [(k, d) for k, d in enumerate([day, *after]) if d is not None]
 
     def rows_of(d: _Day, i: int) -> _Rows:
-        return d.step_rows(steps[i], scope, app, include_bots)
+        return d.step_rows(steps[i], query.apps, query.app, query.include_bots)
 
     if strict:
         anchor_rows, ent, t1 = rows_of(day, 0).firsts()
@@ -809,15 +809,14 @@ def _walk(
     days: Sequence[_Day],
     picked: list[list[_Rows]],
     entities: int,
-    steps: Sequence[Step],
-    window_s: float,
-    order: str,
+    query: FunnelQuery,
     labels: _Labels,
     lo: int,
     hi: int,
 ) -> np.ndarray:
     """Entities (numbered below ``entities`` in ``picked``) reaching each step, per breakdown
     value: shape (steps, values of ``labels``), for times in ``[lo, hi)``."""
+    steps = query.steps
     n = len(steps)
     breakdown = labels.column
 
@@ -851,10 +850,10 @@ def _walk(
                 keep &= ~np.isin(r.rows, gone)
             per_step[i] = _Rows(r.rows[keep], r.dup[:0], r.ent[keep], r.ts[keep])
 
-    w_us = round(window_s * 1_000_000)
+    w_us = query.w_us
     anchor = np.zeros(entities if breakdown else 0, dtype=np.int64)
     reached: list[np.ndarray] = []
-    if order == "strict":
+    if query.strict:
         # Step by step: an entity's first row of step i after its step i-1 and within the window
         # of its first step 1. Days come in time order, so the first day that has one wins.
         t1 = prev = np.zeros(0, dtype=np.int64)
