@@ -283,7 +283,11 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
     ]
     # An explicit schema (the Iceberg one): no footer inference, and a column some files lack is NULL.
     spark.read.schema(ddl).parquet(*files.paths).createOrReplaceTempView("events")
-    spark.sql(f"SELECT *{''.join(', ' + e for e in extra)} FROM events").createOrReplaceTempView("src_events")
+    # _row: a row's place in the files (the models find the kept copy of an event again by it).
+    row = "concat_ws(':', _metadata.file_path, CAST(_metadata.row_index AS STRING)) AS _row"
+    spark.sql(f"SELECT *{''.join(', ' + e for e in extra)}, {row} FROM events").createOrReplaceTempView(
+        "src_events"
+    )
     t = step("plan_files", t)
     report["data_files"] = len(files.paths)
 

@@ -13,13 +13,14 @@
 -- rare: candidate copies are the events whose event_id hash occurs more than once (an aggregate
 -- over integers, not strings), and only their rows are ranked, by event_id itself. The descriptive columns
 -- (titles, referrers, marketing, device, geo) are not carried: sessionized reads them for the few
--- rows that show them (page views, first events of sessions), and has_copies (a candidate) tells
--- it which event_ids need the same copy choice again; it also reads there the app, session key,
--- client session id, event type and name, which only shown rows need. page_url is kept for page
--- views and pings (pings are attached to page views by URL); the other rows do not show it.
+-- rows that show them (page views, first events of sessions), finding the kept copy's row by _row
+-- (its place in the events files); it also reads there the app, session key, client session id,
+-- event type and name, which only shown rows need. page_url is kept for page views and pings
+-- (pings are attached to page views by URL); the other rows do not show it.
 WITH ev AS (
     SELECT
         event_id,
+        _row,
         hash(event_id) AS event_h,
         event_type,
         event_name,
@@ -72,7 +73,7 @@ clashes AS (
     WHERE key_h IN (SELECT key_h FROM keys GROUP BY key_h HAVING count(*) > 1)
 ),
 deduped AS (
-    SELECT ev.*, false AS has_copies
+    SELECT ev.*
     FROM ev
     LEFT JOIN copies AS c ON c.event_h = ev.event_h
     WHERE c.event_h IS NULL AND ev.event_id IS NOT NULL
@@ -81,7 +82,6 @@ deduped AS (
     FROM (
         SELECT
             ev.*,
-            true AS has_copies,
             row_number() OVER (
                 PARTITION BY event_id
                 ORDER BY _collector_tstamp, derived_tstamp, _source_stream, _source_offset, _source_index
@@ -93,7 +93,6 @@ deduped AS (
 )
 SELECT
     d.event_id,
-    d.has_copies,
     d.user_id,
     d.anonymous_id,
     coalesce(k.key_no, CAST(hash(d.app_id, d.session_key) >> 1 AS BIGINT)) AS key_id,
@@ -103,7 +102,7 @@ SELECT
     d.event_type IN ('page', 'screen') AS is_page_view,
     (d.event_type = 'track' AND d.event_name = 'Page Ping') AS is_ping,
     d.* EXCLUDE (
-        event_id, has_copies, event_type, event_name, app_id, user_id, anonymous_id, client_session_id,
+        event_id, event_type, event_name, app_id, user_id, anonymous_id, client_session_id,
         session_key, event_h, derived_tstamp, _collector_tstamp, _source_stream, _source_offset, _source_index
     )
 FROM deduped AS d

@@ -34,6 +34,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
@@ -44,6 +45,7 @@ from clicklake.config import Settings
 from clicklake.lakehouse.catalog import open_catalog, table_id
 from clicklake.models.render import ModelOptions, options_from_settings, render, template_values
 from clicklake.query.engine import (
+    ROW_KEY,
     DataFiles,
     duck_type,
     new_connection,
@@ -116,7 +118,14 @@ class Window:
 
 
 class _Events:
-    """The current snapshot of ``events`` as DuckDB relations, pruned by day partition."""
+    """The current snapshot of ``events`` as DuckDB relations, pruned by day partition.
+
+    Each relation ends with the BIGINT column ``_row`` (:data:`ROW_KEY`), naming a row by its
+    place in the snapshot's files (or in the scanned table, when PyIceberg applies deletes), the
+    same in every relation. The models find the chosen copy of an event again by it, reading
+    only that copy's row, instead of joining on ``event_id``; so the relations a union reads
+    must not overlap (see :meth:`_Builder._window_sql`).
+    """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, table: Table, files: DataFiles) -> None:
         self.con = con
@@ -125,7 +134,9 @@ class _Events:
         self.files = files
         self._day_index = _day_partition_index(table)
         if files.has_deletes:
-            con.register("__events_arrow", table.scan().to_arrow())
+            rows = table.scan().to_arrow()
+            rows = rows.append_column(ROW_KEY, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+            con.register("__events_arrow", rows)
             self._arrow = True
         else:
             self._arrow = False
@@ -139,16 +150,19 @@ class _Events:
         if self._arrow:
             base = "SELECT * FROM __events_arrow"
         else:
-            paths = self.files.paths
+            # Files keep their number in the whole snapshot, whichever of them a range reads.
+            numbered = list(enumerate(self.files.paths))
             if self._day_index is not None and (lo_us is not None or hi_us is not None):
                 lo_day = -(10**9) if lo_us is None else lo_us // _DAY_US
                 hi_day = 10**9 if hi_us is None else hi_us // _DAY_US
-                paths = tuple(
-                    p
-                    for p, part in zip(self.files.paths, self.files.partitions, strict=True)
+                numbered = [
+                    (i, p)
+                    for (i, p), part in zip(numbered, self.files.partitions, strict=True)
                     if (d := _as_day(part[self._day_index])) is None or lo_day <= d <= hi_day
-                )
-            base = parquet_relation(self.con, paths, self.schema)
+                ]
+            base = parquet_relation(
+                self.con, [p for _, p in numbered], self.schema, file_numbers=[i for i, _ in numbered]
+            )
         conds = []
         if lo_us is not None:
             conds.append(f"derived_tstamp >= {_ts_literal(lo_us)}")
@@ -382,7 +396,15 @@ class _Builder:
                 + ("" if hi is None else f" AND derived_tstamp < {_ts_literal(hi)}")
                 + ")"
             )
-            ranges.append((lo - margin_days * _DAY_US, None if hi is None else hi + margin_days * _DAY_US))
+            lo_m, hi_m = lo - margin_days * _DAY_US, None if hi is None else hi + margin_days * _DAY_US
+            if ranges and (ranges[-1][1] is None or ranges[-1][1] >= lo_m):
+                # Margins that meet: one range, so that no event is read twice. (The rows
+                # inside windows never are, and only those reach sessionized, which finds them
+                # again by _row; but a key should name one row, and the days are read once.)
+                prev_lo, prev_hi = ranges.pop()
+                hi_m = None if prev_hi is None or hi_m is None else max(prev_hi, hi_m)
+                lo_m = lo_m if prev_lo is None else prev_lo
+            ranges.append((lo_m, hi_m))
         return " OR ".join(conds), ranges
 
     def _create(self, name: str, sql: str) -> None:

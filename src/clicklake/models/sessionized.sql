@@ -17,9 +17,9 @@
 -- cut into pieces over their own rows. A session is (key_id, session_start_us) in the models and
 -- spans session_start_us..session_end_us; the other rows of base_events find theirs by time range
 -- where they are counted (page pings in page_views, every event in sessions), so no copy of all
--- the rows is made here. Only the shown rows get the descriptive columns, read from src_events
--- taking the copy base_events kept (every shown row matches its event_id there, so the matches
--- carry the row along and no join back is needed), and session_id.
+-- the rows is made here. Only the shown rows get the descriptive columns, read from the row of
+-- src_events that base_events kept (joined on _row, its place in the files: an integer, and
+-- exactly the copy chosen, so no copy is ranked again here), and session_id.
 WITH points AS (
     SELECT key_id, tstamp_us, local_date, CASE WHEN is_ping THEN 0 ELSE 1 END AS non_ping
     FROM base_events
@@ -103,11 +103,6 @@ matched AS (
         e.session_id AS client_session_id,
         CASE WHEN s.is_page_view THEN e.event_type END AS event_type,
         CASE WHEN s.is_page_view THEN e.event_name END AS event_name,
-        e.collector_tstamp AS _collector_tstamp,
-        e.derived_tstamp AS _derived_tstamp,
-        e.source_stream AS _source_stream,
-        e.source_offset AS _source_offset,
-        e.source_index AS _source_index,
         e.page_title,
         e.page_referrer,
         coalesce(
@@ -138,25 +133,7 @@ matched AS (
         e.geo_region,
         e.geo_city
     FROM src_events AS e
-    JOIN sessioned AS s ON s.event_id IS NOT DISTINCT FROM e.event_id
-),
-described AS (
-    SELECT * EXCLUDE (_collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index)
-    FROM matched
-    WHERE NOT has_copies
-    UNION ALL
-    SELECT * EXCLUDE (_collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index, copy_rank)
-    FROM (
-        SELECT
-            m.*,
-            row_number() OVER (
-                PARTITION BY event_id
-                ORDER BY _collector_tstamp, _derived_tstamp, _source_stream, _source_offset, _source_index
-            ) AS copy_rank
-        FROM matched AS m
-        WHERE has_copies
-    ) AS ranked
-    WHERE copy_rank = 1
+    JOIN sessioned AS s ON s._row = e._row
 )
 SELECT
     event_id,
@@ -164,5 +141,5 @@ SELECT
     session_start_us,
     session_end_us,
     md5(app_id || '|' || session_key || '|' || CAST(session_start_us AS VARCHAR)) AS session_id,
-    * EXCLUDE (event_id, key_id, session_start_us, session_end_us, has_copies, session_key)
-FROM described
+    * EXCLUDE (event_id, key_id, session_start_us, session_end_us, session_key, _row)
+FROM matched

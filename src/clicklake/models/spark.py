@@ -142,6 +142,9 @@ def build_models_spark(settings: Settings, full_refresh: bool = True) -> dict[st
             src = src.withColumn(
                 name, F.lit(None).cast(_SPARK_TYPES["bool" if str(typ) == "bool" else "string"])
             )
+    # _row: a row's place in the snapshot's files (Iceberg's _file and _pos metadata columns);
+    # sessionized finds the copy of an event that base_events kept by it.
+    src = src.select("*", F.concat_ws(":", F.col("_file"), F.col("_pos").cast("string")).alias("_row"))
     src.createOrReplaceTempView("src_events")
     cached = []
     counts: dict[str, int] = {}

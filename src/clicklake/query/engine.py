@@ -149,13 +149,28 @@ def duck_type(arrow_type: pa.DataType) -> str:
         con.close()
 
 
-def parquet_relation(con: duckdb.DuckDBPyConnection, paths: Sequence[str], schema: pa.Schema) -> str:
+#: The column :func:`parquet_relation` adds with ``row_key``: a row's place in the file list.
+ROW_KEY = "_row"
+
+
+def parquet_relation(
+    con: duckdb.DuckDBPyConnection,
+    paths: Sequence[str],
+    schema: pa.Schema,
+    file_numbers: Sequence[int] | None = None,
+) -> str:
     """A ``SELECT`` over ``paths`` giving exactly the columns of ``schema``, in order.
 
-    Columns no file holds are typed ``NULL``; an empty ``paths`` gives no rows.
+    Columns no file holds are typed ``NULL``; an empty ``paths`` gives no rows. With
+    ``file_numbers`` (one per path, below 2^31), a last BIGINT column ``_row`` (:data:`ROW_KEY`)
+    names each row by its place: its file's number times 2^32 plus its row number in the file.
+    Numbered the same way, every read of a file gives its rows the same keys, so a second read
+    can find the rows of a first one by them.
     """
     if not paths:
         cols = ", ".join(f"CAST(NULL AS {duck_type(f.type)}) AS {quote_ident(f.name)}" for f in schema)
+        if file_numbers is not None:
+            cols += f", CAST(NULL AS BIGINT) AS {ROW_KEY}"
         return f"SELECT {cols} WHERE false"
     files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
     source = f"read_parquet({files}, union_by_name=true)"
@@ -166,6 +181,12 @@ def parquet_relation(con: duckdb.DuckDBPyConnection, paths: Sequence[str], schem
         else f"CAST(NULL AS {duck_type(f.type)}) AS {quote_ident(f.name)}"
         for f in schema
     )
+    if file_numbers is not None:
+        if len(file_numbers) != len(paths):
+            raise ValueError("parquet_relation: one file number per path")
+        numbers = "[" + ", ".join(str(int(n)) for n in file_numbers) + "]"
+        # file_index: the file's place in ``paths`` (DuckDB's virtual column), from 0.
+        cols += f", (CAST({numbers}[CAST(file_index AS BIGINT) + 1] AS BIGINT) << 32) | CAST(file_row_number AS BIGINT) AS {ROW_KEY}"
     return f"SELECT {cols} FROM {source}"
 
 
