@@ -17,7 +17,7 @@ spans AS (
 ),
 pv_order AS (
     SELECT
-        event_id,
+        _row,
         key_id,
         session_start_us,
         tstamp_us,
@@ -75,7 +75,7 @@ cleaned AS (
         o.pv_index,
         {{page_path_clean}} AS page_path_clean
     FROM pv
-    JOIN pv_order AS o ON o.event_id IS NOT DISTINCT FROM pv.event_id
+    JOIN pv_order AS o ON o._row = pv._row
 )
 SELECT
     c.event_id AS page_view_id,

@@ -141,5 +141,5 @@ SELECT
     session_start_us,
     session_end_us,
     md5(app_id || '|' || session_key || '|' || CAST(session_start_us AS VARCHAR)) AS session_id,
-    * EXCLUDE (event_id, key_id, session_start_us, session_end_us, session_key, _row)
+    * EXCLUDE (event_id, key_id, session_start_us, session_end_us, session_key)
 FROM matched
