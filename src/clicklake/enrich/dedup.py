@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
+from clicklake.enrich import kernels
 from clicklake.enrich.base import Step, append_columns, thread_connection
 from clicklake.events.schema import Column
 
@@ -435,20 +436,29 @@ def _distinct_hashes(
 def keys(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> tuple[pa.Array, pa.Array]:
     """``(key, fingerprint)`` of each row: what :meth:`DedupState.judge_keys` judges. Pure, on
     any connection (one per thread)."""
-    # Only the hashed columns go to DuckDB (binding every column of the batch costs as much
-    # as hashing a few of them), as a relation rather than a registered view.
-    out = (
-        con.from_arrow(batch.select(_FINGERPRINT_COLUMNS)).select(f"{_FINGERPRINT_SQL} AS h").to_arrow_table()
-    )
+    hashed = batch.select(_FINGERPRINT_COLUMNS)
+    # The compiled kernel computes DuckDB's hash() in place; without it, only the hashed
+    # columns go to DuckDB (binding every column of the batch costs as much as hashing a few
+    # of them), as a relation rather than a registered view.
+    h = kernels.duckdb_hash(hashed.columns)
+    if h is None:
+        h = _duckdb_fingerprint(hashed, con)
     sep = pa.scalar(chr(31), pa.large_string())
     key = pc.binary_join_element_wise(_large(batch.column("app_id")), _large(batch.column("event_id")), sep)
-    return key, _hex16(out.column("h").combine_chunks())
+    return key, _hex16(h)
 
 
-def _hex16(h: pa.Array) -> pa.Array:
+def _duckdb_fingerprint(hashed: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> np.ndarray[Any, Any]:
+    """:data:`_FINGERPRINT_SQL` of each row of ``hashed`` (its columns), by DuckDB: the
+    definition the compiled kernel reproduces."""
+    out = con.from_arrow(hashed).select(f"{_FINGERPRINT_SQL} AS h").to_arrow_table()
+    return np.asarray(out.column("h").combine_chunks().to_numpy(zero_copy_only=False), dtype=np.uint64)
+
+
+def _hex16(h: np.ndarray[Any, Any]) -> pa.Array:
     """Each 64-bit value as 16 lower-case hex digits, a ``large_string`` array (no NULLs)."""
     n = len(h)
-    digits = np.asarray(h.to_numpy(zero_copy_only=False), dtype=">u8").view(np.uint8).reshape(n, 8)
+    digits = np.asarray(h, dtype=">u8").view(np.uint8).reshape(n, 8)
     text = np.empty((n, 16), np.uint8)
     text[:, 0::2] = _HEX[digits >> 4]
     text[:, 1::2] = _HEX[digits & 15]

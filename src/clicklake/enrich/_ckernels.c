@@ -1,0 +1,438 @@
+/* Compiled kernels of the enrichment steps (see clicklake/enrich/kernels.py).
+ *
+ * Two per-row loops that Arrow and DuckDB can only do with a round trip through a relation:
+ *
+ * - fingerprint(): DuckDB's hash() of a row over several columns, bit for bit (strings,
+ *   int64 timestamps and NULLs), without copying the columns into DuckDB first. dedup's
+ *   event_fingerprint is persisted, so the DuckDB query stays the reference it is tested against.
+ * - replace_quoted(): in each row's text, every '"<old>"' replaced by '"<new>"' (or by 'null'
+ *   when new is NULL), left to right and non-overlapping, as DuckDB's replace() does; what the
+ *   ip_anonymization step does to context.ip.
+ *
+ * Both read Arrow arrays given as (kind, offset, validity, offsets, data) tuples and run with
+ * the GIL released. Plain CPython C API, no other library; optional: where this does not
+ * build, the steps take their DuckDB paths, with the same results.
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE /* memmem */
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- owned buffers for Python */
+
+typedef struct {
+    PyObject_HEAD
+    char *data;
+    Py_ssize_t size;
+} BufObject;
+
+static void buf_dealloc(BufObject *self) {
+    free(self->data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int buf_getbuffer(BufObject *self, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size, 1, flags);
+}
+
+static PyBufferProcs buf_as_buffer = {(getbufferproc)buf_getbuffer, NULL};
+
+static PyTypeObject BufType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "clicklake.enrich._ckernels.Buffer",
+    .tp_basicsize = sizeof(BufObject),
+    .tp_dealloc = (destructor)buf_dealloc,
+    .tp_as_buffer = &buf_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Memory written by a kernel, exposed through the buffer protocol (read-only).",
+};
+
+/* Takes ownership of data. */
+static PyObject *buf_new(char *data, Py_ssize_t size) {
+    if (data == NULL) data = malloc(8); /* Arrow wants a pointer even for no bytes */
+    if (data == NULL) return PyErr_NoMemory();
+    BufObject *b = PyObject_New(BufObject, &BufType);
+    if (b == NULL) {
+        free(data);
+        return NULL;
+    }
+    b->data = data;
+    b->size = size;
+    return (PyObject *)b;
+}
+
+/* ---------------------------------------------------------------- Arrow arrays in */
+
+enum { K_STRING, K_LARGE_STRING, K_INT64 };
+
+typedef struct {
+    int kind;
+    Py_ssize_t offset; /* the array's offset into its buffers */
+    const uint8_t *valid; /* validity bitmap; NULL: no nulls */
+    const uint8_t *offsets; /* int32 or int64 value offsets (strings) */
+    const uint8_t *data; /* string bytes, or int64 values */
+    Py_ssize_t data_len;
+    Py_buffer views[3];
+    int held[3];
+} Col;
+
+static void col_release(Col *c) {
+    for (int i = 0; i < 3; i++)
+        if (c->held[i]) PyBuffer_Release(&c->views[i]);
+}
+
+static int col_view(Col *c, int i, PyObject *obj, Py_ssize_t need, const char *what) {
+    if (obj == Py_None) return 0;
+    if (PyObject_GetBuffer(obj, &c->views[i], PyBUF_SIMPLE) < 0) return -1;
+    c->held[i] = 1;
+    if (c->views[i].len < need) {
+        PyErr_Format(PyExc_ValueError, "%s buffer too short: %zd bytes, need %zd", what, c->views[i].len, need);
+        return -1;
+    }
+    return 0;
+}
+
+/* Parse (kind, offset, validity|None, offsets|None, data|None) describing n values. */
+static int col_parse(PyObject *spec, Py_ssize_t n, Col *c) {
+    memset(c, 0, sizeof(*c));
+    const char *kind;
+    PyObject *valid, *offsets, *data;
+    if (!PyArg_ParseTuple(spec, "snOOO", &kind, &c->offset, &valid, &offsets, &data)) return -1;
+    if (strcmp(kind, "string") == 0)
+        c->kind = K_STRING;
+    else if (strcmp(kind, "large_string") == 0)
+        c->kind = K_LARGE_STRING;
+    else if (strcmp(kind, "int64") == 0)
+        c->kind = K_INT64;
+    else {
+        PyErr_Format(PyExc_ValueError, "unsupported column kind %s", kind);
+        return -1;
+    }
+    if (c->offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative offset");
+        return -1;
+    }
+    Py_ssize_t end = c->offset + n;
+    if (col_view(c, 0, valid, (end + 7) / 8, "validity") < 0) return -1;
+    c->valid = c->held[0] ? c->views[0].buf : NULL;
+    if (c->kind == K_INT64) {
+        if (data == Py_None) {
+            PyErr_SetString(PyExc_ValueError, "int64 column without data");
+            return -1;
+        }
+        if (col_view(c, 2, data, end * 8, "data") < 0) return -1;
+        c->data = c->views[2].buf;
+        return 0;
+    }
+    Py_ssize_t width = c->kind == K_STRING ? 4 : 8;
+    if (offsets == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "string column without offsets");
+        return -1;
+    }
+    if (col_view(c, 1, offsets, (end + 1) * width, "offsets") < 0) return -1;
+    c->offsets = c->views[1].buf;
+    if (col_view(c, 2, data, 0, "data") < 0) return -1;
+    c->data = c->held[2] ? c->views[2].buf : (const uint8_t *)"";
+    c->data_len = c->held[2] ? c->views[2].len : 0;
+    /* Every value within the data buffer, checked once, so the loops can trust the offsets. */
+    int64_t prev = 0;
+    for (Py_ssize_t i = c->offset; i <= end; i++) {
+        int64_t o = width == 4 ? ((const int32_t *)c->offsets)[i] : ((const int64_t *)c->offsets)[i];
+        if (o < 0 || o > c->data_len || (i > c->offset && o < prev)) {
+            PyErr_SetString(PyExc_ValueError, "string offsets out of range");
+            return -1;
+        }
+        prev = o;
+    }
+    return 0;
+}
+
+static inline int col_valid(const Col *c, Py_ssize_t i) {
+    Py_ssize_t j = c->offset + i;
+    return c->valid == NULL || (c->valid[j >> 3] >> (j & 7)) & 1;
+}
+
+static inline void col_str(const Col *c, Py_ssize_t i, const uint8_t **s, size_t *len) {
+    Py_ssize_t j = c->offset + i;
+    int64_t a, b;
+    if (c->kind == K_STRING) {
+        a = ((const int32_t *)c->offsets)[j];
+        b = ((const int32_t *)c->offsets)[j + 1];
+    } else {
+        a = ((const int64_t *)c->offsets)[j];
+        b = ((const int64_t *)c->offsets)[j + 1];
+    }
+    *s = c->data + a;
+    *len = (size_t)(b - a);
+}
+
+/* ---------------------------------------------------------------- DuckDB's hash() */
+
+#define DUCK_M 0xd6e8feb86659fd93ULL
+#define DUCK_NULL 0xbf58476d1ce4e5b9ULL
+
+static inline uint64_t duck_murmur(uint64_t x) {
+    x ^= x >> 32;
+    x *= DUCK_M;
+    x ^= x >> 32;
+    x *= DUCK_M;
+    x ^= x >> 32;
+    return x;
+}
+
+static inline uint64_t duck_hash_start(size_t n) { return 0xe17a1465ULL ^ ((uint64_t)n * 0xc6a4a7935bd1e995ULL); }
+
+/* Words [from, n / 8) and the zero-padded tail, then the finalizer: the rest of the hash. */
+static inline uint64_t duck_hash_finish(uint64_t h, const uint8_t *s, size_t n, size_t from) {
+    size_t full = n & ~(size_t)7;
+    for (size_t i = from * 8; i < full; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8); /* little-endian hosts only: checked at import */
+        h ^= w;
+        h *= DUCK_M;
+    }
+    if (n & 7) {
+        uint64_t w = 0;
+        memcpy(&w, s + full, n & 7);
+        h ^= w;
+        h *= DUCK_M;
+    }
+    return duck_murmur(h);
+}
+
+/* Four strings at once: their common whole words interleaved, so that the multiplications of
+ * one string do not wait on each other's latency. */
+static inline void duck_hash_4(const uint8_t *const s[4], const size_t n[4], uint64_t out[4]) {
+    uint64_t h[4];
+    size_t common = n[0];
+    for (int j = 0; j < 4; j++) {
+        h[j] = duck_hash_start(n[j]);
+        if (n[j] < common) common = n[j];
+    }
+    common /= 8;
+    for (size_t i = 0; i < common; i++) {
+        for (int j = 0; j < 4; j++) {
+            uint64_t w;
+            memcpy(&w, s[j] + i * 8, 8);
+            h[j] = (h[j] ^ w) * DUCK_M;
+        }
+    }
+    for (int j = 0; j < 4; j++) out[j] = duck_hash_finish(h[j], s[j], n[j], common);
+}
+
+static inline uint64_t duck_combine(uint64_t a, uint64_t b) {
+    a ^= a >> 32;
+    a *= DUCK_M;
+    return a ^ b;
+}
+
+static PyObject *fingerprint(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    PyObject *specs;
+    if (!PyArg_ParseTuple(args, "nO!", &n, &PyTuple_Type, &specs)) return NULL;
+    Py_ssize_t k = PyTuple_GET_SIZE(specs);
+    if (n < 0 || k == 0) {
+        PyErr_SetString(PyExc_ValueError, "need rows >= 0 and at least one column");
+        return NULL;
+    }
+    Col *cols = calloc((size_t)k, sizeof(Col));
+    uint64_t *out = malloc((size_t)(n ? n : 1) * sizeof(uint64_t));
+    if (cols == NULL || out == NULL) {
+        free(cols);
+        free(out);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t parsed = 0;
+    for (; parsed < k; parsed++)
+        if (col_parse(PyTuple_GET_ITEM(specs, parsed), n, &cols[parsed]) < 0) break;
+    if (parsed == k) {
+        Py_BEGIN_ALLOW_THREADS;
+        /* Column by column over all rows (as DuckDB does), each pass streaming one column. */
+        for (Py_ssize_t c = 0; c < k; c++) {
+            const Col *col = &cols[c];
+            Py_ssize_t i = 0;
+            if (col->kind != K_INT64 && col->valid == NULL) {
+                for (; i + 4 <= n; i += 4) {
+                    const uint8_t *s[4];
+                    size_t len[4];
+                    uint64_t h[4];
+                    for (int j = 0; j < 4; j++) col_str(col, i + j, &s[j], &len[j]);
+                    duck_hash_4(s, len, h);
+                    for (int j = 0; j < 4; j++) out[i + j] = c == 0 ? h[j] : duck_combine(out[i + j], h[j]);
+                }
+            }
+            for (; i < n; i++) {
+                uint64_t h;
+                if (!col_valid(col, i)) {
+                    h = DUCK_NULL;
+                } else if (col->kind == K_INT64) {
+                    int64_t v;
+                    memcpy(&v, col->data + (col->offset + i) * 8, 8);
+                    h = duck_murmur((uint64_t)v);
+                } else {
+                    const uint8_t *s;
+                    size_t len;
+                    col_str(col, i, &s, &len);
+                    h = duck_hash_finish(duck_hash_start(len), s, len, 0);
+                }
+                out[i] = c == 0 ? h : duck_combine(out[i], h);
+            }
+        }
+        Py_END_ALLOW_THREADS;
+    }
+    for (Py_ssize_t c = 0; c < parsed; c++) col_release(&cols[c]);
+    if (parsed < k) {
+        col_release(&cols[parsed]);
+        free(cols);
+        free(out);
+        return NULL;
+    }
+    free(cols);
+    return buf_new((char *)out, n * (Py_ssize_t)sizeof(uint64_t));
+}
+
+/* ---------------------------------------------------------------- replace_quoted() */
+
+typedef struct {
+    char *d;
+    size_t len, cap;
+} Out;
+
+static int out_put(Out *o, const void *s, size_t n) {
+    if (o->len + n > o->cap) {
+        size_t cap = o->cap ? o->cap : 4096;
+        while (cap < o->len + n) cap *= 2;
+        char *d = realloc(o->d, cap);
+        if (d == NULL) return 0;
+        o->d = d;
+        o->cap = cap;
+    }
+    memcpy(o->d + o->len, s, n);
+    o->len += n;
+    return 1;
+}
+
+static PyObject *replace_quoted(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    PyObject *text_spec, *old_spec, *new_spec;
+    if (!PyArg_ParseTuple(args, "nOOO", &n, &text_spec, &old_spec, &new_spec)) return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative row count");
+        return NULL;
+    }
+    Col cols[3];
+    PyObject *specs[3] = {text_spec, old_spec, new_spec};
+    for (int i = 0; i < 3; i++) {
+        int bad = col_parse(specs[i], n, &cols[i]) < 0;
+        if (!bad && cols[i].kind == K_INT64) {
+            PyErr_SetString(PyExc_ValueError, "replace_quoted takes string columns");
+            bad = 1;
+        }
+        if (bad) {
+            for (int j = 0; j <= i; j++) col_release(&cols[j]);
+            return NULL;
+        }
+    }
+    const Col *text = &cols[0], *old = &cols[1], *new = &cols[2];
+    int64_t *offsets = malloc((size_t)(n + 1) * sizeof(int64_t));
+    Out o = {NULL, 0, 0};
+    char *pattern = NULL;
+    size_t pattern_cap = 0;
+    Py_ssize_t changed = 0;
+    int oom = offsets == NULL;
+    if (!oom) {
+        Py_BEGIN_ALLOW_THREADS;
+        offsets[0] = 0;
+        for (Py_ssize_t i = 0; i < n && !oom; i++) {
+            if (!col_valid(text, i)) {
+                offsets[i + 1] = (int64_t)o.len;
+                continue;
+            }
+            const uint8_t *s, *os, *ns = NULL;
+            size_t len, olen, nlen = 0;
+            col_str(text, i, &s, &len);
+            int has_new = col_valid(new, i);
+            if (has_new) col_str(new, i, &ns, &nlen);
+            if (col_valid(old, i)) {
+                col_str(old, i, &os, &olen);
+                if (!(has_new && nlen == olen && memcmp(ns, os, olen) == 0)) {
+                    size_t plen = olen + 2;
+                    if (plen > pattern_cap) {
+                        char *p = realloc(pattern, plen);
+                        if (p == NULL) {
+                            oom = 1;
+                            break;
+                        }
+                        pattern = p;
+                        pattern_cap = plen;
+                    }
+                    pattern[0] = '"';
+                    memcpy(pattern + 1, os, olen);
+                    pattern[plen - 1] = '"';
+                    const uint8_t *at = s, *end = s + len;
+                    const uint8_t *hit;
+                    while ((size_t)(end - at) >= plen && (hit = memmem(at, (size_t)(end - at), pattern, plen)) != NULL) {
+                        if (!out_put(&o, at, (size_t)(hit - at))) oom = 1;
+                        if (has_new) {
+                            if (!out_put(&o, "\"", 1) || !out_put(&o, ns, nlen) || !out_put(&o, "\"", 1)) oom = 1;
+                        } else if (!out_put(&o, "null", 4)) {
+                            oom = 1;
+                        }
+                        at = hit + plen;
+                        changed++;
+                    }
+                    s = at;
+                    len = (size_t)(end - at);
+                }
+            }
+            if (!out_put(&o, s, len)) oom = 1;
+            offsets[i + 1] = (int64_t)o.len;
+        }
+        Py_END_ALLOW_THREADS;
+    }
+    free(pattern);
+    for (int i = 0; i < 3; i++) col_release(&cols[i]);
+    if (oom) {
+        free(offsets);
+        free(o.d);
+        return PyErr_NoMemory();
+    }
+    if (changed == 0) { /* nothing replaced: the caller keeps its array */
+        free(offsets);
+        free(o.d);
+        Py_RETURN_NONE;
+    }
+    PyObject *ob = buf_new((char *)offsets, (n + 1) * (Py_ssize_t)sizeof(int64_t));
+    if (ob == NULL) {
+        free(o.d);
+        return NULL;
+    }
+    PyObject *db = buf_new(o.d, (Py_ssize_t)o.len);
+    if (db == NULL) {
+        Py_DECREF(ob);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", ob, db);
+}
+
+static PyMethodDef methods[] = {
+    {"fingerprint", fingerprint, METH_VARARGS, "DuckDB's hash() over columns, per row, as uint64 bytes."},
+    {"replace_quoted", replace_quoted, METH_VARARGS,
+     "Each '\"old\"' in each text replaced by '\"new\"' (null: 'null'); None when nothing changed."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ckernels", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__ckernels(void) {
+    if (PyType_Ready(&BufType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    /* what kernels.py expects of this build; a stale build counts as none */
+    if (m && PyModule_AddIntConstant(m, "ABI", 1) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
