@@ -199,3 +199,24 @@ def test_ip_anonymization_step_is_the_same_without_the_kernel(monkeypatch: pytes
     without = ip_anonymization.IpAnonymizer(3, 3)(batch)
     assert with_kernel.equals(without)
     assert np.any(np.array(with_kernel.column("context").to_pylist()) != np.array(contexts))
+
+
+def test_contains_per_row() -> None:
+    text = pa.array(['{"campaign":1}', None, "", 'x"campaign"', '"campaig"'], pa.large_string())
+    got = kernels.contains(text, '"campaign"')
+    assert got is not None
+    assert got.tolist() == [True, False, False, True, False]
+    part = kernels.contains(text.slice(3, 2), '"campaign"')
+    assert part is not None
+    assert part.tolist() == [True, False]
+
+
+def test_empty_columns() -> None:
+    empty = pa.array([], pa.large_string())
+    got = kernels.duckdb_hash([empty])
+    assert got is not None
+    assert len(got) == 0
+    assert kernels.replace_quoted(empty, empty, empty) is empty
+    found = kernels.contains(empty, "x")
+    assert found is not None
+    assert len(found) == 0

@@ -1,15 +1,17 @@
 /* Compiled kernels of the enrichment steps (see clicklake/enrich/kernels.py).
  *
- * Two per-row loops that Arrow and DuckDB can only do with a round trip through a relation:
+ * Per-row loops that Arrow and DuckDB only do with a round trip through a relation or a
+ * dictionary of the column:
  *
  * - fingerprint(): DuckDB's hash() of a row over several columns, bit for bit (strings,
  *   int64 timestamps and NULLs), without copying the columns into DuckDB first. dedup's
  *   event_fingerprint is persisted, so the DuckDB query stays the reference it is tested against.
+ * - contains(): whether each row's text holds a literal; what campaign asks of every context.
  * - replace_quoted(): in each row's text, every '"<old>"' replaced by '"<new>"' (or by 'null'
  *   when new is NULL), left to right and non-overlapping, as DuckDB's replace() does; what the
  *   ip_anonymization step does to context.ip.
  *
- * Both read Arrow arrays given as (kind, offset, validity, offsets, data) tuples and run with
+ * All read Arrow arrays given as (kind, offset, validity, offsets, data) tuples and run with
  * the GIL released. Plain CPython C API, no other library; optional: where this does not
  * build, the steps take their DuckDB paths, with the same results.
  */
@@ -337,7 +339,18 @@ static PyObject *replace_quoted(PyObject *self, PyObject *args) {
     }
     const Col *text = &cols[0], *old = &cols[1], *new = &cols[2];
     int64_t *offsets = malloc((size_t)(n + 1) * sizeof(int64_t));
+    /* Room for the text as it is (an anonymized address is rarely longer than the original):
+     * growing the buffer by doubling copied it again and again. */
     Out o = {NULL, 0, 0};
+    if (n > 0) {
+        const uint8_t *first, *last;
+        size_t first_len, last_len;
+        col_str(text, 0, &first, &first_len);
+        col_str(text, n - 1, &last, &last_len);
+        o.cap = (size_t)(last + last_len - first) + 4096;
+        o.d = malloc(o.cap);
+        if (o.d == NULL) o.cap = 0;
+    }
     char *pattern = NULL;
     size_t pattern_cap = 0;
     Py_ssize_t changed = 0;
@@ -417,8 +430,46 @@ static PyObject *replace_quoted(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NN)", ob, db);
 }
 
+/* ---------------------------------------------------------------- contains() */
+
+static PyObject *contains(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    PyObject *text_spec;
+    const char *lit;
+    Py_ssize_t lit_len;
+    if (!PyArg_ParseTuple(args, "nOy#", &n, &text_spec, &lit, &lit_len)) return NULL;
+    if (n < 0 || lit_len == 0) {
+        PyErr_SetString(PyExc_ValueError, "need rows >= 0 and a non-empty literal");
+        return NULL;
+    }
+    Col text;
+    if (col_parse(text_spec, n, &text) < 0 || text.kind == K_INT64) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "contains takes a string column");
+        col_release(&text);
+        return NULL;
+    }
+    uint8_t *out = malloc((size_t)(n ? n : 1));
+    if (out == NULL) {
+        col_release(&text);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *s;
+        size_t len;
+        out[i] = 0;
+        if (!col_valid(&text, i)) continue;
+        col_str(&text, i, &s, &len);
+        out[i] = len >= (size_t)lit_len && memmem(s, len, lit, (size_t)lit_len) != NULL;
+    }
+    Py_END_ALLOW_THREADS;
+    col_release(&text);
+    return buf_new((char *)out, n);
+}
+
 static PyMethodDef methods[] = {
     {"fingerprint", fingerprint, METH_VARARGS, "DuckDB's hash() over columns, per row, as uint64 bytes."},
+    {"contains", contains, METH_VARARGS, "Whether each text holds a byte string (null: false), as uint8 bytes."},
     {"replace_quoted", replace_quoted, METH_VARARGS,
      "Each '\"old\"' in each text replaced by '\"new\"' (null: 'null'); None when nothing changed."},
     {NULL, NULL, 0, NULL},

@@ -73,6 +73,26 @@ def duckdb_hash(columns: list[pa.Array]) -> np.ndarray[Any, np.dtype[np.uint64]]
     return np.frombuffer(out, dtype=np.uint64)
 
 
+def contains(text: pa.Array, literal: str) -> np.ndarray[Any, np.dtype[np.bool_]] | None:
+    """Whether each row's ``text`` holds ``literal`` (null: false).
+
+    Args:
+        text: A string column.
+        literal: A non-empty substring.
+
+    Returns:
+        One boolean per row, or ``None`` when the kernel is missing or ``text`` is not strings.
+    """
+    if _ckernels is None:
+        return None
+    text = _combined(text)
+    spec = _spec(text)
+    if spec is None or spec[0] == "int64":
+        return None
+    out = _ckernels.contains(len(text), spec, literal.encode("utf-8"))
+    return np.frombuffer(out, dtype=np.bool_)
+
+
 def replace_quoted(text: pa.Array, old: pa.Array, new: pa.Array) -> pa.Array | None:
     """Each row's ``text`` with every ``"<old>"`` replaced by ``"<new>"``, or by ``null`` where
     ``new`` is null, left to right and non-overlapping, as DuckDB's ``replace`` does.
