@@ -75,8 +75,16 @@ class _Run:
         return len(self.h)
 
     @classmethod
-    def of(cls, h: np.ndarray[Any, Any], ts: np.ndarray[Any, Any], ref: np.ndarray[Any, Any]) -> _Run:
-        order = np.argsort(h, kind="stable")
+    def of(
+        cls,
+        h: np.ndarray[Any, Any],
+        ts: np.ndarray[Any, Any],
+        ref: np.ndarray[Any, Any],
+        order: np.ndarray[Any, Any] | None = None,
+    ) -> _Run:
+        """A run of these ids; ``order``: the argsort of ``h``, when the caller has it."""
+        if order is None:
+            order = np.argsort(h, kind="stable")
         return cls(h[order], ts[order], ref[order])
 
     def merged(self, other: _Run) -> _Run:
@@ -216,7 +224,8 @@ class DedupState:
         if len(fresh):
             ts = _epoch_us(collector_tstamp)
             if len(fresh) == n:  # the usual batch: every row a new id, no copy of the strings
-                self._remember(h[idx], ts, key, fp)
+                # (and, when the rows are the distinct keys, their hashes already sorted once)
+                self._remember(h[idx], ts, key, fp, order)
             else:
                 picked = pa.array(fresh)
                 self._remember(h[idx[fresh]], ts[fresh], key.take(picked), fp.take(picked))
@@ -282,16 +291,21 @@ class DedupState:
         return pa.concat_arrays(keys).take(unsort), pa.concat_arrays(fps).take(unsort)
 
     def _remember(
-        self, h: np.ndarray[Any, Any], ts: np.ndarray[Any, Any], key: pa.Array, fp: pa.Array
+        self,
+        h: np.ndarray[Any, Any],
+        ts: np.ndarray[Any, Any],
+        key: pa.Array,
+        fp: pa.Array,
+        order: np.ndarray[Any, Any] | None = None,
     ) -> None:
-        """Add ids known to be new to the window."""
+        """Add ids known to be new to the window (``order``: the argsort of ``h``, if known)."""
         if len(h) == 0:
             return
         ref = np.arange(self._stored, self._stored + len(h), dtype=np.int64)
         self._segments.append((key, fp))
         self._bases.append(self._stored)
         self._stored += len(h)
-        self._runs.append(_Run.of(h.astype(np.uint64), ts.astype(np.int64), ref))
+        self._runs.append(_Run.of(h.astype(np.uint64), ts.astype(np.int64), ref, order))
         self._settle()
 
     def _settle(self) -> None:
