@@ -297,29 +297,58 @@ static PyObject *fingerprint(PyObject *self, PyObject *args) {
 
 /* ---------------------------------------------------------------- replace_quoted() */
 
+/* What one row is to be rewritten with: its text, and the pattern and replacement (plen 0:
+ * kept as it is). */
 typedef struct {
-    char *d;
-    size_t len, cap;
-} Out;
+    const uint8_t *s;
+    size_t len;
+    const uint8_t *old;
+    size_t plen; /* '"' + old + '"' */
+    const uint8_t *rep;
+    size_t rlen; /* new, or "null" (then quoted is 0) */
+    int quoted;
+} Row;
 
-static int out_put(Out *o, const void *s, size_t n) {
-    if (o->len + n > o->cap) {
-        size_t cap = o->cap ? o->cap : 4096;
-        while (cap < o->len + n) cap *= 2;
-        char *d = realloc(o->d, cap);
-        if (d == NULL) return 0;
-        o->d = d;
-        o->cap = cap;
+static inline void row_of(const Col *text, const Col *old, const Col *new, Py_ssize_t i, Row *r) {
+    memset(r, 0, sizeof(*r));
+    if (!col_valid(text, i)) return;
+    col_str(text, i, &r->s, &r->len);
+    if (!col_valid(old, i)) return;
+    size_t olen;
+    col_str(old, i, &r->old, &olen);
+    if (col_valid(new, i)) {
+        col_str(new, i, &r->rep, &r->rlen);
+        if (r->rlen == olen && memcmp(r->rep, r->old, olen) == 0) return; /* kept as sent */
+        r->quoted = 1;
+    } else {
+        r->rep = (const uint8_t *)"null";
+        r->rlen = 4;
     }
-    memcpy(o->d + o->len, s, n);
-    o->len += n;
-    return 1;
+    r->plen = olen + 2;
+}
+
+/* Takes ownership of nothing; returns a new reference to a writable Arrow buffer of n bytes
+ * (from the caller's allocator, so the memory is Arrow's pool's, as the rest of the batch). */
+static PyObject *allocate(PyObject *alloc, Py_ssize_t n, Py_buffer *view) {
+    PyObject *buf = PyObject_CallFunction(alloc, "n", n);
+    if (buf == NULL) return NULL;
+    if (PyObject_GetBuffer(buf, view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(buf);
+        return NULL;
+    }
+    if (view->len < n) {
+        PyBuffer_Release(view);
+        Py_DECREF(buf);
+        PyErr_SetString(PyExc_ValueError, "allocated buffer too short");
+        return NULL;
+    }
+    return buf;
 }
 
 static PyObject *replace_quoted(PyObject *self, PyObject *args) {
     Py_ssize_t n;
-    PyObject *text_spec, *old_spec, *new_spec;
-    if (!PyArg_ParseTuple(args, "nOOO", &n, &text_spec, &old_spec, &new_spec)) return NULL;
+    PyObject *text_spec, *old_spec, *new_spec, *alloc;
+    if (!PyArg_ParseTuple(args, "nOOOO", &n, &text_spec, &old_spec, &new_spec, &alloc)) return NULL;
     if (n < 0) {
         PyErr_SetString(PyExc_ValueError, "negative row count");
         return NULL;
@@ -338,96 +367,104 @@ static PyObject *replace_quoted(PyObject *self, PyObject *args) {
         }
     }
     const Col *text = &cols[0], *old = &cols[1], *new = &cols[2];
+    PyObject *result = NULL, *ob = NULL, *db = NULL;
+    Py_buffer ov, dv;
+    int have_ov = 0, have_dv = 0;
+    /* Pass 1 finds the matches (kept, in order) and the output offsets; pass 2 copies. */
     int64_t *offsets = malloc((size_t)(n + 1) * sizeof(int64_t));
-    /* Room for the text as it is (an anonymized address is rarely longer than the original):
-     * growing the buffer by doubling copied it again and again. */
-    Out o = {NULL, 0, 0};
-    if (n > 0) {
-        const uint8_t *first, *last;
-        size_t first_len, last_len;
-        col_str(text, 0, &first, &first_len);
-        col_str(text, n - 1, &last, &last_len);
-        o.cap = (size_t)(last + last_len - first) + 4096;
-        o.d = malloc(o.cap);
-        if (o.d == NULL) o.cap = 0;
-    }
-    char *pattern = NULL;
-    size_t pattern_cap = 0;
-    Py_ssize_t changed = 0;
-    int oom = offsets == NULL;
+    size_t nhits = 0, hits_cap = 1024, pattern_cap = 64;
+    const uint8_t **hits = malloc(hits_cap * sizeof(*hits));
+    uint8_t *pattern = malloc(pattern_cap);
+    int oom = offsets == NULL || hits == NULL || pattern == NULL;
     if (!oom) {
         Py_BEGIN_ALLOW_THREADS;
+        int64_t at = 0;
         offsets[0] = 0;
         for (Py_ssize_t i = 0; i < n && !oom; i++) {
-            if (!col_valid(text, i)) {
-                offsets[i + 1] = (int64_t)o.len;
-                continue;
-            }
-            const uint8_t *s, *os, *ns = NULL;
-            size_t len, olen, nlen = 0;
-            col_str(text, i, &s, &len);
-            int has_new = col_valid(new, i);
-            if (has_new) col_str(new, i, &ns, &nlen);
-            if (col_valid(old, i)) {
-                col_str(old, i, &os, &olen);
-                if (!(has_new && nlen == olen && memcmp(ns, os, olen) == 0)) {
-                    size_t plen = olen + 2;
-                    if (plen > pattern_cap) {
-                        char *p = realloc(pattern, plen);
-                        if (p == NULL) {
+            Row r;
+            row_of(text, old, new, i, &r);
+            at += (int64_t)r.len;
+            if (r.plen) {
+                if (r.plen > pattern_cap) {
+                    uint8_t *p2 = realloc(pattern, r.plen);
+                    if (p2 == NULL) {
+                        oom = 1;
+                        break;
+                    }
+                    pattern = p2;
+                    pattern_cap = r.plen;
+                }
+                pattern[0] = '"';
+                memcpy(pattern + 1, r.old, r.plen - 2);
+                pattern[r.plen - 1] = '"';
+                const uint8_t *end = r.s + r.len, *q = r.s;
+                while ((size_t)(end - q) >= r.plen && (q = memmem(q, (size_t)(end - q), pattern, r.plen)) != NULL) {
+                    if (nhits == hits_cap) {
+                        const uint8_t **h2 = realloc(hits, 2 * hits_cap * sizeof(*hits));
+                        if (h2 == NULL) {
                             oom = 1;
                             break;
                         }
-                        pattern = p;
-                        pattern_cap = plen;
+                        hits = h2;
+                        hits_cap *= 2;
                     }
-                    pattern[0] = '"';
-                    memcpy(pattern + 1, os, olen);
-                    pattern[plen - 1] = '"';
-                    const uint8_t *at = s, *end = s + len;
-                    const uint8_t *hit;
-                    while ((size_t)(end - at) >= plen && (hit = memmem(at, (size_t)(end - at), pattern, plen)) != NULL) {
-                        if (!out_put(&o, at, (size_t)(hit - at))) oom = 1;
-                        if (has_new) {
-                            if (!out_put(&o, "\"", 1) || !out_put(&o, ns, nlen) || !out_put(&o, "\"", 1)) oom = 1;
-                        } else if (!out_put(&o, "null", 4)) {
-                            oom = 1;
-                        }
-                        at = hit + plen;
-                        changed++;
-                    }
-                    s = at;
-                    len = (size_t)(end - at);
+                    hits[nhits++] = q;
+                    at += (int64_t)(r.rlen + 2 * r.quoted) - (int64_t)r.plen;
+                    q += r.plen;
                 }
             }
-            if (!out_put(&o, s, len)) oom = 1;
-            offsets[i + 1] = (int64_t)o.len;
+            offsets[i + 1] = at;
         }
         Py_END_ALLOW_THREADS;
     }
+    if (oom) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (nhits == 0) { /* nothing replaced: the caller keeps its array */
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    ob = allocate(alloc, (n + 1) * (Py_ssize_t)sizeof(int64_t), &ov);
+    if (ob == NULL) goto done;
+    have_ov = 1;
+    db = allocate(alloc, (Py_ssize_t)offsets[n], &dv);
+    if (db == NULL) goto done;
+    have_dv = 1;
+    Py_BEGIN_ALLOW_THREADS;
+    memcpy(ov.buf, offsets, (size_t)(n + 1) * sizeof(int64_t));
+    uint8_t *out = dv.buf;
+    size_t h = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Row r;
+        row_of(text, old, new, i, &r);
+        const uint8_t *from = r.s, *end = r.s + r.len;
+        for (; h < nhits && hits[h] >= r.s && hits[h] < end; h++) {
+            size_t keep = (size_t)(hits[h] - from);
+            memcpy(out, from, keep);
+            out += keep;
+            if (r.quoted) *out++ = '"';
+            memcpy(out, r.rep, r.rlen);
+            out += r.rlen;
+            if (r.quoted) *out++ = '"';
+            from = hits[h] + r.plen;
+        }
+        memcpy(out, from, (size_t)(end - from));
+        out += end - from;
+    }
+    Py_END_ALLOW_THREADS;
+    result = Py_BuildValue("(OO)", ob, db);
+done:
+    if (have_ov) PyBuffer_Release(&ov);
+    if (have_dv) PyBuffer_Release(&dv);
+    Py_XDECREF(ob);
+    Py_XDECREF(db);
+    free(offsets);
+    free(hits);
     free(pattern);
     for (int i = 0; i < 3; i++) col_release(&cols[i]);
-    if (oom) {
-        free(offsets);
-        free(o.d);
-        return PyErr_NoMemory();
-    }
-    if (changed == 0) { /* nothing replaced: the caller keeps its array */
-        free(offsets);
-        free(o.d);
-        Py_RETURN_NONE;
-    }
-    PyObject *ob = buf_new((char *)offsets, (n + 1) * (Py_ssize_t)sizeof(int64_t));
-    if (ob == NULL) {
-        free(o.d);
-        return NULL;
-    }
-    PyObject *db = buf_new(o.d, (Py_ssize_t)o.len);
-    if (db == NULL) {
-        Py_DECREF(ob);
-        return NULL;
-    }
-    return Py_BuildValue("(NN)", ob, db);
+    return result;
 }
 
 /* ---------------------------------------------------------------- contains() */

@@ -117,14 +117,13 @@ def replace_quoted(text: pa.Array, old: pa.Array, new: pa.Array) -> pa.Array | N
     n = len(text)
     if len(old) != n or len(new) != n:
         raise ValueError("columns of different lengths")
-    out = _ckernels.replace_quoted(n, *specs)
+    # The new column's buffers come from Arrow's memory pool, as the rest of the batch's.
+    out = _ckernels.replace_quoted(n, *specs, pa.allocate_buffer)
     if out is None:
         return text
     offsets, data = out
     validity = None
     if text.null_count:
         validity = text.is_valid().buffers()[1]
-    result = pa.LargeStringArray.from_buffers(
-        n, pa.py_buffer(offsets), pa.py_buffer(data), validity, text.null_count
-    )
+    result = pa.LargeStringArray.from_buffers(n, offsets, data, validity, text.null_count)
     return result if text.type == result.type else result.cast(text.type)
