@@ -220,3 +220,12 @@ def test_empty_columns() -> None:
     found = kernels.contains(empty, "x")
     assert found is not None
     assert len(found) == 0
+
+
+def test_hex16_is_the_numpy_formatting(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = np.array([0, 1, 0xDEADBEEF, 2**63, 2**64 - 1, 0x0123456789ABCDEF], dtype=np.uint64)
+    got = dedup._hex16(values)
+    assert got.to_pylist() == [f"{int(v):016x}" for v in values]
+    assert len(dedup._hex16(np.zeros(0, dtype=np.uint64))) == 0
+    monkeypatch.setattr(kernels, "_ckernels", None)
+    assert dedup._hex16(values).equals(got)

@@ -6,6 +6,7 @@
  * - fingerprint(): DuckDB's hash() of a row over several columns, bit for bit (strings,
  *   int64 timestamps and NULLs), without copying the columns into DuckDB first. dedup's
  *   event_fingerprint is persisted, so the DuckDB query stays the reference it is tested against.
+ * - hex16(): 64-bit values as 16 lower-case hex digits, how event_fingerprint is written.
  * - contains(): whether each row's text holds a literal; what campaign asks of every context.
  * - replace_quoted(): in each row's text, every '"<old>"' replaced by '"<new>"' (or by 'null'
  *   when new is NULL), left to right and non-overlapping, as DuckDB's replace() does; what the
@@ -295,6 +296,45 @@ static PyObject *fingerprint(PyObject *self, PyObject *args) {
     return buf_new((char *)out, n * (Py_ssize_t)sizeof(uint64_t));
 }
 
+/* ---------------------------------------------------------------- hex16() */
+
+static PyObject *hex16(PyObject *self, PyObject *args) {
+    Py_buffer in;
+    PyObject *alloc;
+    if (!PyArg_ParseTuple(args, "y*O", &in, &alloc)) return NULL;
+    Py_ssize_t n = in.len / 8;
+    PyObject *buf = PyObject_CallFunction(alloc, "n", n * 16);
+    Py_buffer out;
+    if (buf == NULL || PyObject_GetBuffer(buf, &out, PyBUF_WRITABLE) < 0) {
+        Py_XDECREF(buf);
+        PyBuffer_Release(&in);
+        return NULL;
+    }
+    if (out.len < n * 16) {
+        PyBuffer_Release(&out);
+        PyBuffer_Release(&in);
+        Py_DECREF(buf);
+        PyErr_SetString(PyExc_ValueError, "allocated buffer too short");
+        return NULL;
+    }
+    static const char digits[] = "0123456789abcdef";
+    Py_BEGIN_ALLOW_THREADS;
+    const uint8_t *src = in.buf;
+    char *dst = out.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t v;
+        memcpy(&v, src + i * 8, 8);
+        for (int j = 15; j >= 0; j--) {
+            dst[i * 16 + j] = digits[v & 15];
+            v >>= 4;
+        }
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&in);
+    return buf;
+}
+
 /* ---------------------------------------------------------------- replace_quoted() */
 
 /* What one row is to be rewritten with: its text, and the pattern and replacement (plen 0:
@@ -506,6 +546,7 @@ static PyObject *contains(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"fingerprint", fingerprint, METH_VARARGS, "DuckDB's hash() over columns, per row, as uint64 bytes."},
+    {"hex16", hex16, METH_VARARGS, "Native uint64 values as 16 lower-case hex digits each, in a buffer from the allocator."},
     {"contains", contains, METH_VARARGS, "Whether each text holds a byte string (null: false), as uint8 bytes."},
     {"replace_quoted", replace_quoted, METH_VARARGS,
      "Each '\"old\"' in each text replaced by '\"new\"' (null: 'null'); None when nothing changed."},

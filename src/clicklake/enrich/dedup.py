@@ -471,6 +471,9 @@ def _duckdb_fingerprint(hashed: pa.RecordBatch, con: duckdb.DuckDBPyConnection) 
 
 def _hex16(h: np.ndarray[Any, Any]) -> pa.Array:
     """Each 64-bit value as 16 lower-case hex digits, a ``large_string`` array (no NULLs)."""
+    compiled = kernels.hex16(h)
+    if compiled is not None:
+        return compiled
     n = len(h)
     digits = np.asarray(h, dtype=">u8").view(np.uint8).reshape(n, 8)
     text = np.empty((n, 16), np.uint8)

@@ -73,6 +73,17 @@ def duckdb_hash(columns: list[pa.Array]) -> np.ndarray[Any, np.dtype[np.uint64]]
     return np.frombuffer(out, dtype=np.uint64)
 
 
+def hex16(values: np.ndarray[Any, np.dtype[np.uint64]]) -> pa.Array | None:
+    """Each 64-bit value as 16 lower-case hex digits (``printf('%016x')``), a ``large_string``
+    array; ``None`` when the kernel is missing."""
+    if _ckernels is None:
+        return None
+    n = len(values)
+    text = _ckernels.hex16(np.ascontiguousarray(values, dtype=np.uint64), pa.allocate_buffer)
+    offsets = np.arange(0, 16 * n + 1, 16, dtype=np.int64)
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), text)
+
+
 def contains(text: pa.Array, literal: str) -> np.ndarray[Any, np.dtype[np.bool_]] | None:
     """Whether each row's ``text`` holds ``literal`` (null: false).
 
