@@ -185,12 +185,12 @@ static inline uint64_t duck_murmur(uint64_t x) {
     return x;
 }
 
-static inline uint64_t duck_hash_start(size_t n) { return 0xe17a1465ULL ^ ((uint64_t)n * 0xc6a4a7935bd1e995ULL); }
-
-/* Words [from, n / 8) and the zero-padded tail, then the finalizer: the rest of the hash. */
-static inline uint64_t duck_hash_finish(uint64_t h, const uint8_t *s, size_t n, size_t from) {
+/* DuckDB's hash of a string: its length, then each 8-byte word (the tail zero-padded)
+ * xor-multiplied in, then the murmur finalizer. */
+static inline uint64_t duck_hash_bytes(const uint8_t *s, size_t n) {
+    uint64_t h = 0xe17a1465ULL ^ ((uint64_t)n * 0xc6a4a7935bd1e995ULL);
     size_t full = n & ~(size_t)7;
-    for (size_t i = from * 8; i < full; i += 8) {
+    for (size_t i = 0; i < full; i += 8) {
         uint64_t w;
         memcpy(&w, s + i, 8); /* little-endian hosts only: checked at import */
         h ^= w;
@@ -203,26 +203,6 @@ static inline uint64_t duck_hash_finish(uint64_t h, const uint8_t *s, size_t n, 
         h *= DUCK_M;
     }
     return duck_murmur(h);
-}
-
-/* Four strings at once: their common whole words interleaved, so that the multiplications of
- * one string do not wait on each other's latency. */
-static inline void duck_hash_4(const uint8_t *const s[4], const size_t n[4], uint64_t out[4]) {
-    uint64_t h[4];
-    size_t common = n[0];
-    for (int j = 0; j < 4; j++) {
-        h[j] = duck_hash_start(n[j]);
-        if (n[j] < common) common = n[j];
-    }
-    common /= 8;
-    for (size_t i = 0; i < common; i++) {
-        for (int j = 0; j < 4; j++) {
-            uint64_t w;
-            memcpy(&w, s[j] + i * 8, 8);
-            h[j] = (h[j] ^ w) * DUCK_M;
-        }
-    }
-    for (int j = 0; j < 4; j++) out[j] = duck_hash_finish(h[j], s[j], n[j], common);
 }
 
 static inline uint64_t duck_combine(uint64_t a, uint64_t b) {
@@ -255,18 +235,7 @@ static PyObject *fingerprint(PyObject *self, PyObject *args) {
         /* Column by column over all rows (as DuckDB does), each pass streaming one column. */
         for (Py_ssize_t c = 0; c < k; c++) {
             const Col *col = &cols[c];
-            Py_ssize_t i = 0;
-            if (col->kind != K_INT64 && col->valid == NULL) {
-                for (; i + 4 <= n; i += 4) {
-                    const uint8_t *s[4];
-                    size_t len[4];
-                    uint64_t h[4];
-                    for (int j = 0; j < 4; j++) col_str(col, i + j, &s[j], &len[j]);
-                    duck_hash_4(s, len, h);
-                    for (int j = 0; j < 4; j++) out[i + j] = c == 0 ? h[j] : duck_combine(out[i + j], h[j]);
-                }
-            }
-            for (; i < n; i++) {
+            for (Py_ssize_t i = 0; i < n; i++) {
                 uint64_t h;
                 if (!col_valid(col, i)) {
                     h = DUCK_NULL;
@@ -278,7 +247,7 @@ static PyObject *fingerprint(PyObject *self, PyObject *args) {
                     const uint8_t *s;
                     size_t len;
                     col_str(col, i, &s, &len);
-                    h = duck_hash_finish(duck_hash_start(len), s, len, 0);
+                    h = duck_hash_bytes(s, len);
                 }
                 out[i] = c == 0 ? h : duck_combine(out[i], h);
             }
