@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clicklake.config import Settings
-from clicklake.enrich import campaign, referrer, url
+from clicklake.enrich import campaign, kernels, referrer, url
 from tests.enrich.batches import make_batch
 
 SITE = "https://shop.example/p"
@@ -109,3 +109,30 @@ def test_runs_without_referrer_columns(settings: Settings) -> None:
     out = campaign.build(settings)(batch)
     # Without the referrer step, the referrer is unknown to the campaign step.
     assert out.column("default_channel_group").to_pylist() == ["Direct"]
+
+
+def test_the_same_with_and_without_the_compiled_kernel(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contexts = [
+        '{"campaign": {"source": "ctx", "medium": "email", "name": "c1"}}',
+        '{"campaign": {"source": "Ctx", "medium": "cpc"}}',
+        '{"page": {"title": "no campaign here"}}',
+        '{"x": "campaign"}',  # the word, not the key
+        "{not json",
+        None,
+    ]
+    queries = ["", "?utm_source=news&utm_medium=email", "?gclid=G1", "?fbclid=F1", "?a=1"]
+    referrers = [None, "https://www.google.com/search?q=x", "https://shop.example/other", "https://t.co/x"]
+    rows = [
+        {
+            "page_url": None if i % 9 == 0 else SITE + queries[i % len(queries)],
+            "page_referrer": referrers[i % len(referrers)],
+            "context": contexts[i % len(contexts)],
+        }
+        for i in range(180)
+    ]
+    with_kernel = _enrich(settings, rows)
+    monkeypatch.setattr(kernels, "_ckernels", None)
+    assert _enrich(settings, rows) == with_kernel
+    assert {r["mkt_source"] for r in with_kernel} >= {"ctx", "Ctx", "news", None}

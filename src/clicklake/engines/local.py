@@ -71,7 +71,9 @@ class RunStats:
 class _Decoded:
     """A decoded and enriched chunk: where it ends in its stream, how many bytes and lines it
     had, its good rows (not judged by dedup yet) and its failures, each sorted by its table's
-    partition, and which row of the chunk each good row was (``order``, for dedup's verdict)."""
+    partition, and which row of the chunk each good row was (``order``, for dedup's verdict).
+    ``judged``: what dedup's verdict reads, in source order (its key, ``event_fingerprint`` and
+    ``collector_tstamp``), or None when the chain has no dedup (or failed)."""
 
     stream: str
     end: int
@@ -80,6 +82,7 @@ class _Decoded:
     good: pa.Table
     bad: pa.Table
     order: np.ndarray
+    judged: tuple[pa.Array, pa.Array, pa.Array] | None = None
 
 
 class PipelineLock:
@@ -292,14 +295,24 @@ class Pipeline:
         raw = item if isinstance(item, Raw) else decode_chunk(item, self.options)
         decoded = raw.decoded
         good, bad = split(decoded)
+        judged: tuple[pa.Array, pa.Array, pa.Array] | None = None
         if self._worker_steps and good.num_rows:
             good, enrich_failed = self._enrich(good)
             if enrich_failed.num_rows:
                 bad = pa.concat_tables([bad, enrich_failed])
+            if KEY in good.column_names:
+                # Kept aside as they are, in source order, where the verdict reads them: not
+                # sorted with the rows and put back in order again (the key is not stored).
+                judged = (
+                    good.column(KEY).combine_chunks(),
+                    good.column("event_fingerprint").combine_chunks(),
+                    good.column("collector_tstamp").combine_chunks(),
+                )
+                good = good.drop_columns([KEY])
         good, order = sort_by_partition(self.sinks[EVENTS].table, good)
         bad, _ = sort_by_partition(self.sinks[FAILED_EVENTS].table, bad)
         # The chunk's bytes are not kept: decoded rows waiting their turn hold only their own.
-        return _Decoded(raw.stream, raw.end, raw.nbytes, decoded.num_rows, good, bad, order)
+        return _Decoded(raw.stream, raw.end, raw.nbytes, decoded.num_rows, good, bad, order, judged)
 
     def _enrich(self, good: pa.Table) -> tuple[pa.Table, pa.Table]:
         """Run the chain (dedup's verdict excepted); failed batches become failures."""
@@ -313,8 +326,8 @@ class Pipeline:
         self.metrics.batch_rows.observe(chunk.rows)
         self.metrics.bytes_read.inc(chunk.nbytes)
         good, bad = chunk.good, chunk.bad
-        if KEY in good.column_names:
-            good, conflicts = self._judge(good, chunk.order)
+        if chunk.judged is not None:
+            good, conflicts = self._judge(good, chunk.order, chunk.judged)
             if conflicts.num_rows:
                 conflicts, _ = sort_by_partition(self.sinks[FAILED_EVENTS].table, conflicts)
                 bad = pa.concat_tables([bad, conflicts])
@@ -333,23 +346,21 @@ class Pipeline:
         if self.progress:
             self.progress(chunk.nbytes)
 
-    def _judge(self, enriched: pa.Table, order: np.ndarray) -> tuple[pa.Table, pa.Table]:
+    def _judge(
+        self, enriched: pa.Table, order: np.ndarray, judged: tuple[pa.Array, pa.Array, pa.Array]
+    ) -> tuple[pa.Table, pa.Table]:
         """Dedup's verdict, in source order: drop resends, fail id conflicts.
 
         ``enriched`` is sorted by partition; row ``i`` was row ``order[i]`` of its chunk. Dedup
-        judges the chunk's rows in source order (the first of two copies is the new one), so
-        the verdict is given on the keys put back in that order, then sorted like the rows."""
+        judges the chunk's rows in source order (the first of two copies is the new one): on
+        ``judged`` (key, fingerprint, collector time, kept in that order), and the verdict is
+        then sorted like the rows."""
         assert self._dedup is not None
         back = np.empty_like(order)
         back[order] = np.arange(len(order), dtype=order.dtype)
-        in_source_order = pa.array(back)
-        verdict_in_source_order = self._dedup.judge_keys(
-            enriched.column(KEY).combine_chunks().take(in_source_order),
-            enriched.column("event_fingerprint").combine_chunks().take(in_source_order),
-            enriched.column("collector_tstamp").take(in_source_order),
-        )
+        verdict_in_source_order = self._dedup.judge_keys(*judged)
         verdict = verdict_in_source_order.take(pa.array(order))
-        out = enriched.drop_columns([KEY])
+        out = enriched
         failed = FAILED_ARROW.empty_table()
         conflict = pc.equal(verdict_in_source_order, "conflict")
         if pc.any(conflict).as_py():

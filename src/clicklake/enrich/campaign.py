@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
+from clicklake.enrich import kernels
 from clicklake.enrich.base import Encoded, Step, append_columns, contains_literal, encode, spread, unique_map
 from clicklake.enrich.referrer import RefererIndex, default_index
 from clicklake.enrich.url import split_url
@@ -322,13 +323,17 @@ def _mkt_columns(
     url_rows: np.ndarray[Any, np.dtype[np.int64]],
     url_parts: list[tuple[bool | str | None, ...]],
     context: pa.Array,
-) -> list[pa.Array]:
+) -> tuple[list[pa.Array], np.ndarray[Any, np.dtype[np.int64]]]:
     """``mkt_source`` .. ``mkt_content``: the URL's ``utm_*`` where it has any, else
     ``context.campaign`` where the context mentions ``"campaign"``, else null.
 
     Both kinds of values go into one table of distinct 5-tuples (one per URL, then one per
     context parsed) and each row picks its tuple, so each column is built with a single take.
     The JSON context is only parsed for the rows that need it, once per distinct context.
+
+    Returns:
+        The five columns, and each row's index into their table of distinct 5-tuples (-1: all
+        null).
     """
     has_utm = np.fromiter((bool(p[0]) for p in url_parts), dtype=bool, count=len(url_parts))
     row_utm = np.zeros(len(url_rows), dtype=bool)
@@ -337,21 +342,88 @@ def _mkt_columns(
     code = np.where(row_utm, url_rows, -1)
     table: list[tuple[str | None, ...]] = [p[1:6] for p in url_parts]  # type: ignore[misc]
     if not row_utm.all():
-        ctx = encode(context)
-        mentions = contains_literal(ctx.dictionary, '"campaign"')
-        if mentions.any():
-            ctx_rows = _indices(ctx)
-            need = ~row_utm & (ctx_rows >= 0)
-            need[need] = mentions[ctx_rows[need]]
+        # One pass over the rows' JSON in the compiled kernel, when it is built; otherwise
+        # over the distinct contexts (the column's dictionary).
+        mentions = kernels.contains(context, '"campaign"')
+        if mentions is not None:
+            need = ~row_utm & mentions
             if need.any():
-                wanted = np.unique(ctx_rows[need])
-                docs = ctx.dictionary.take(pa.array(wanted)).to_pylist()
-                where = np.full(len(ctx.dictionary), -1, dtype=np.int64)
-                where[wanted] = np.arange(len(table), len(table) + len(wanted))
-                table += [context_campaign(doc) for doc in docs]
-                code[need] = where[ctx_rows[need]]
+                picked = np.flatnonzero(need)
+                _parse_contexts(pc.dictionary_encode(context.take(pa.array(picked))), picked, code, table)
+        else:
+            _parse_contexts(encode(context), np.arange(len(code)), code, table, ~row_utm)
     rows = pa.array(code, mask=code < 0)
-    return [pc.take(pa.array(col, type=_STR), rows) for col in _transpose(table, 5)]
+    return [pc.take(pa.array(col, type=_STR), rows) for col in _transpose(table, 5)], code
+
+
+def _parse_contexts(
+    ctx: Encoded,
+    rows: np.ndarray[Any, np.dtype[np.int64]],
+    code: np.ndarray[Any, np.dtype[np.int64]],
+    table: list[tuple[str | None, ...]],
+    wanted: np.ndarray[Any, np.dtype[np.bool_]] | None = None,
+) -> None:
+    """Point ``code[rows[i]]`` at the ``context.campaign`` of the i-th encoded context (among
+    the ``wanted`` ones, when given, that mention ``"campaign"``), each distinct document parsed
+    once and appended to ``table``."""
+    if wanted is not None:
+        mentions = contains_literal(ctx.dictionary, '"campaign"')
+        if not mentions.any():
+            return
+    ctx_rows = _indices(ctx)
+    need = ctx_rows >= 0
+    if wanted is not None:
+        need &= wanted
+        need[need] = mentions[ctx_rows[need]]
+    if not need.any():
+        return
+    distinct = np.unique(ctx_rows[need])
+    docs = ctx.dictionary.take(pa.array(distinct)).to_pylist()
+    where = np.full(len(ctx.dictionary), -1, dtype=np.int64)
+    where[distinct] = np.arange(len(table), len(table) + len(distinct))
+    table += [context_campaign(doc) for doc in docs]
+    code[rows[need]] = where[ctx_rows[need]]
+
+
+def _channel_column(
+    mkt: list[pa.Array],
+    code: np.ndarray[Any, np.dtype[np.int64]],
+    url_rows: np.ndarray[Any, np.dtype[np.int64]],
+    url_parts: list[tuple[bool | str | None, ...]],
+    referrer: list[pa.Array],
+) -> pa.Array:
+    """``default_channel_group``: :func:`_channel_for_key` once per distinct combination of
+    its eight inputs (campaign source, medium and name, the click id's implied source and
+    medium, the referrer's medium, source and host), joined into one key string.
+
+    The rows are first told apart by integers (the campaign values are the row's ``code``,
+    the implied ones its URL's, the referrer columns are encoded), so that the key strings
+    are built for one row of each combination, not for every row.
+    """
+    n = len(code)
+    parts = [(code, int(code.max(initial=-1)) + 1), (url_rows, len(url_parts))]
+    for column in referrer:
+        encoded = pc.dictionary_encode(column)
+        parts.append(
+            (_indices(Encoded(column, encoded.dictionary, encoded.indices)), len(encoded.dictionary))
+        )
+    # Mixed radix, renumbered after each part so that it never grows past the row count.
+    combo = np.zeros(n, dtype=np.int64)
+    for idx, size in parts:
+        encoded = pc.dictionary_encode(pa.array(combo * (size + 1) + (idx + 1)))
+        combo = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    sample = np.empty(int(combo.max(initial=-1)) + 1, dtype=np.int64)
+    sample[combo] = np.arange(n)  # any row of a combination: they all have the same inputs
+    at = pa.array(sample)
+    implied_rows = url_rows[sample]
+    implied_at = pa.array(implied_rows, mask=implied_rows < 0)
+    implied = [pc.take(pa.array(col, type=_STR), implied_at) for col in _transpose(url_parts, 10)[8:10]]
+    inputs = [*(c.take(at) for c in mkt[:3]), *implied, *(c.take(at) for c in referrer)]
+    key = pc.binary_join_element_wise(
+        *(a.cast(_STR) for a in inputs), pa.scalar(_SEP, _STR), null_handling="replace", null_replacement=""
+    )
+    (channel,) = unique_map(key, _channel_for_key, (_STR,), keep=False)
+    return pc.take(channel, pa.array(combo))
 
 
 def _transpose(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
@@ -369,24 +441,12 @@ def enrich(batch: pa.RecordBatch) -> pa.RecordBatch:
         The same rows with the eight columns appended.
     """
     url = encode(batch.column("page_url"))
+    url_rows = _indices(url)
     url_parts = [url_campaign(u) for u in url.values()]
-    mkt = _mkt_columns(_indices(url), url_parts, batch.column("context"))
-    click_cols = [spread(pa.array(col, type=_STR), url) for col in _transpose(url_parts, 10)[6:]]
-    clickid, network, implied_source, implied_medium = click_cols
-
-    inputs = [
-        *mkt[:3],
-        implied_source,
-        implied_medium,
-        _column(batch, "refr_medium"),
-        _column(batch, "refr_source"),
-        _column(batch, "refr_urlhost"),
-    ]
-    inputs = [a.cast(_STR) for a in inputs]
-    key = pc.binary_join_element_wise(
-        *inputs, pa.scalar(_SEP, _STR), null_handling="replace", null_replacement=""
-    )
-    (channel,) = unique_map(key, _channel_for_key, (_STR,), keep=False)
+    mkt, code = _mkt_columns(url_rows, url_parts, batch.column("context"))
+    clickid, network = (spread(pa.array(col, type=_STR), url) for col in _transpose(url_parts, 10)[6:8])
+    referrer = [_column(batch, name) for name in ("refr_medium", "refr_source", "refr_urlhost")]
+    channel = _channel_column(mkt, code, url_rows, url_parts, referrer)
 
     names = [c.name for c in COLUMNS]
     return append_columns(batch, dict(zip(names, [*mkt, clickid, network, channel], strict=True)))

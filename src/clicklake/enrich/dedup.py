@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
+from clicklake.enrich import kernels
 from clicklake.enrich.base import Step, append_columns, thread_connection
 from clicklake.events.schema import Column
 
@@ -74,8 +75,16 @@ class _Run:
         return len(self.h)
 
     @classmethod
-    def of(cls, h: np.ndarray[Any, Any], ts: np.ndarray[Any, Any], ref: np.ndarray[Any, Any]) -> _Run:
-        order = np.argsort(h, kind="stable")
+    def of(
+        cls,
+        h: np.ndarray[Any, Any],
+        ts: np.ndarray[Any, Any],
+        ref: np.ndarray[Any, Any],
+        order: np.ndarray[Any, Any] | None = None,
+    ) -> _Run:
+        """A run of these ids; ``order``: the argsort of ``h``, when the caller has it."""
+        if order is None:
+            order = np.argsort(h, kind="stable")
         return cls(h[order], ts[order], ref[order])
 
     def merged(self, other: _Run) -> _Run:
@@ -215,7 +224,8 @@ class DedupState:
         if len(fresh):
             ts = _epoch_us(collector_tstamp)
             if len(fresh) == n:  # the usual batch: every row a new id, no copy of the strings
-                self._remember(h[idx], ts, key, fp)
+                # (and, when the rows are the distinct keys, their hashes already sorted once)
+                self._remember(h[idx], ts, key, fp, order)
             else:
                 picked = pa.array(fresh)
                 self._remember(h[idx[fresh]], ts[fresh], key.take(picked), fp.take(picked))
@@ -281,16 +291,21 @@ class DedupState:
         return pa.concat_arrays(keys).take(unsort), pa.concat_arrays(fps).take(unsort)
 
     def _remember(
-        self, h: np.ndarray[Any, Any], ts: np.ndarray[Any, Any], key: pa.Array, fp: pa.Array
+        self,
+        h: np.ndarray[Any, Any],
+        ts: np.ndarray[Any, Any],
+        key: pa.Array,
+        fp: pa.Array,
+        order: np.ndarray[Any, Any] | None = None,
     ) -> None:
-        """Add ids known to be new to the window."""
+        """Add ids known to be new to the window (``order``: the argsort of ``h``, if known)."""
         if len(h) == 0:
             return
         ref = np.arange(self._stored, self._stored + len(h), dtype=np.int64)
         self._segments.append((key, fp))
         self._bases.append(self._stored)
         self._stored += len(h)
-        self._runs.append(_Run.of(h.astype(np.uint64), ts.astype(np.int64), ref))
+        self._runs.append(_Run.of(h.astype(np.uint64), ts.astype(np.int64), ref, order))
         self._settle()
 
     def _settle(self) -> None:
@@ -435,20 +450,32 @@ def _distinct_hashes(
 def keys(batch: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> tuple[pa.Array, pa.Array]:
     """``(key, fingerprint)`` of each row: what :meth:`DedupState.judge_keys` judges. Pure, on
     any connection (one per thread)."""
-    # Only the hashed columns go to DuckDB (binding every column of the batch costs as much
-    # as hashing a few of them), as a relation rather than a registered view.
-    out = (
-        con.from_arrow(batch.select(_FINGERPRINT_COLUMNS)).select(f"{_FINGERPRINT_SQL} AS h").to_arrow_table()
-    )
+    hashed = batch.select(_FINGERPRINT_COLUMNS)
+    # The compiled kernel computes DuckDB's hash() in place; without it, only the hashed
+    # columns go to DuckDB (binding every column of the batch costs as much as hashing a few
+    # of them), as a relation rather than a registered view.
+    h = kernels.duckdb_hash(hashed.columns)
+    if h is None:
+        h = _duckdb_fingerprint(hashed, con)
     sep = pa.scalar(chr(31), pa.large_string())
     key = pc.binary_join_element_wise(_large(batch.column("app_id")), _large(batch.column("event_id")), sep)
-    return key, _hex16(out.column("h").combine_chunks())
+    return key, _hex16(h)
 
 
-def _hex16(h: pa.Array) -> pa.Array:
+def _duckdb_fingerprint(hashed: pa.RecordBatch, con: duckdb.DuckDBPyConnection) -> np.ndarray[Any, Any]:
+    """:data:`_FINGERPRINT_SQL` of each row of ``hashed`` (its columns), by DuckDB: the
+    definition the compiled kernel reproduces."""
+    out = con.from_arrow(hashed).select(f"{_FINGERPRINT_SQL} AS h").to_arrow_table()
+    return np.asarray(out.column("h").combine_chunks().to_numpy(zero_copy_only=False), dtype=np.uint64)
+
+
+def _hex16(h: np.ndarray[Any, Any]) -> pa.Array:
     """Each 64-bit value as 16 lower-case hex digits, a ``large_string`` array (no NULLs)."""
+    compiled = kernels.hex16(h)
+    if compiled is not None:
+        return compiled
     n = len(h)
-    digits = np.asarray(h.to_numpy(zero_copy_only=False), dtype=">u8").view(np.uint8).reshape(n, 8)
+    digits = np.asarray(h, dtype=">u8").view(np.uint8).reshape(n, 8)
     text = np.empty((n, 16), np.uint8)
     text[:, 0::2] = _HEX[digits >> 4]
     text[:, 1::2] = _HEX[digits & 15]

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clicklake.config import Settings
+from clicklake.enrich import kernels
 from clicklake.enrich.base import BoundedCache, Step, append_columns, encode, thread_connection
 
 IP_COLUMN = "user_ipaddress"
@@ -124,7 +125,13 @@ class IpAnonymizer:
         anonymized = pc.take(values, encoded.indices)
         out = {IP_COLUMN: anonymized}
         if "context" in batch.schema.names:
-            out["context"] = _scrub_context(batch.column("context"), encoded.indices, distinct, values)
+            context = batch.column("context")
+            # The compiled kernel splices each row's address in place; without it, each
+            # distinct (context, address) pair is rewritten by DuckDB, with the same result.
+            scrubbed = kernels.replace_quoted(context, batch.column(IP_COLUMN), anonymized)
+            if scrubbed is None:
+                scrubbed = _scrub_context(context, encoded.indices, distinct, values)
+            out["context"] = scrubbed
         return append_columns(batch, out)
 
 
@@ -132,7 +139,9 @@ def _scrub_context(
     context: pa.Array, ip_indices: pa.Array, distinct: pa.Array, anonymized: pa.Array
 ) -> pa.Array:
     """The context JSON with the original address (``context.ip``) replaced by the anonymized
-    one, so the full address does not survive in the JSON beside the truncated column.
+    one, so the full address does not survive in the JSON beside the truncated column: every
+    ``"<address>"`` in it becomes ``"<anonymized>"`` (``null`` for a value that is no address).
+    What :func:`clicklake.enrich.kernels.replace_quoted` does row by row, when it is built.
 
     Rewritten once per distinct (context, address) pair: a visitor sends the same context event
     after event, and rewriting every row's JSON cost more than the rest of the step.
