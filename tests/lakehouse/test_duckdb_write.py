@@ -58,6 +58,7 @@ def catalog(tmp_path: Path) -> Catalog:
 def con() -> duckdb.DuckDBPyConnection:
     c = duckdb.connect()
     c.execute("SET TimeZone = 'UTC'")
+    c.execute("SET preserve_insertion_order = false")  # as the model runner sets it
     c.register("rows_arrow", ROWS)
     c.execute("CREATE TABLE rows_new AS SELECT * FROM rows_arrow")
     return c
@@ -102,6 +103,8 @@ def test_files_carry_field_ids_types_partitions_and_pyiceberg_stats(
     ours = _table(catalog, "ours")
     theirs = _table(catalog, "theirs")
     files = write_data_files(con, "rows_new", ours, order_by)
+    # A sorted write leaves the connection's setting as it found it.
+    assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (False,)
     commit_files(ours, files, None, {"k": "v"})
     theirs.append(ROWS)
 

@@ -67,9 +67,12 @@ MODEL_TABLES: dict[str, str | None] = {
     "daily_kpis": "date",
 }
 
-#: How the rows of each model table's files are sorted (within one partition value).
+#: How the rows of each model table's files are sorted (within one partition value). Page views
+#: are not: at 10M events sorting them cost ~2 CPU s of the write for files 8% smaller and
+#: queries within noise (a session's page views 0.13 s instead of 0.22 s); sorting sessions costs
+#: next to nothing.
 FILE_ORDER: dict[str, tuple[str, ...]] = {
-    "page_views": ("session_id", "page_view_in_session_index"),
+    "page_views": (),
     "sessions": ("app_id", "start_tstamp", "session_id"),
     "user_mapping": ("app_id", "anonymous_id"),
     "users": ("app_id", "user_key"),
