@@ -315,7 +315,7 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
         rows[table] = spark.read.parquet(str(path)).count()  # from the footers: cheap
         t = step(f"write {table}", t)
 
-    # compute_windowed (full refresh): the runner's temp tables, then the two day-partitioned tables
+    # build_windowed (full refresh): the runner's temp tables, then the two day-partitioned tables
     for name in ("base_events", "sessionized", "page_views_new", "sessions_new"):
         materialize(name)
     write("page_views", "page_views_new")

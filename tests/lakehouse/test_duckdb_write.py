@@ -96,13 +96,14 @@ def _live(table: Table) -> list[DataFile]:
     return [task.file for task in table.scan().plan_files()]
 
 
-@pytest.mark.parametrize("order_by", [(), ("id",)])
+@pytest.mark.parametrize(("order_by", "workers"), [((), 1), (("id",), 1), ((), 2), (("id",), 3)])
 def test_files_carry_field_ids_types_partitions_and_pyiceberg_stats(
-    catalog: Catalog, con: duckdb.DuckDBPyConnection, order_by: tuple[str, ...]
+    catalog: Catalog, con: duckdb.DuckDBPyConnection, order_by: tuple[str, ...], workers: int
 ) -> None:
     ours = _table(catalog, "ours")
     theirs = _table(catalog, "theirs")
-    files = write_data_files(con, "rows_new", ours, order_by)
+    # workers > 1: the four days are written by that many cursors at once.
+    files = write_data_files(con, "rows_new", ours, order_by, workers=workers)
     # A sorted write leaves the connection's setting as it found it.
     assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (False,)
     commit_files(ours, files, None, {"k": "v"})

@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -104,7 +105,11 @@ def _sql_value(value: Any, duck_type: str) -> str:
 
 
 def write_data_files(
-    con: duckdb.DuckDBPyConnection, relation: str, table: Table, order_by: Sequence[str] = ()
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    table: Table,
+    order_by: Sequence[str] = (),
+    workers: int = 1,
 ) -> list[DataFile]:
     """Write the rows of ``relation`` as Parquet data files of ``table`` (not committed).
 
@@ -117,6 +122,10 @@ def write_data_files(
             best an in-memory table, not a view over a costly query.
         table: The Iceberg table; flat, unpartitioned or identity-partitioned.
         order_by: SQL sort keys of the rows within each file (none: DuckDB's order).
+        workers: How many partitions to write at once, each on its own cursor of ``con`` (so
+            ``relation`` must then be a table or view of the database, not a temp one). A day of
+            a model table is one or two Parquet row groups, and DuckDB encodes a row group on
+            one thread: one ``COPY`` at a time leaves the other core idle.
 
     Returns:
         The data files, with their partition values and column statistics.
@@ -208,17 +217,40 @@ def write_data_files(
     if order:
         # COPY keeps the ORDER BY only while DuckDB preserves insertion order.
         con.execute("SET preserve_insertion_order = true")
+
+    def copy(cur: duckdb.DuckDBPyConnection, part: _Partition) -> list[tuple[str, PartitionKey | None]]:
+        # PyIceberg's path for a file of this partition; DuckDB names the files in its folder.
+        folder = locations.new_data_location("x.parquet", part.key).rsplit("/", 1)[0]
+        if "://" not in _local(folder):
+            # DuckDB creates the last folder only; object stores have none to create.
+            Path(_local(folder)).parent.mkdir(parents=True, exist_ok=True)
+        sql = f"SELECT {select} FROM {relation} WHERE {part.where}{order}"
+        row = cur.execute(f"COPY ({sql}) TO {_literal(_local(folder))} ({', '.join(options)})").fetchone()
+        assert row is not None
+        return [(_uri(str(p), folder), part.key) for p in row[1]]
+
+    def lane(
+        cur: duckdb.DuckDBPyConnection, parts: list[_Partition]
+    ) -> list[list[tuple[str, PartitionKey | None]]]:
+        return [copy(cur, part) for part in parts]
+
     try:
-        for part in partitions:
-            # PyIceberg's path for a file of this partition; DuckDB names the files in its folder.
-            folder = locations.new_data_location("x.parquet", part.key).rsplit("/", 1)[0]
-            if "://" not in _local(folder):
-                # DuckDB creates the last folder only; object stores have none to create.
-                Path(_local(folder)).parent.mkdir(parents=True, exist_ok=True)
-            sql = f"SELECT {select} FROM {relation} WHERE {part.where}{order}"
-            row = con.execute(f"COPY ({sql}) TO {_literal(_local(folder))} ({', '.join(options)})").fetchone()
-            assert row is not None
-            written.extend((_uri(str(p), folder), part.key) for p in row[1])
+        lanes = max(1, min(workers, len(partitions)))
+        if lanes == 1:
+            for part in partitions:
+                written.extend(copy(con, part))
+        else:
+            # Partition i goes to lane i % lanes, each lane on its own cursor (a cursor runs one
+            # statement at a time); the files are listed in partition order all the same.
+            cursors = [con.cursor() for _ in range(lanes)]
+            try:
+                with ThreadPoolExecutor(lanes, thread_name_prefix="clicklake-copy") as pool:
+                    done = list(pool.map(lane, cursors, [partitions[k::lanes] for k in range(lanes)]))
+            finally:
+                for cur in cursors:
+                    cur.close()
+            for i in range(len(partitions)):
+                written.extend(done[i % lanes][i // lanes])
     finally:
         if order and preserved is not None:
             con.execute(f"SET preserve_insertion_order = {'true' if preserved[0] else 'false'}")

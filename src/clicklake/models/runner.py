@@ -38,6 +38,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
 from clicklake.config import Settings
@@ -120,6 +121,8 @@ OPTIONAL_EVENT_COLUMNS: dict[str, pa.DataType] = {
     "is_bot": pa.bool_(),
 }
 
+#: Partitions of a model table written at once (see write_data_files): one per core here.
+_WRITE_LANES = 2
 _MAX_WIDEN_DAYS = 400
 _DAY_US = 86_400_000_000
 
@@ -422,35 +425,42 @@ class _Builder:
             ranges.append((lo_m, hi_m))
         return " OR ".join(conds), ranges
 
-    def _create(self, name: str, sql: str) -> None:
+    def _create(self, name: str, sql: str, temp: bool = True) -> None:
+        """Materialize ``sql`` as ``name``; ``temp=False``: a table of the in-memory database,
+        which other cursors of the connection see too (temp tables are the connection's own)."""
         with _timed(name):
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {quote_ident(name)} AS {sql}")
+            kind = "TEMP TABLE" if temp else "TABLE"
+            self.con.execute(f"CREATE OR REPLACE {kind} {quote_ident(name)} AS {sql}")
 
     def _drop(self, name: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
 
-    def compute_windowed(self, windows: Sequence[Window] | None) -> dict[str, str]:
-        """Compute ``page_views`` and ``sessions`` of ``windows``: model table -> DuckDB table."""
+    def build_windowed(self, windows: Sequence[Window] | None) -> dict[str, int]:
+        """Compute and write ``page_views`` and ``sessions`` of ``windows``: rows written of each.
+
+        The two are database tables, not temp ones: their days are written by two cursors at
+        once (see :func:`write_data_files`), and a cursor does not see another's temp tables.
+        """
         window, ranges = self._window_sql(windows, margin_days=1)
         src = " UNION ALL ".join(self.events.relation(lo, hi) for lo, hi in ranges)
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW src_events AS {src}")
         values = template_values(self.opts, window)
         self._create("base_events", render("base_events", values))
         self._create("sessionized", render("sessionized", values))
-        self._create("page_views_new", render("page_views", values))
-        self._create("sessions_new", render("sessions", values))
+        self._create("page_views_new", render("page_views", values), temp=False)
+        self._create("sessions_new", render("sessions", values), temp=False)
         # Each intermediate is dropped once read for the last time: at 10M events they are GBs.
         self._drop("sessionized")
         self._drop("base_events")
-        return {"page_views": "page_views_new", "sessions": "sessions_new"}
+        return {name: self.write(name, f"{name}_new", windows) for name in ("page_views", "sessions")}
 
     def compute_global(self, sessions: Table) -> dict[str, str]:
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW src_events AS {self.events.relation()}")
         values = template_values(self.opts)
-        self._create("user_mapping_new", render("user_mapping", values))
+        self._create("user_mapping_new", render("user_mapping", values), temp=False)
         register_table(self.con, sessions, "sessions_all")
-        self._create("users_new", render("users", values))
-        self._create("daily_kpis_new", render("daily_kpis", values))
+        self._create("users_new", render("users", values), temp=False)
+        self._create("daily_kpis_new", render("daily_kpis", values), temp=False)
         return {"user_mapping": "user_mapping_new", "users": "users_new", "daily_kpis": "daily_kpis_new"}
 
     # -- writing --------------------------------------------------------------------------
@@ -476,14 +486,24 @@ class _Builder:
     def write(self, name: str, relation: str, windows: Sequence[Window] | None) -> int:
         """Replace the rows of ``windows`` (all rows: ``None``) of ``name`` with ``relation``'s."""
         with _timed(f"write {name}"):
-            rows = self._write(name, relation, windows)
+            table = self._table(name, relation)
+            files = write_data_files(
+                self.con, quote_ident(relation), table, FILE_ORDER[name], workers=_WRITE_LANES
+            )
+            rows = self._commit(name, table, files, windows)
         self._drop(relation)
         return rows
 
-    def _write(self, name: str, relation: str, windows: Sequence[Window] | None) -> int:
+    def _table(self, name: str, relation: str) -> Table:
+        """The model table ``name``, created or evolved to ``relation``'s columns."""
         # Only the schema is fetched: DuckDB writes the rows into the table's files itself.
         schema = self.con.sql(f"SELECT * FROM {quote_ident(relation)} LIMIT 0").to_arrow_table().schema
-        table = self.table_for(name, schema)
+        return self.table_for(name, schema)
+
+    def _commit(
+        self, name: str, table: Table, files: list[DataFile], windows: Sequence[Window] | None
+    ) -> int:
+        """Commit ``files`` to ``table``, replacing the rows of ``windows``; rows committed."""
         props = {EVENTS_SNAPSHOT_KEY: str(self.snapshot_id)}
         part = MODEL_TABLES[name]
         flt: BooleanExpression | str | None = None
@@ -497,7 +517,6 @@ class _Builder:
                     + ")"
                     for w in windows
                 )
-        files = write_data_files(self.con, quote_ident(relation), table, FILE_ORDER[name])
         commit_files(table, files, flt, props)
         return sum(f.record_count for f in files)
 
@@ -529,9 +548,7 @@ def build_models(settings: Settings, full_refresh: bool = False) -> dict[str, in
             log.info("event=models_up_to_date events_snapshot=%s", builder.snapshot_id)
             return dict.fromkeys(MODEL_TABLES, 0)
         counts: dict[str, int] = {}
-        windowed = builder.compute_windowed(windows)
-        for name in ("page_views", "sessions"):
-            counts[name] = builder.write(name, windowed[name], windows)
+        counts.update(builder.build_windowed(windows))
         sessions = catalog.load_table(table_id(settings, "sessions"))
         for name, relation in builder.compute_global(sessions).items():
             counts[name] = builder.write(name, relation, None)
