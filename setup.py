@@ -7,7 +7,17 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("clicklake.events._cdecode", ["src/clicklake/events/_cdecode.c"], optional=True),
-        Extension("clicklake.enrich._ckernels", ["src/clicklake/enrich/_ckernels.c"], optional=True),
+        Extension(
+            "clicklake.events._cdecode",
+            ["src/clicklake/events/_cdecode.c"],
+            depends=["src/clicklake/_cbuffer.h"],
+            optional=True,
+        ),
+        Extension(
+            "clicklake.enrich._ckernels",
+            ["src/clicklake/enrich/_ckernels.c"],
+            depends=["src/clicklake/_cbuffer.h"],
+            optional=True,
+        ),
     ]
 )

@@ -17,26 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clicklake.config import Settings
 from clicklake.lakehouse.catalog import open_catalog, table_id
 from clicklake.models import build_models, runner
 from clicklake.models.render import options_from_settings
-from clicklake.query import run_sql
 from clicklake.query.engine import ROW_KEY, parquet_relation
 from tests.models.fixtures import ev
 from tests.models.test_golden import LATE, _append, _settings, batch1
-
-TABLES = {
-    "sessions": "session_id",
-    "page_views": "page_view_id",
-    "users": "app_id, user_key",
-    "user_mapping": "app_id, anonymous_id",
-    "daily_kpis": "app_id, date",
-}
-
-
-def _tables(s: Settings) -> dict[str, list[dict[str, Any]]]:
-    return {t: run_sql(s, f"SELECT * FROM {t} ORDER BY {key}").to_pylist() for t, key in TABLES.items()}
+from tests.models.test_incremental_property import _snapshot
 
 
 def test_pyiceberg_scan_path_gives_the_same_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,7 +31,7 @@ def test_pyiceberg_scan_path_gives_the_same_tables(tmp_path: Path, monkeypatch: 
     _append(s, batch1())  # holds a resend of e2 (the first collected copy is kept)
     _append(s, LATE)
     build_models(s, full_refresh=True)
-    from_files = _tables(s)
+    from_files = _snapshot(s)
     assert from_files["page_views"], "the golden events make page views"
 
     real = runner.snapshot_files
@@ -55,7 +42,7 @@ def test_pyiceberg_scan_path_gives_the_same_tables(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(runner, "snapshot_files", with_deletes)
     build_models(s, full_refresh=True)
-    assert _tables(s) == from_files
+    assert _snapshot(s) == from_files
 
 
 def _day(d: str, i: int, anon: str) -> dict[str, Any]:
@@ -96,10 +83,10 @@ def test_windows_whose_margins_meet_read_each_event_once(tmp_path: Path) -> None
         builder.con.close()
 
     build_models(s)  # incremental
-    incremental = _tables(s)
+    incremental = _snapshot(s)
     assert sum(r["page_views"] for r in incremental["sessions"]) == 5 * 3 + 2
     build_models(s, full_refresh=True)
-    assert _tables(s) == incremental
+    assert _snapshot(s) == incremental
 
 
 def test_row_keys_name_a_file_row_whichever_files_are_read(tmp_path: Path) -> None:

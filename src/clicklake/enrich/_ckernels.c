@@ -26,45 +26,9 @@
 
 /* ---------------------------------------------------------------- owned buffers for Python */
 
-typedef struct {
-    PyObject_HEAD
-    char *data;
-    Py_ssize_t size;
-} BufObject;
-
-static void buf_dealloc(BufObject *self) {
-    free(self->data);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int buf_getbuffer(BufObject *self, Py_buffer *view, int flags) {
-    return PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size, 1, flags);
-}
-
-static PyBufferProcs buf_as_buffer = {(getbufferproc)buf_getbuffer, NULL};
-
-static PyTypeObject BufType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "clicklake.enrich._ckernels.Buffer",
-    .tp_basicsize = sizeof(BufObject),
-    .tp_dealloc = (destructor)buf_dealloc,
-    .tp_as_buffer = &buf_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Memory written by a kernel, exposed through the buffer protocol (read-only).",
-};
-
-/* Takes ownership of data. */
-static PyObject *buf_new(char *data, Py_ssize_t size) {
-    if (data == NULL) data = malloc(8); /* Arrow wants a pointer even for no bytes */
-    if (data == NULL) return PyErr_NoMemory();
-    BufObject *b = PyObject_New(BufObject, &BufType);
-    if (b == NULL) {
-        free(data);
-        return NULL;
-    }
-    b->data = data;
-    b->size = size;
-    return (PyObject *)b;
-}
+#define CLICKLAKE_BUF_NAME "clicklake.enrich._ckernels.Buffer"
+#define CLICKLAKE_BUF_DOC "Memory written by a kernel, exposed through the buffer protocol (read-only)."
+#include "../_cbuffer.h"
 
 /* ---------------------------------------------------------------- Arrow arrays in */
 
@@ -525,12 +489,5 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ckernels", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__ckernels(void) {
-    if (PyType_Ready(&BufType) < 0) return NULL;
-    PyObject *m = PyModule_Create(&module);
-    /* what kernels.py expects of this build; a stale build counts as none */
-    if (m && PyModule_AddIntConstant(m, "ABI", 1) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return clicklake_module(&module, 1); /* ABI: what kernels.py expects of this build */
 }

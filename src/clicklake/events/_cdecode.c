@@ -20,45 +20,9 @@
 
 /* ---------------------------------------------------------------- owned buffers for Python */
 
-typedef struct {
-    PyObject_HEAD
-    char *data;
-    Py_ssize_t size;
-} BufObject;
-
-static void buf_dealloc(BufObject *self) {
-    free(self->data);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int buf_getbuffer(BufObject *self, Py_buffer *view, int flags) {
-    return PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->size, 1, flags);
-}
-
-static PyBufferProcs buf_as_buffer = {(getbufferproc)buf_getbuffer, NULL};
-
-static PyTypeObject BufType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "clicklake.events._cdecode.Buffer",
-    .tp_basicsize = sizeof(BufObject),
-    .tp_dealloc = (destructor)buf_dealloc,
-    .tp_as_buffer = &buf_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Memory written by the decoder, exposed through the buffer protocol (read-only).",
-};
-
-/* Takes ownership of data. */
-static PyObject *buf_new(char *data, Py_ssize_t size) {
-    if (data == NULL) data = malloc(8); /* Arrow wants a pointer even for no bytes */
-    if (data == NULL) return PyErr_NoMemory();
-    BufObject *b = PyObject_New(BufObject, &BufType);
-    if (b == NULL) {
-        free(data);
-        return NULL;
-    }
-    b->data = data;
-    b->size = size;
-    return (PyObject *)b;
-}
+#define CLICKLAKE_BUF_NAME "clicklake.events._cdecode.Buffer"
+#define CLICKLAKE_BUF_DOC "Memory written by the decoder, exposed through the buffer protocol (read-only)."
+#include "../_cbuffer.h"
 
 /* ---------------------------------------------------------------- growable byte buffer */
 
@@ -1633,12 +1597,5 @@ PyMODINIT_FUNC PyInit__cdecode(void) {
     for (int i = 0; i < NX; i++) CTX_LENS[i] = (uint8_t)strlen(CTX_NAMES[i]);
     for (int i = 0; i < NP; i++) PROPS_LENS[i] = (uint8_t)strlen(PROPS_NAMES[i]);
     for (int i = 0; i < NL; i++) LIB_LENS[i] = (uint8_t)strlen(LIB_NAMES[i]);
-    if (PyType_Ready(&BufType) < 0) return NULL;
-    PyObject *m = PyModule_Create(&module);
-    /* what decode.py expects of this build; a stale build counts as none */
-    if (m && PyModule_AddIntConstant(m, "ABI", 1) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return clicklake_module(&module, 1); /* ABI: what decode.py expects of this build */
 }
