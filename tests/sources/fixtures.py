@@ -60,19 +60,27 @@ class KafkaBroker:
         return name
 
     def produce(self, topic: str, values: Iterable[bytes]) -> int:
-        """Produce ``values`` (acks=all), spread over the partitions; returns how many."""
+        """Produce ``values`` (acks=all) round-robin over the partitions; returns how many.
+
+        The partition is named for each message: without a key, librdkafka's sticky partitioner
+        may put a whole quick burst into one partition, and the tests need every one used.
+        """
         from confluent_kafka import Producer
 
         producer = Producer(
             {"bootstrap.servers": self.bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
         )
+        partitions = len(producer.list_topics(topic, timeout=30).topics[topic].partitions)
         errors: list[str] = []
         n = 0
         for value in values:
             while True:
                 try:
                     producer.produce(
-                        topic, value, on_delivery=lambda err, _m: errors.append(str(err)) if err else None
+                        topic,
+                        value,
+                        partition=n % partitions,
+                        on_delivery=lambda err, _m: errors.append(str(err)) if err else None,
                     )
                     break
                 except BufferError:
