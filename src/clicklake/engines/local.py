@@ -356,14 +356,14 @@ class Pipeline:
         ``judged`` (key, fingerprint, collector time, kept in that order), and the verdict is
         then sorted like the rows."""
         assert self._dedup is not None
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order), dtype=order.dtype)
         verdict_in_source_order = self._dedup.judge_keys(*judged)
         verdict = verdict_in_source_order.take(pa.array(order))
         out = enriched
         failed = FAILED_ARROW.empty_table()
         conflict = pc.equal(verdict_in_source_order, "conflict")
         if pc.any(conflict).as_py():
+            back = np.empty_like(order)  # source row -> its place among the sorted rows
+            back[order] = np.arange(len(order), dtype=order.dtype)
             failed = rows_to_failures(
                 out.take(pa.array(back[np.flatnonzero(conflict.to_numpy(zero_copy_only=False))])),
                 "enrich",

@@ -44,6 +44,8 @@ from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import DoubleType, FloatType, NestedField, PrimitiveType
 from pyiceberg.utils.properties import property_as_int
 
+from clicklake.query.engine import local_path, quote_ident, quote_literal
+
 #: PyIceberg (through Arrow) writes zstd level 1 unless the table says otherwise; DuckDB's
 #: default level 3 cost ~10% more write CPU for ~1% fewer bytes on the page views.
 _DEFAULT_ZSTD_LEVEL = 1
@@ -54,14 +56,6 @@ _CODECS = {
     "lz4": "lz4_raw",
     "uncompressed": "uncompressed",
 }
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)
@@ -100,8 +94,8 @@ def _sql_value(value: Any, duck_type: str) -> str:
     if isinstance(value, int | float):
         return f"CAST({value!r} AS {duck_type})"
     if isinstance(value, date | datetime):
-        return f"CAST({_literal(value.isoformat())} AS {duck_type})"
-    return f"CAST({_literal(str(value))} AS {duck_type})"
+        return f"CAST({quote_literal(value.isoformat())} AS {duck_type})"
+    return f"CAST({quote_literal(str(value))} AS {duck_type})"
 
 
 def write_data_files(
@@ -152,13 +146,13 @@ def write_data_files(
     # are optional and PyIceberg writes them OPTIONAL. A CASE hides the statistics (no
     # measurable cost) so that every file has the same Parquet schema whatever its rows.
     select = ", ".join(
-        f"CAST(CASE WHEN {_ident(f.name)} IS NULL THEN NULL ELSE {_ident(f.name)} END AS {types[f.name]})"
-        f" AS {_ident(f.name)}"
+        f"CAST(CASE WHEN {quote_ident(f.name)} IS NULL THEN NULL ELSE {quote_ident(f.name)} END AS {types[f.name]})"
+        f" AS {quote_ident(f.name)}"
         if f.name in present
-        else f"CAST(NULL AS {types[f.name]}) AS {_ident(f.name)}"
+        else f"CAST(NULL AS {types[f.name]}) AS {quote_ident(f.name)}"
         for f in fields
     )
-    field_ids = "{" + ", ".join(f"{_literal(f.name)}: {f.field_id}" for f in fields) + "}"
+    field_ids = "{" + ", ".join(f"{quote_literal(f.name)}: {f.field_id}" for f in fields) + "}"
 
     codec = props.get(TableProperties.PARQUET_COMPRESSION, TableProperties.PARQUET_COMPRESSION_DEFAULT)
     level = property_as_int(props, TableProperties.PARQUET_COMPRESSION_LEVEL)
@@ -191,12 +185,14 @@ def write_data_files(
         if count is None or count[0] == 0:
             partitions = []  # no empty file, as PyIceberg writes none
     else:
-        cols = ", ".join(_ident(c) for c, _ in parts)
+        cols = ", ".join(quote_ident(c) for c, _ in parts)
         values = con.execute(f"SELECT DISTINCT {cols} FROM {relation}").fetchall()
         partitions = [
             _Partition(
                 " AND ".join(
-                    f"{_ident(c)} IS NULL" if v is None else f"{_ident(c)} = {_sql_value(v, types[c])}"
+                    f"{quote_ident(c)} IS NULL"
+                    if v is None
+                    else f"{quote_ident(c)} = {_sql_value(v, types[c])}"
                     for (c, _), v in zip(parts, row, strict=True)
                 ),
                 PartitionKey(
@@ -221,11 +217,13 @@ def write_data_files(
     def copy(cur: duckdb.DuckDBPyConnection, part: _Partition) -> list[tuple[str, PartitionKey | None]]:
         # PyIceberg's path for a file of this partition; DuckDB names the files in its folder.
         folder = locations.new_data_location("x.parquet", part.key).rsplit("/", 1)[0]
-        if "://" not in _local(folder):
+        if "://" not in local_path(folder):
             # DuckDB creates the last folder only; object stores have none to create.
-            Path(_local(folder)).parent.mkdir(parents=True, exist_ok=True)
+            Path(local_path(folder)).parent.mkdir(parents=True, exist_ok=True)
         sql = f"SELECT {select} FROM {relation} WHERE {part.where}{order}"
-        row = cur.execute(f"COPY ({sql}) TO {_literal(_local(folder))} ({', '.join(options)})").fetchone()
+        row = cur.execute(
+            f"COPY ({sql}) TO {quote_literal(local_path(folder))} ({', '.join(options)})"
+        ).fetchone()
         assert row is not None
         return [(_uri(str(p), folder), part.key) for p in row[1]]
 
@@ -257,13 +255,9 @@ def write_data_files(
     return [_data_file(table, path, key) for path, key in written]
 
 
-def _local(uri: str) -> str:
-    return uri[len("file://") :] if uri.startswith("file://") else uri
-
-
 def _uri(path: str, folder: str) -> str:
     """``path`` as DuckDB returned it, in the scheme of ``folder`` (the table's location)."""
-    local = _local(folder)
+    local = local_path(folder)
     return folder + path[len(local) :] if path.startswith(local) else path
 
 
