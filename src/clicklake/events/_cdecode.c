@@ -32,8 +32,8 @@ typedef struct {
     int oom;
 } Out;
 
-static int out_reserve(Out *o, size_t n) {
-    if (o->len + n <= o->cap) return 1;
+/* Make room for n more bytes; the buffer at least doubles, so appends cost amortized O(1). */
+static int out_grow(Out *o, size_t n) {
     size_t cap = o->cap ? o->cap : 4096;
     while (cap < o->len + n) cap *= 2;
     char *d = realloc(o->d, cap);
@@ -44,6 +44,18 @@ static int out_reserve(Out *o, size_t n) {
     o->d = d;
     o->cap = cap;
     return 1;
+}
+
+static inline int out_reserve(Out *o, size_t n) { return o->len + n <= o->cap || out_grow(o, n); }
+
+/* Give back what a buffer reserved and did not use (a shrinking realloc does not copy). */
+static void out_fit(Out *o) {
+    if (o->d == NULL || o->len == o->cap) return;
+    char *d = realloc(o->d, o->len ? o->len : 1);
+    if (d != NULL) {
+        o->d = d;
+        o->cap = o->len ? o->len : 1;
+    }
 }
 
 static inline int out_put(Out *o, const void *s, size_t n) {
@@ -842,9 +854,8 @@ typedef struct {
     int oom;
 } Cols;
 
-static int cols_grow(Cols *t) {
-    if (t->nrows < t->cap) return 1;
-    size_t cap = t->cap ? t->cap * 2 : 1024;
+/* Room for cap rows in every per-row array. */
+static int cols_resize(Cols *t, size_t cap) {
     for (int i = 0; i < N_STR; i++) {
         int64_t *o = realloc(t->str[i].off, (cap + 1) * sizeof(int64_t));
         if (!o) return 0;
@@ -869,6 +880,8 @@ static int cols_grow(Cols *t) {
     t->cap = cap;
     return 1;
 }
+
+static int cols_grow(Cols *t) { return t->nrows < t->cap || cols_resize(t, t->cap ? t->cap * 2 : 1024); }
 
 static void cols_free(Cols *t) {
     for (int i = 0; i < N_STR; i++) {
@@ -1406,13 +1419,26 @@ static PyObject *decode_lines(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "offsets buffer too short");
         goto done;
     }
+    const int64_t *lo = (const int64_t *)offs.buf + first;
+    /* Sized from the chunk up front: one row per line (a batch line adds rows, and the arrays
+     * grow then), and each string column's bytes a share of the lines' bytes, the JSON
+     * documents all of them. Growing by realloc copies (within a thread's arena it cannot
+     * remap), which cost more than the rest of the column handling; untouched reserved pages
+     * cost nothing, and what is left unused is given back at the end. */
+    size_t span = (n > 0 && lo[0] >= 0 && lo[n] >= lo[0] && lo[n] <= data.len) ? (size_t)(lo[n] - lo[0]) : 0;
     fallback = calloc(n ? (size_t)n : 1, 1);
-    if (!fallback || !cols_grow(&t)) {
+    if (!fallback || !cols_resize(&t, n > 1024 ? (size_t)n : 1024)) {
         PyErr_NoMemory();
         goto done;
     }
-    for (int i = 0; i < N_STR; i++) t.str[i].off[0] = 0;
-    const int64_t *lo = (const int64_t *)offs.buf + first;
+    for (int i = 0; i < N_STR; i++) {
+        t.str[i].off[0] = 0;
+        int json = i == C_PROPERTIES || i == C_TRAITS || i == C_CONTEXT;
+        if (span && !out_reserve(&t.str[i].data, json ? span : span / 4)) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
     const uint8_t *base = (const uint8_t *)data.buf;
     int bad_offsets = 0;
     Py_BEGIN_ALLOW_THREADS;
@@ -1459,6 +1485,7 @@ static PyObject *decode_lines(PyObject *self, PyObject *args) {
     int failed = 0;
     for (int i = 0; i < N_STR && !failed; i++) {
         int64_t nulls;
+        out_fit(&t.str[i].data);
         char *bm = bitmap_of(t.valid[i], nr, &nulls);
         if (!bm) {
             PyErr_NoMemory();
