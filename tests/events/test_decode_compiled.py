@@ -98,6 +98,35 @@ def test_generated_clickstream_decodes_the_same(
     assert total_fallback < 0.15 * total_lines
 
 
+def test_columns_and_rows_past_what_the_chunk_size_reserves_decode_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The decoder sizes its output from the chunk (a row per line, a share of the bytes per
+    column) and grows past that: batch lines of 150 events each, every event given its batch's
+    context, make more rows than lines and more context bytes than the chunk holds."""
+    context = {"library": {"name": "analytics.js", "version": "4.1.0"}, "locale": "en-GB", "pad": "x" * 300}
+    lines = []
+    for b in range(10):
+        events = [
+            {
+                "type": "track",
+                "event": "e",
+                "messageId": f"m{b}-{i}",
+                "anonymousId": "a",
+                "timestamp": "2026-11-26T11:00:00Z",
+            }
+            for i in range(150)
+        ]
+        lines.append(json.dumps({"batch": events, "context": context, "writeKey": "wk_demo"}).encode())
+    assert max(len(line) for line in lines) < OPTS.max_event_bytes  # longer lines go to DuckDB
+    data = b"\n".join(lines) + b"\n"
+    compiled, duckdb_only, fallback = both(data, "segment", monkeypatch)
+    assert fallback == 0  # every line through the compiled path
+    assert compiled.num_rows == 1500 > 1024  # past the rows reserved (1,024 at least)
+    assert sum(len(c) for c in compiled.column("context").to_pylist()) > len(data)
+    assert_same(compiled, duckdb_only)
+
+
 # --- hypothesis: odd lines --------------------------------------------------------------------
 
 _ODD_TEXT = st.sampled_from(
