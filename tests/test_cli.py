@@ -418,3 +418,30 @@ def test_a_finished_run_exits_without_teardown_and_loses_no_output(tmp_path: Pat
         timeout=300,
     )
     assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+@pytest.mark.parametrize("preset", [None, "dirty_decay_ms:0"])
+def test_the_entry_point_keeps_duckdb_memory_longer_unless_told_otherwise(
+    tmp_path: Path, preset: str | None
+) -> None:
+    """`clicklake` sets DuckDB's allocator to keep freed pages 10 s (fewer page faults between
+    model steps) before anything loads DuckDB; a value the user set is left alone."""
+    script = (
+        "import os, sys\n"
+        "import clicklake.__main__ as entry\n"
+        "assert 'duckdb' not in sys.modules\n"
+        "sys.argv = ['clicklake', '--help']\n"
+        "try:\n"
+        "    entry.main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('CONF=' + os.environ.get('DUCKDB_JE_MALLOC_CONF', ''))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DUCKDB_JE_MALLOC_CONF"}
+    if preset is not None:
+        env["DUCKDB_JE_MALLOC_CONF"] = preset
+    res = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"CONF={preset or 'dirty_decay_ms:10000'}" in res.stdout
