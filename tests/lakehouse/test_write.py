@@ -65,5 +65,6 @@ def test_each_file_is_one_partition_in_input_order(tmp_path: Path, batch_rows: i
         got = pq.read_table(f.file_path.removeprefix("file://"), columns=["event_id"]).column(0).to_pylist()
         assert got == want
         assert f.record_count == len(want)
+        assert f.file_size_in_bytes == Path(f.file_path.removeprefix("file://")).stat().st_size
     assert sum(f.record_count for f in files) == rows.num_rows
     assert pc.count_distinct(rows.column("event_id")).as_py() == rows.num_rows

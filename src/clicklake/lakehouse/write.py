@@ -281,6 +281,9 @@ def _file_writer(table: Table) -> Callable[[WriteTask], DataFile]:
             )
             with writer:
                 writer.write(arrow_table, row_group_size=row_group_size)
+            # Every byte is written once the writer closes: the file's size, without asking the
+            # storage for it (a stat per file here, a request on an object store).
+            size = fos.tell()
         statistics = data_file_statistics_from_parquet_metadata(
             parquet_metadata=writer.writer.metadata,
             stats_columns=stats_plan,
@@ -291,7 +294,7 @@ def _file_writer(table: Table) -> Callable[[WriteTask], DataFile]:
             file_path=file_path,
             file_format=FileFormat.PARQUET,
             partition=task.partition_key.partition if task.partition_key else Record(),
-            file_size_in_bytes=len(out),
+            file_size_in_bytes=size,
             sort_order_id=None,
             spec_id=meta.default_spec_id,
             equality_ids=None,
