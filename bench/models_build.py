@@ -282,10 +282,10 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
         if name not in arrow_schema.names
     ]
     # An explicit schema (the Iceberg one): no footer inference, and a column some files lack is NULL.
-    spark.read.schema(ddl).parquet(*files.paths).createOrReplaceTempView("events")
     # _row: a row's place in the files (the models find the kept copy of an event again by it).
+    # The file source's hidden _metadata column resolves on its DataFrame, not through a view.
     row = "concat_ws(':', _metadata.file_path, CAST(_metadata.row_index AS STRING)) AS _row"
-    spark.sql(f"SELECT *{''.join(', ' + e for e in extra)}, {row} FROM events").createOrReplaceTempView(
+    spark.read.schema(ddl).parquet(*files.paths).selectExpr("*", *extra, row).createOrReplaceTempView(
         "src_events"
     )
     t = step("plan_files", t)
