@@ -445,3 +445,34 @@ def test_the_entry_point_keeps_duckdb_memory_longer_unless_told_otherwise(
     )
     assert res.returncode == 0, res.stderr
     assert f"CONF={preset or 'dirty_decay_ms:10000'}" in res.stdout
+
+
+def test_run_hands_the_gil_over_sooner_only_while_it_sets_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --source files` shortens the interpreter's switch interval while it imports and sets
+    up beside its head start, and puts it back before the pipeline loop (and after it)."""
+    from click.testing import CliRunner
+
+    from clicklake import cli as cli_module
+    from clicklake.engines import local
+
+    before = sys.getswitchinterval()
+    seen: dict[str, float] = {}
+    real_init, real_run = local.Pipeline.__init__, local.Pipeline.run
+
+    def init(self: local.Pipeline, *args: object, **kwargs: object) -> None:
+        seen["setup"] = sys.getswitchinterval()
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    def run(self: local.Pipeline, *args: object, **kwargs: object) -> local.RunStats:
+        seen["loop"] = sys.getswitchinterval()
+        return real_run(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local.Pipeline, "__init__", init)
+    monkeypatch.setattr(local.Pipeline, "run", run)
+    args = ["--data-dir", str(tmp_path / "data"), "run", "--source", "files", "--once"]
+    result = CliRunner().invoke(cli_module.cli, [*args, str(write_events(tmp_path / "e.ndjson", 5))])
+    assert result.exit_code == 0, result.output
+    assert seen == {"setup": cli_module.STARTUP_SWITCH_S, "loop": before}
+    assert sys.getswitchinterval() == before

@@ -35,6 +35,9 @@ stdout = Console(width=None if sys.stdout.isatty() else 140)
 #: ``clicklake`` process then ends without the interpreter's teardown (see clicklake.__main__).
 SKIP_TEARDOWN = False
 
+#: The interpreter's thread switch interval while ``run`` sets up beside its head start.
+STARTUP_SWITCH_S = 0.0005
+
 
 class _Ctx:
     def __init__(self, config: str | None, data_dir: str | None):
@@ -162,10 +165,15 @@ def run(
     # Files are mostly loaded once, from their start: decode the first chunks while the engine
     # imports and opens its tables (the head start is dropped if the run resumes elsewhere).
     head = None
+    switch = sys.getswitchinterval()
     if source == "files":
         from clicklake.engines.head_start import HeadStart, decode_options
 
         head = HeadStart(src, decode_options(settings, app_id))
+        # While this thread imports and sets up (holding the GIL in long stretches), the head
+        # start's thread needs it only briefly between GIL-free decodes, and waited up to the
+        # default 5 ms for each: hand it over sooner until the pipeline starts.
+        sys.setswitchinterval(STARTUP_SWITCH_S)
     try:
         local = load_engine(engine)
         with (
@@ -177,6 +185,7 @@ def run(
             finally:
                 gc.enable()  # set up (see clicklake.__main__)
             local.install_signal_handlers(pipeline)
+            sys.setswitchinterval(switch)
             t0 = time.monotonic()
             try:
                 stats = pipeline.run(once=once, head_start=head)
@@ -184,6 +193,7 @@ def run(
                 if hasattr(src, "close"):
                     src.close()
     finally:
+        sys.setswitchinterval(switch)
         if head is not None:
             head.cancel()
     _print_run_summary(stats, time.monotonic() - t0)
