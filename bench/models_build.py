@@ -11,7 +11,7 @@ Steps:
    ``clicklake models build --full-refresh`` in its own process (the model tables are dropped from
    the catalog first, so every run is a first full build), then an incremental
    ``clicklake models build`` with nothing new (a no-op), each timed with peak RSS and CPU seconds.
-3. Spark: in its own process, a ``local[2]`` session (driver memory 4g, 8 shuffle partitions, UI
+3. Spark: in its own process, a ``local[2]`` session (driver memory 10g, 8 shuffle partitions, UI
    off), the Parquet data files of the current ``events`` snapshot as the view ``events``, and the
    same rendered model SQL, transpiled from DuckDB to Spark by sqlglot (see
    ``bench/models_spark_sql.py`` for the hand-written fixes). Intermediates are cached and counted
@@ -37,6 +37,7 @@ import re
 import shutil
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -64,7 +65,7 @@ MODEL_TABLES = ("page_views", "sessions", "user_mapping", "users", "daily_kpis")
 INPUT_META = "input.json"
 
 SPARK_CONF: dict[str, str] = {
-    "spark.driver.memory": "4g",
+    "spark.driver.memory": "10g",
     "spark.sql.shuffle.partitions": "8",
     "spark.ui.enabled": "false",
     "spark.driver.bindAddress": "127.0.0.1",
@@ -235,6 +236,7 @@ def spark_child(workdir: Path) -> int:
         report.update(_spark_build(workdir, report, t_start))
     except Exception as exc:
         report["error"] = _first_line(exc)
+        traceback.print_exc()  # the whole of it (the JVM's cause too) for spark.stderr.log
         print(json.dumps(report))
         return 1
     print(json.dumps(report))
@@ -350,6 +352,7 @@ class SparkResult:
 
 def spark_build(workdir: Path) -> SparkResult:
     run = run_measured([sys.executable, Path(__file__).resolve(), "--spark-child", "--workdir", workdir])
+    (workdir / "spark.stderr.log").write_text(run.stderr)  # Spark's log, and a failure's whole trace
     try:
         report: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
@@ -547,7 +550,7 @@ def report(
             "- clicklake: `clicklake models build --full-refresh` in its own process after dropping the model "
             "tables (a first full build: DuckDB computes, pyiceberg writes and commits five Iceberg tables); "
             "then `clicklake models build` with no new events (incremental no-op).",
-            "- Spark: its own process; `SparkSession` `local[2]`, driver memory 4g, "
+            "- Spark: its own process; `SparkSession` `local[2]`, driver memory 10g, "
             "`spark.sql.shuffle.partitions=8`, UI off, session time zone UTC; the current `events` snapshot's "
             "data files (listed with pyiceberg, as the runner does) read with `spark.read.parquet` and the "
             "Iceberg schema; the model SQL rendered by `clicklake.models.render` with the same options, "

@@ -420,17 +420,26 @@ def test_a_finished_run_exits_without_teardown_and_loses_no_output(tmp_path: Pat
     assert res.returncode == 2 and "does not exist" in res.stderr
 
 
-@pytest.mark.parametrize("preset", [None, "dirty_decay_ms:0"])
-def test_the_entry_point_keeps_duckdb_memory_longer_unless_told_otherwise(
-    tmp_path: Path, preset: str | None
+@pytest.mark.parametrize(
+    ("argv", "preset", "expected"),
+    [
+        (["models", "--help"], None, "dirty_decay_ms:10000"),
+        (["--log-level", "info", "models", "build", "--help"], None, "dirty_decay_ms:10000"),
+        (["models", "--help"], "dirty_decay_ms:0", "dirty_decay_ms:0"),
+        (["run", "--help"], None, ""),
+    ],
+)
+def test_models_commands_keep_duckdb_memory_longer_unless_told_otherwise(
+    tmp_path: Path, argv: list[str], preset: str | None, expected: str
 ) -> None:
-    """`clicklake` sets DuckDB's allocator to keep freed pages 10 s (fewer page faults between
-    model steps) before anything loads DuckDB; a value the user set is left alone."""
+    """`clicklake models ...` sets DuckDB's allocator to keep freed pages 10 s (fewer page faults
+    between model steps) before anything loads DuckDB; other commands, and a value the user
+    set, are left alone."""
     script = (
         "import os, sys\n"
         "import clicklake.__main__ as entry\n"
         "assert 'duckdb' not in sys.modules\n"
-        "sys.argv = ['clicklake', '--help']\n"
+        f"sys.argv = ['clicklake', *{argv!r}]\n"
         "try:\n"
         "    entry.main()\n"
         "except SystemExit:\n"
@@ -444,7 +453,7 @@ def test_the_entry_point_keeps_duckdb_memory_longer_unless_told_otherwise(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert res.returncode == 0, res.stderr
-    assert f"CONF={preset or 'dirty_decay_ms:10000'}" in res.stdout
+    assert f"CONF={expected}\n" in res.stdout
 
 
 def test_run_hands_the_gil_over_sooner_only_while_it_sets_up(
