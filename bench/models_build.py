@@ -12,10 +12,10 @@ Steps:
    the catalog first, so every run is a first full build), then an incremental
    ``clicklake models build`` with nothing new (a no-op), each timed with peak RSS and CPU seconds.
 3. Spark: in its own process, a ``local[2]`` session (driver memory 10g, 8 shuffle partitions, UI
-   off), the Parquet data files of the current ``events`` snapshot as the view ``events``, and the
-   same rendered model SQL, transpiled from DuckDB to Spark by sqlglot (see
-   ``bench/models_spark_sql.py`` for the hand-written fixes). Intermediates are cached and counted
-   like the runner's temp tables; the five model tables are written as zstd Parquet.
+   off), the Parquet data files of the current ``events`` snapshot, and the same rendered model
+   SQL, transpiled from DuckDB to Spark by sqlglot exactly as ``clicklake models build --engine
+   spark`` does (``clicklake.models.spark``: its fixes, and each CTE a temp view). Intermediates
+   are cached and counted like the runner's temp tables; the five model tables are written as zstd Parquet.
 4. Row counts per model table and the ``daily_kpis`` values of both engines are compared.
 
 Targets: clicklake's full build under 30 s on the 2-core bench machine, and at least 5x faster
@@ -63,6 +63,15 @@ TARGET_RATIO = 5.0
 REFERENCE_EVENTS = 10_000_000
 MODEL_TABLES = ("page_views", "sessions", "user_mapping", "users", "daily_kpis")
 INPUT_META = "input.json"
+
+#: The ``ORDER BY`` the runner applies when it writes each model table.
+WRITE_ORDER: dict[str, str] = {
+    "page_views": "page_view_date, session_id, page_view_in_session_index",
+    "sessions": "session_date, app_id, start_tstamp, session_id",
+    "user_mapping": "app_id, anonymous_id",
+    "users": "app_id, user_key",
+    "daily_kpis": "`date`, app_id",
+}
 
 SPARK_CONF: dict[str, str] = {
     "spark.driver.memory": "10g",
@@ -250,8 +259,8 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
     from clicklake.lakehouse.catalog import open_catalog, table_id
     from clicklake.models.render import options_from_settings
     from clicklake.models.runner import OPTIONAL_EVENT_COLUMNS
+    from clicklake.models.spark import spark_statements
     from clicklake.query.engine import snapshot_files
-    from models_spark_sql import WRITE_ORDER, spark_statements
 
     steps: dict[str, float] = report["steps"]
 
@@ -284,14 +293,15 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
         if name not in arrow_schema.names
     ]
     # An explicit schema (the Iceberg one): no footer inference, and a column some files lack is NULL.
-    # _row: a row's place in the files (the models find the kept copy of an event again by it).
-    # The file source's hidden _metadata column resolves on its DataFrame, not through a view.
+    t = step("plan_files", t)
+    report["data_files"] = len(files.paths)
+    # _row: a row's place in the files (the models find the kept copy of an event again by it;
+    # DuckDB reads it from the scan, Spark's engine from Iceberg's _file/_pos). Plain Parquet has
+    # it as the file source's hidden _metadata column, which resolves on its DataFrame.
     row = "concat_ws(':', _metadata.file_path, CAST(_metadata.row_index AS STRING)) AS _row"
     spark.read.schema(ddl).parquet(*files.paths).selectExpr("*", *extra, row).createOrReplaceTempView(
         "src_events"
     )
-    t = step("plan_files", t)
-    report["data_files"] = len(files.paths)
 
     statements = {s.name: s for s in spark_statements(opts)}
     report["how"] = {s.name: s.how for s in statements.values()}
@@ -300,9 +310,16 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
     rows: dict[str, int] = {}
     cached: list[Any] = []
 
+    def query(name: str) -> Any:
+        # As the Spark engine runs them: each CTE a temp view of its own first (Spark 4.1's
+        # InlineCTE breaks on some of the models' CTEs), then the statement.
+        for alias, sql in statements[name].ctes:
+            spark.sql(sql).createOrReplaceTempView(alias)
+        return spark.sql(statements[name].sql)
+
     def materialize(name: str) -> None:
         nonlocal t
-        df = spark.sql(statements[name].sql).cache()
+        df = query(name).cache()
         rows[name] = df.count()
         df.createOrReplaceTempView(name)
         cached.append(df)
@@ -329,7 +346,7 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
     materialize("user_mapping_new")
     write("user_mapping", "user_mapping_new")
     for name in ("users", "daily_kpis"):
-        spark.sql(statements[name].sql).createOrReplaceTempView(f"{name}_q")
+        query(name).createOrReplaceTempView(f"{name}_q")
         write(name, f"{name}_q")
     report["build_s"] = round(time.perf_counter() - t_start - steps["session_start"], 3)
     spark.stop()
@@ -553,8 +570,10 @@ def report(
             "- Spark: its own process; `SparkSession` `local[2]`, driver memory 10g, "
             "`spark.sql.shuffle.partitions=8`, UI off, session time zone UTC; the current `events` snapshot's "
             "data files (listed with pyiceberg, as the runner does) read with `spark.read.parquet` and the "
-            "Iceberg schema; the model SQL rendered by `clicklake.models.render` with the same options, "
-            "transpiled by `sqlglot` (duckdb -> spark). Intermediates (`base_events`, `sessionized`, "
+            "Iceberg schema, each row's place in the files (`_row`) from the file source's hidden `_metadata`; "
+            "the model SQL rendered by `clicklake.models.render` with the same options, "
+            "transpiled by `sqlglot` (duckdb -> spark) as `clicklake models build --engine spark` does "
+            "(`clicklake.models.spark`: its fixes, each CTE a temp view of its own). Intermediates (`base_events`, `sessionized`, "
             "`page_views_new`, `sessions_new`, `user_mapping_new`) are cached and counted like the runner's "
             "temp tables; the five model tables are written sorted as the runner sorts them, as zstd Parquet "
             "(plain Parquet, no Iceberg commit). Spark's seconds include JVM and session start.",
