@@ -64,15 +64,6 @@ REFERENCE_EVENTS = 10_000_000
 MODEL_TABLES = ("page_views", "sessions", "user_mapping", "users", "daily_kpis")
 INPUT_META = "input.json"
 
-#: The ``ORDER BY`` the runner applies when it writes each model table.
-WRITE_ORDER: dict[str, str] = {
-    "page_views": "page_view_date, session_id, page_view_in_session_index",
-    "sessions": "session_date, app_id, start_tstamp, session_id",
-    "user_mapping": "app_id, anonymous_id",
-    "users": "app_id, user_key",
-    "daily_kpis": "`date`, app_id",
-}
-
 SPARK_CONF: dict[str, str] = {
     "spark.driver.memory": "10g",
     "spark.sql.shuffle.partitions": "8",
@@ -258,8 +249,8 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
     from clicklake.config import load_settings
     from clicklake.lakehouse.catalog import open_catalog, table_id
     from clicklake.models.render import options_from_settings
-    from clicklake.models.runner import OPTIONAL_EVENT_COLUMNS
-    from clicklake.models.spark import spark_statements
+    from clicklake.models.runner import FILE_ORDER, MODEL_TABLES, OPTIONAL_EVENT_COLUMNS
+    from clicklake.models.spark import run_statement, spark_statements
     from clicklake.query.engine import snapshot_files
 
     steps: dict[str, float] = report["steps"]
@@ -292,9 +283,9 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
         for name, typ in OPTIONAL_EVENT_COLUMNS.items()
         if name not in arrow_schema.names
     ]
-    # An explicit schema (the Iceberg one): no footer inference, and a column some files lack is NULL.
     t = step("plan_files", t)
     report["data_files"] = len(files.paths)
+    # An explicit schema (the Iceberg one): no footer inference, and a column some files lack is NULL.
     # _row: a row's place in the files (the models find the kept copy of an event again by it;
     # DuckDB reads it from the scan, Spark's engine from Iceberg's _file/_pos). Plain Parquet has
     # it as the file source's hidden _metadata column, which resolves on its DataFrame.
@@ -310,16 +301,9 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
     rows: dict[str, int] = {}
     cached: list[Any] = []
 
-    def query(name: str) -> Any:
-        # As the Spark engine runs them: each CTE a temp view of its own first (Spark 4.1's
-        # InlineCTE breaks on some of the models' CTEs), then the statement.
-        for alias, sql in statements[name].ctes:
-            spark.sql(sql).createOrReplaceTempView(alias)
-        return spark.sql(statements[name].sql)
-
     def materialize(name: str) -> None:
         nonlocal t
-        df = query(name).cache()
+        df = run_statement(spark, statements[name]).cache()
         rows[name] = df.count()
         df.createOrReplaceTempView(name)
         cached.append(df)
@@ -328,9 +312,11 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
     def write(table: str, view: str) -> None:
         nonlocal t
         path = out_dir / table
-        spark.sql(f"SELECT * FROM {view} ORDER BY {WRITE_ORDER[table]}").write.mode("overwrite").parquet(
-            str(path)
-        )
+        # As the runner writes them: by day where the table has days, then its FILE_ORDER.
+        day = MODEL_TABLES[table]
+        order = ", ".join(f"`{c}`" for c in ((day,) if day else ()) + FILE_ORDER[table])
+        sql = f"SELECT * FROM {view}" + (f" ORDER BY {order}" if order else "")
+        spark.sql(sql).write.mode("overwrite").parquet(str(path))
         rows[table] = spark.read.parquet(str(path)).count()  # from the footers: cheap
         t = step(f"write {table}", t)
 
@@ -346,7 +332,7 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
     materialize("user_mapping_new")
     write("user_mapping", "user_mapping_new")
     for name in ("users", "daily_kpis"):
-        query(name).createOrReplaceTempView(f"{name}_q")
+        run_statement(spark, statements[name]).createOrReplaceTempView(f"{name}_q")
         write(name, f"{name}_q")
     report["build_s"] = round(time.perf_counter() - t_start - steps["session_start"], 3)
     spark.stop()

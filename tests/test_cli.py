@@ -423,9 +423,9 @@ def test_a_finished_run_exits_without_teardown_and_loses_no_output(tmp_path: Pat
 @pytest.mark.parametrize(
     ("argv", "preset", "expected"),
     [
-        (["models", "--help"], None, "dirty_decay_ms:10000"),
+        (["models", "build", "--help"], None, "dirty_decay_ms:10000"),
         (["--log-level", "info", "models", "build", "--help"], None, "dirty_decay_ms:10000"),
-        (["models", "--help"], "dirty_decay_ms:0", "dirty_decay_ms:0"),
+        (["models", "build", "--help"], "dirty_decay_ms:0", "dirty_decay_ms:0"),
         (["run", "--help"], None, ""),
     ],
 )
@@ -438,12 +438,19 @@ def test_models_commands_keep_duckdb_memory_longer_unless_told_otherwise(
     script = (
         "import os, sys\n"
         "import clicklake.__main__ as entry\n"
-        "assert 'duckdb' not in sys.modules\n"
+        "from clicklake import cli\n"
+        "loaded = []\n"
+        "group = cli.models.callback\n"
+        "def models():\n"
+        "    loaded.append('duckdb' in sys.modules)\n"
+        "    group()\n"
+        "cli.models.callback = models\n"
         f"sys.argv = ['clicklake', *{argv!r}]\n"
         "try:\n"
         "    entry.main()\n"
         "except SystemExit:\n"
         "    pass\n"
+        "assert not any(loaded), 'DuckDB was loaded before the models group ran'\n"
         "print('CONF=' + os.environ.get('DUCKDB_JE_MALLOC_CONF', ''))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "DUCKDB_JE_MALLOC_CONF"}

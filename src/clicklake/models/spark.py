@@ -152,7 +152,7 @@ def build_models_spark(settings: Settings, full_refresh: bool = True) -> dict[st
 
     def view(name: str) -> None:
         log.info("event=model_statement name=%s how=%s", name, statements[name].how)
-        df = _sql(spark, statements[name]).cache()
+        df = run_statement(spark, statements[name]).cache()
         df.createOrReplaceTempView(name)
         cached.append(df)
 
@@ -163,7 +163,7 @@ def build_models_spark(settings: Settings, full_refresh: bool = True) -> dict[st
             counts[table] = _write(spark, settings, table, TABLE_VIEWS[table], props)
         spark.table(table_name(settings, "sessions")).createOrReplaceTempView("sessions_all")
         for name in ("users", "daily_kpis"):
-            _sql(spark, statements[name]).createOrReplaceTempView(name)
+            run_statement(spark, statements[name]).createOrReplaceTempView(name)
             counts[name] = _write(spark, settings, name, name, props)
     finally:
         for df in cached:
@@ -177,7 +177,9 @@ def build_models_spark(settings: Settings, full_refresh: bool = True) -> dict[st
     return counts
 
 
-def _sql(spark: Any, statement: SparkStatement) -> Any:
+def run_statement(spark: Any, statement: SparkStatement) -> Any:
+    """``statement`` as a DataFrame: each of its CTEs a temp view of its own first (Spark 4.1's
+    InlineCTE breaks on some of the models' CTEs), then the statement."""
     for alias, sql in statement.ctes:
         spark.sql(sql).createOrReplaceTempView(alias)
     return spark.sql(statement.sql)
