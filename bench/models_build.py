@@ -321,7 +321,7 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
         t = step(f"write {table}", t)
 
     # build_windowed (full refresh): the runner's temp tables, then the two day-partitioned tables
-    for name in ("base_events", "sessionized", "page_views_new", "sessions_new"):
+    for name in ("key_clashes", "base_events", "sessionized", "page_views_new", "sessions_new"):
         materialize(name)
     write("page_views", "page_views_new")
     write("sessions", "sessions_new")

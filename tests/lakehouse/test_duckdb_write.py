@@ -104,8 +104,12 @@ def test_files_carry_field_ids_types_partitions_and_pyiceberg_stats(
     theirs = _table(catalog, "theirs")
     # workers > 1: the four days are written by that many cursors at once.
     files = write_data_files(con, "rows_new", ours, order_by, workers=workers)
+    # No result is left unread on the connection: a next write can register its schema there
+    # at once (DuckDB refuses while a result is pending). Its files are not committed.
+    again = write_data_files(con, "rows_new", ours, order_by, workers=workers)
+    assert sorted(f.record_count for f in again) == sorted(f.record_count for f in files)
     # A sorted write leaves the connection's setting as it found it.
-    assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (False,)
+    assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchall() == [(False,)]
     commit_files(ours, files, None, {"k": "v"})
     theirs.append(ROWS)
 

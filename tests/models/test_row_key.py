@@ -115,3 +115,48 @@ def test_row_keys_name_a_file_row_whichever_files_are_read(tmp_path: Path) -> No
     assert con.execute(f"SELECT count(*) FROM ({empty})").fetchone() == (0,)
     with pytest.raises(ValueError, match="one file number per path"):
         parquet_relation(con, paths, schema, [0])
+
+
+def test_session_keys_whose_hashes_clash_keep_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # key_id is a hash of the session key, and keys whose hash another key shares are numbered
+    # apart (key_clashes). DuckDB's 64-bit hash never clashes on a handful of keys, so here the
+    # models hash with a function that clashes all the time (a key's length mod 3): the tables
+    # must be the same as with the real hash, and clashes must really have been numbered.
+    s = _settings(tmp_path)
+    _append(s, batch1())  # several visitors and apps, a resend, a client session id
+    _append(s, LATE)
+    build_models(s, full_refresh=True)
+    expected = _snapshot(s)
+    assert len(expected["sessions"]) > 3, "enough session keys to clash"
+
+    real_render, real_connection = runner.render, runner.new_connection
+
+    def clashing_render(name: str, values: dict[str, str]) -> str:
+        sql = real_render(name, values)
+        return sql.replace("hash(app_id, session_key)", "clash_hash(app_id, session_key)").replace(
+            "hash(d.app_id, d.session_key)", "clash_hash(d.app_id, d.session_key)"
+        )
+
+    def connection() -> duckdb.DuckDBPyConnection:
+        con = real_connection()
+        con.execute(
+            "CREATE MACRO clash_hash(a, k) AS CAST(length(coalesce(a, '') || coalesce(k, '')) % 3 AS UBIGINT) << 1"
+        )
+        return con
+
+    clashes: list[int] = []
+    real_create = runner._Builder._create
+
+    def create(self: runner._Builder, name: str, sql: str, temp: bool = True) -> None:
+        real_create(self, name, sql, temp)
+        if name == "key_clashes":
+            row = self.con.execute("SELECT count(*), count(DISTINCT key_no) FROM key_clashes").fetchall()[0]
+            assert row[0] == row[1], "each clashing key has a number of its own"
+            clashes.append(row[0])
+
+    monkeypatch.setattr(runner, "render", clashing_render)
+    monkeypatch.setattr(runner, "new_connection", connection)
+    monkeypatch.setattr(runner._Builder, "_create", create)
+    build_models(s, full_refresh=True)
+    assert clashes and clashes[0] > 3, f"the weak hash made clashes: {clashes}"
+    assert _snapshot(s) == expected

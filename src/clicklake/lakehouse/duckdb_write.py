@@ -17,6 +17,7 @@ buffers every row by partition and cost half as much CPU again on the model tabl
 from __future__ import annotations
 
 import struct
+import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -180,13 +181,16 @@ def write_data_files(
         options.append(f"ROW_GROUP_SIZE {row_group}")
 
     partitions = [_Partition("true", None)]
+    sizes = [0]  # rows per partition, where more than one
     if not parts:
-        count = con.execute(f"SELECT count(*) FROM {relation}").fetchone()
-        if count is None or count[0] == 0:
+        count = con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0]
+        if count[0] == 0:
             partitions = []  # no empty file, as PyIceberg writes none
     else:
         cols = ", ".join(quote_ident(c) for c, _ in parts)
-        values = con.execute(f"SELECT DISTINCT {cols} FROM {relation}").fetchall()
+        counted = con.execute(f"SELECT {cols}, count(*) FROM {relation} GROUP BY ALL").fetchall()
+        values = [row[:-1] for row in counted]
+        sizes = [row[-1] for row in counted]
         partitions = [
             _Partition(
                 " AND ".join(
@@ -209,7 +213,9 @@ def write_data_files(
     locations = load_location_provider(table_location=meta.location, table_properties=props)
     order = f" ORDER BY {', '.join(order_by)}" if order_by else ""
     written: list[tuple[str, PartitionKey | None]] = []
-    preserved = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()
+    # fetchall: a result left unread would keep the connection busy (DuckDB 2.0 refuses a
+    # register() on it).
+    preserved = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0]
     if order:
         # COPY keeps the ORDER BY only while DuckDB preserves insertion order.
         con.execute("SET preserve_insertion_order = true")
@@ -227,28 +233,38 @@ def write_data_files(
         assert row is not None
         return [(_uri(str(p), folder), part.key) for p in row[1]]
 
-    def lane(
-        cur: duckdb.DuckDBPyConnection, parts: list[_Partition]
-    ) -> list[list[tuple[str, PartitionKey | None]]]:
-        return [copy(cur, part) for part in parts]
-
     try:
         lanes = max(1, min(workers, len(partitions)))
         if lanes == 1:
             for part in partitions:
                 written.extend(copy(con, part))
         else:
-            # Partition i goes to lane i % lanes, each lane on its own cursor (a cursor runs one
-            # statement at a time); the files are listed in partition order all the same.
+            # Each lane, on its own cursor (a cursor runs one statement at a time), takes the
+            # next partition when it is done with one, largest first: days differ in size, and a
+            # fixed share would leave one lane idle while the other writes its last big day. The
+            # files are listed in partition order all the same.
+            todo = sorted(range(len(partitions)), key=lambda i: -sizes[i])
+            done: dict[int, list[tuple[str, PartitionKey | None]]] = {}
+            lock = threading.Lock()
+
+            def lane(cur: duckdb.DuckDBPyConnection) -> None:
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        i = todo.pop(0)
+                    done[i] = copy(cur, partitions[i])
+
             cursors = [con.cursor() for _ in range(lanes)]
             try:
                 with ThreadPoolExecutor(lanes, thread_name_prefix="clicklake-copy") as pool:
-                    done = list(pool.map(lane, cursors, [partitions[k::lanes] for k in range(lanes)]))
+                    for future in [pool.submit(lane, cur) for cur in cursors]:
+                        future.result()
             finally:
                 for cur in cursors:
                     cur.close()
             for i in range(len(partitions)):
-                written.extend(done[i % lanes][i // lanes])
+                written.extend(done[i])
     finally:
         if order and preserved is not None:
             con.execute(f"SET preserve_insertion_order = {'true' if preserved[0] else 'false'}")

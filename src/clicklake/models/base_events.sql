@@ -6,14 +6,16 @@
 -- key_id identifies the session key (app_id, session_key) for the window passes of sessionized:
 -- sorting integers is much cheaper than sorting strings. It is a 63-bit hash of the key, so no
 -- join is needed to attach it; keys whose hash another key shares (practically never; more often
--- with Spark's 32-bit hash) are numbered past the largest hash instead, so key_id stays exact.
--- Cost: the events files are read once into narrow rows (JSON is parsed only where its value is
--- used: heartbeat and scroll depth of page pings); the two hash aggregates (copies, keys) read
--- those rows, not the files again. The pipeline already drops client retries, so copies are
--- rare: candidate copies are the events whose event_id hash occurs more than once (an aggregate
--- over integers, not strings), and only their rows are ranked, by event_id itself. The descriptive columns
--- (titles, referrers, marketing, device, geo) are not carried: sessionized reads them for the few
--- rows that show them (page views, first events of sessions), finding the kept copy's row by _row
+-- with Spark's 32-bit hash) take their number from key_clashes instead, so key_id stays exact.
+-- Cost: the events are streamed once into narrow rows, never held whole (JSON is parsed only
+-- where its value is used: heartbeat and scroll depth of page pings). What the stream needs
+-- to know first is small and read apart: the copies, and the key clashes (key_clashes, built
+-- before). The pipeline already drops client retries, so copies are rare: candidate copies are
+-- the events whose event_id hash occurs more than once (an aggregate over integers, not
+-- strings, of the event_id column alone); only their rows are ranked, by event_id itself, and
+-- the stream keeps a candidate only if it is the winner of its rank (by _row).
+-- The descriptive columns (titles, referrers, marketing, device, geo) are not carried:
+-- sessionized reads them for the few rows that show them (page views, first events of sessions), finding the kept copy's row by _row
 -- (its place in the events files); it also reads there the app, session key, client session id,
 -- event type and name, which only shown rows need. page_url is kept for page views and pings
 -- (pings are attached to page views by URL); the other rows do not show it.
@@ -47,47 +49,26 @@ WITH ev AS (
         CASE WHEN event_type IN ('page', 'screen') OR (event_type = 'track' AND event_name = 'Page Ping') THEN
             page_url
         END AS page_url,
-        coalesce(is_bot, false) AS is_bot{{conversion_columns}},
-        collector_tstamp AS _collector_tstamp,
-        source_stream AS _source_stream,
-        source_offset AS _source_offset,
-        source_index AS _source_index
+        coalesce(is_bot, false) AS is_bot{{conversion_columns}}
     FROM src_events
 ),
 copies AS (
     SELECT event_h
-    FROM ev
+    FROM (SELECT hash(event_id) AS event_h FROM src_events) AS ids
     GROUP BY event_h
     HAVING count(*) > 1
 ),
-keys AS (
-    SELECT DISTINCT app_id, session_key, CAST(hash(app_id, session_key) >> 1 AS BIGINT) AS key_h
-    FROM ev
-),
-clashes AS (
-    SELECT
-        app_id,
-        session_key,
-        (SELECT max(key_h) FROM keys) + row_number() OVER (ORDER BY app_id, session_key) AS key_no
-    FROM keys
-    WHERE key_h IN (SELECT key_h FROM keys GROUP BY key_h HAVING count(*) > 1)
-),
-deduped AS (
-    SELECT ev.*
-    FROM ev
-    LEFT JOIN copies AS c ON c.event_h = ev.event_h
-    WHERE c.event_h IS NULL AND ev.event_id IS NOT NULL
-    UNION ALL
-    SELECT * EXCLUDE (copy_rank)
+winners AS (
+    SELECT _row
     FROM (
         SELECT
-            ev.*,
+            _row,
             row_number() OVER (
                 PARTITION BY event_id
-                ORDER BY _collector_tstamp, derived_tstamp, _source_stream, _source_offset, _source_index
+                ORDER BY collector_tstamp, derived_tstamp, source_stream, source_offset, source_index
             ) AS copy_rank
-        FROM ev
-        WHERE event_id IS NULL OR event_h IN (SELECT event_h FROM copies)
+        FROM src_events
+        WHERE event_id IS NULL OR hash(event_id) IN (SELECT event_h FROM copies)
     ) AS ranked
     WHERE copy_rank = 1
 )
@@ -103,11 +84,15 @@ SELECT
     (d.event_type = 'track' AND d.event_name = 'Page Ping') AS is_ping,
     d.* EXCLUDE (
         event_id, event_type, event_name, app_id, user_id, anonymous_id, client_session_id,
-        session_key, event_h, derived_tstamp, _collector_tstamp, _source_stream, _source_offset, _source_index
+        session_key, event_h, derived_tstamp
     )
-FROM deduped AS d
-LEFT JOIN clashes AS k
+FROM ev AS d
+LEFT JOIN copies AS c ON c.event_h = d.event_h
+LEFT JOIN winners AS w ON w._row = d._row
+LEFT JOIN key_clashes AS k
     ON k.app_id IS NOT DISTINCT FROM d.app_id AND k.session_key IS NOT DISTINCT FROM d.session_key
-WHERE d.event_type IN ('page', 'screen', 'track')
+-- Not a copy, or the copy that won (a NULL event_id counts as a copy: one of them is kept).
+WHERE ((c.event_h IS NULL AND d.event_id IS NOT NULL) OR w._row IS NOT NULL)
+    AND d.event_type IN ('page', 'screen', 'track')
     AND ({{window}})
     AND ({{bot_filter}})

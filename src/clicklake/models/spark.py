@@ -31,6 +31,7 @@ log = logging.getLogger("clicklake.models.spark")
 
 #: Model statements in build order (as the DuckDB runner's full refresh): view -> SQL file.
 STATEMENTS: dict[str, str] = {
+    "key_clashes": "key_clashes",
     "base_events": "base_events",
     "sessionized": "sessionized",
     "page_views_new": "page_views",
@@ -157,7 +158,14 @@ def build_models_spark(settings: Settings, full_refresh: bool = True) -> dict[st
         cached.append(df)
 
     try:
-        for name in ("base_events", "sessionized", "page_views_new", "sessions_new", "user_mapping_new"):
+        for name in (
+            "key_clashes",
+            "base_events",
+            "sessionized",
+            "page_views_new",
+            "sessions_new",
+            "user_mapping_new",
+        ):
             view(name)
         for table in ("page_views", "sessions", "user_mapping"):
             counts[table] = _write(spark, settings, table, TABLE_VIEWS[table], props)

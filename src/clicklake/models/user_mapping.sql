@@ -1,15 +1,29 @@
 -- user_mapping: anonymous_id -> the user_id of the latest event (by derived time, then collector
 -- time, then event_id) that carries both, per app. Alias calls count as previous_id -> user_id.
--- Cost: the latest time per anonymous_id is a hash aggregate; only the pairs at that time are
+-- Cost: the events are read once for both kinds of pair (an alias with an anonymous_id gives
+-- two); the latest time per anonymous_id is a hash aggregate; only the pairs at that time are
 -- ranked (not every identified event).
-WITH pairs AS (
-    SELECT app_id, anonymous_id, user_id, derived_tstamp, collector_tstamp, event_id
+WITH identified AS (
+    SELECT
+        app_id,
+        anonymous_id,
+        CASE WHEN event_type = 'alias' THEN previous_id END AS previous_id,
+        user_id,
+        derived_tstamp,
+        collector_tstamp,
+        event_id
     FROM src_events
-    WHERE anonymous_id IS NOT NULL AND user_id IS NOT NULL
+    WHERE user_id IS NOT NULL
+        AND (anonymous_id IS NOT NULL OR (event_type = 'alias' AND previous_id IS NOT NULL))
+),
+pairs AS (
+    SELECT app_id, anonymous_id, user_id, derived_tstamp, collector_tstamp, event_id
+    FROM identified
+    WHERE anonymous_id IS NOT NULL
     UNION ALL
     SELECT app_id, previous_id AS anonymous_id, user_id, derived_tstamp, collector_tstamp, event_id
-    FROM src_events
-    WHERE event_type = 'alias' AND previous_id IS NOT NULL AND user_id IS NOT NULL
+    FROM identified
+    WHERE previous_id IS NOT NULL
 ),
 latest AS (
     SELECT app_id, anonymous_id, max(derived_tstamp) AS derived_tstamp
