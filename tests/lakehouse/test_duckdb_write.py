@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -199,3 +200,35 @@ def test_refuses_non_identity_partitions(catalog: Catalog, con: duckdb.DuckDBPyC
         spec.add_field("at", "day")
     with pytest.raises(ValueError, match="identity"):
         write_data_files(con, "rows_new", table)
+
+
+def test_a_day_that_cannot_be_written_fails_the_write_and_no_lane_starts_another(
+    catalog: Catalog, con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import clicklake.lakehouse.duckdb_write as dw
+
+    table = _table(catalog, "broken")
+    started: list[str] = []
+    real_load = dw.load_location_provider
+
+    class Provider:
+        """The first day asked for (the largest, on one lane) cannot be placed; every other day
+        takes 0.2 s to start, so the failure is known before the other lane could move on."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def new_data_location(self, name: str, key: Any = None) -> str:
+            started.append(name)
+            if len(started) == 1:
+                raise OSError("no room for this day")
+            time.sleep(0.2)
+            return str(self.inner.new_data_location(name, key))
+
+    monkeypatch.setattr(dw, "load_location_provider", lambda **kw: Provider(real_load(**kw)))
+    with pytest.raises(OSError, match="no room"):
+        write_data_files(con, "rows_new", table, workers=2)
+    # Four days, two lanes: the failing day, and at most the one the other lane had started.
+    assert 1 <= len(started) <= 2

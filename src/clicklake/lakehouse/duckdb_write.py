@@ -181,7 +181,7 @@ def write_data_files(
         options.append(f"ROW_GROUP_SIZE {row_group}")
 
     partitions = [_Partition("true", None)]
-    sizes = [0]  # rows per partition, where more than one
+    sizes = [0]  # rows per partition: the larger are written first
     if not parts:
         count = con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0]
         if count[0] == 0:
@@ -253,7 +253,12 @@ def write_data_files(
                         if not todo:
                             return
                         i = todo.pop(0)
-                    done[i] = copy(cur, partitions[i])
+                    try:
+                        done[i] = copy(cur, partitions[i])
+                    except BaseException:
+                        with lock:
+                            todo.clear()  # the write fails: the other lane starts no new day
+                        raise
 
             cursors = [con.cursor() for _ in range(lanes)]
             try:
@@ -266,7 +271,7 @@ def write_data_files(
             for i in range(len(partitions)):
                 written.extend(done[i])
     finally:
-        if order and preserved is not None:
+        if order:
             con.execute(f"SET preserve_insertion_order = {'true' if preserved[0] else 'false'}")
     return [_data_file(table, path, key) for path, key in written]
 
