@@ -194,6 +194,64 @@ def test_midnight_split(tmp_path: Path) -> None:
     ]
 
 
+def test_days_are_local_to_models_timezone(tmp_path: Path) -> None:
+    # New York is UTC-4 in May: 2024-05-02 02:30 UTC is 05-01 22:30 there, 04:30 UTC is 00:30
+    # on 05-02. Tokyo is UTC+9: 2024-05-01 14:59:59 UTC is 23:59:59 on 05-01 there, 15:00 UTC
+    # is 00:00 on 05-02. One visitor per instant, one page view each; each zone's build dates
+    # sessions and page views by its own local day (UTC takes the fast path of local_date_sql).
+    rows = [
+        ev("ny1", "2024-05-02 02:30:00", anon="late"),
+        ev("ny2", "2024-05-02 04:30:00", anon="early"),
+        ev("ny3", "2024-05-01 14:59:59", anon="tokyo"),  # Tokyo 23:59:59 on 05-01
+        ev("ny4", "2024-05-01 15:00:00", anon="tokyo2"),  # Tokyo 00:00 on 05-02
+    ]
+    dates = {}
+    for zone in ("America/New_York", "Asia/Tokyo", "UTC"):
+        s = _settings(tmp_path / zone.replace("/", "_"), timezone=zone)
+        _append(s, [dict(r) for r in rows])
+        build_models(s, full_refresh=True)
+        got = _sessions(s)
+        pv = run_sql(s, "SELECT page_view_id, page_view_date FROM page_views").to_pylist()
+        dates[zone] = {k: v[0]["session_date"] for k, v in got.items()}
+        assert {r["page_view_id"]: r["page_view_date"] for r in pv} == {
+            "ny1": dates[zone]["late"],
+            "ny2": dates[zone]["early"],
+            "ny3": dates[zone]["tokyo"],
+            "ny4": dates[zone]["tokyo2"],
+        }
+    d1, d2 = date(2024, 5, 1), date(2024, 5, 2)
+    assert dates["America/New_York"] == {"late": d1, "early": d2, "tokyo": d1, "tokyo2": d1}
+    assert dates["Asia/Tokyo"] == {"late": d2, "early": d2, "tokyo": d1, "tokyo2": d2}
+    assert dates["UTC"] == {"late": d2, "early": d2, "tokyo": d1, "tokyo2": d1}
+
+
+def test_utc_dates_from_epoch_microseconds_match_at_time_zone() -> None:
+    # In UTC the models take the date from the instant's microseconds (no ICU calendar per
+    # row); it must agree with AT TIME ZONE at day edges, before 1970 included.
+    import duckdb
+
+    from clicklake.models.render import local_date_sql
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'America/New_York'")  # the session zone must not matter
+    instants = [
+        "1969-12-31 23:59:59.999999+00",
+        "1970-01-01 00:00:00+00",
+        "1900-03-01 00:00:00.000001+00",
+        "2024-02-29 23:59:59.999999+00",
+        "2024-03-01 00:00:00+00",
+        "2024-03-10 06:59:59+00",
+        "2038-01-19 03:14:08+00",
+    ]
+    values = ", ".join(f"(TIMESTAMPTZ '{t}')" for t in instants)
+    got = con.execute(
+        f"SELECT {local_date_sql('t', 'UTC')}, CAST(t AT TIME ZONE 'UTC' AS DATE) FROM (VALUES {values}) AS v(t)"
+    ).fetchall()
+    assert [a for a, _ in got] == [b for _, b in got]
+    assert [a for a, _ in got][:2] == [date(1969, 12, 31), date(1970, 1, 1)]
+    assert "AT TIME ZONE" in local_date_sql("t", "Europe/Paris")
+
+
 def test_bots_included_when_configured(tmp_path: Path) -> None:
     s = _settings(tmp_path, include_bots=True)
     _append(s, batch1())

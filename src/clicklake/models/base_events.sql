@@ -79,7 +79,7 @@ SELECT
     coalesce(k.key_no, CAST(hash(d.app_id, d.session_key) >> 1 AS BIGINT)) AS key_id,
     d.derived_tstamp AS tstamp,
     epoch_us(d.derived_tstamp) AS tstamp_us,
-    CAST(d.derived_tstamp AT TIME ZONE {{tz}} AS DATE) AS local_date,
+    {{local_date_of_derived}} AS local_date,
     d.event_type IN ('page', 'screen') AS is_page_view,
     (d.event_type = 'track' AND d.event_name = 'Page Ping') AS is_ping,
     d.* EXCLUDE (

@@ -166,6 +166,22 @@ def _num(x: float) -> str:
     return repr(float(x))
 
 
+#: Zone names that are UTC itself (no offset, ever).
+_UTC_ZONES = frozenset({"UTC", "Etc/UTC"})
+
+
+def local_date_sql(column: str, timezone: str) -> str:
+    """SQL of the date of the TIMESTAMPTZ ``column`` in ``timezone`` (an IANA name).
+
+    In UTC (the default) the date is the epoch day of the instant, computed from its
+    microseconds: ``AT TIME ZONE`` goes through ICU's calendar for every row, ~0.1 µs each,
+    about 1 CPU s per 10M events in a model build. Other zones keep ``AT TIME ZONE``.
+    """
+    if timezone in _UTC_ZONES:
+        return f"CAST(make_timestamp(epoch_us({column})) AS DATE)"
+    return f"CAST({column} AT TIME ZONE {quote_literal(timezone)} AS DATE)"
+
+
 def template_values(opts: ModelOptions, window: str = "true") -> dict[str, str]:
     """The placeholder values of every model SQL file for ``opts``.
 
@@ -224,7 +240,7 @@ def template_values(opts: ModelOptions, window: str = "true") -> dict[str, str]:
         "min_duration": f"duration_s < {_num(opts.bounce_min_duration_s)}",
     }[opts.bounce]
     return {
-        "tz": quote_literal(opts.timezone),
+        "local_date_of_derived": local_date_sql("d.derived_tstamp", opts.timezone),
         "heartbeat_s": _num(opts.page_ping_heartbeat_s),
         "window": window,
         "bot_filter": "true" if opts.include_bots else "NOT coalesce(is_bot, false)",

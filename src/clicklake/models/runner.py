@@ -44,7 +44,13 @@ from pyiceberg.table import Table
 from clicklake.config import Settings
 from clicklake.lakehouse.catalog import open_catalog, table_id
 from clicklake.lakehouse.duckdb_write import commit_files, write_data_files
-from clicklake.models.render import ModelOptions, options_from_settings, render, template_values
+from clicklake.models.render import (
+    ModelOptions,
+    local_date_sql,
+    options_from_settings,
+    render,
+    template_values,
+)
 from clicklake.query.engine import (
     ROW_KEY,
     DataFiles,
@@ -328,7 +334,7 @@ class _Builder:
         if added:
             rel = parquet_relation(self.con, added, self.events.schema)
             rows = self.con.execute(
-                f"SELECT DISTINCT CAST(derived_tstamp AT TIME ZONE {quote_literal(self.opts.timezone)} AS DATE) "
+                f"SELECT DISTINCT {local_date_sql('derived_tstamp', self.opts.timezone)} "
                 f"FROM ({rel}) WHERE derived_tstamp IS NOT NULL"
             ).fetchall()
             days.update(r[0] for r in rows)
