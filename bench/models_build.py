@@ -250,7 +250,7 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
     from clicklake.lakehouse.catalog import open_catalog, table_id
     from clicklake.models.render import options_from_settings
     from clicklake.models.runner import FILE_ORDER, MODEL_TABLES, OPTIONAL_EVENT_COLUMNS
-    from clicklake.models.spark import run_statement, spark_statements
+    from clicklake.models.spark import CACHED_VIEWS, OVER_WRITTEN_SESSIONS, run_statement, spark_statements
     from clicklake.query.engine import snapshot_files
 
     steps: dict[str, float] = report["steps"]
@@ -321,8 +321,9 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
         t = step(f"write {table}", t)
 
     # build_windowed (full refresh): the runner's temp tables, then the two day-partitioned tables
-    for name in ("key_clashes", "base_events", "sessionized", "page_views_new", "sessions_new"):
-        materialize(name)
+    for name in CACHED_VIEWS:
+        if name != "user_mapping_new":  # over all events, with the global steps below
+            materialize(name)
     write("page_views", "page_views_new")
     write("sessions", "sessions_new")
     for df in cached:
@@ -331,7 +332,7 @@ def _spark_build(workdir: Path, report: dict[str, Any], t_start: float) -> dict[
     spark.read.parquet(str(out_dir / "sessions")).createOrReplaceTempView("sessions_all")
     materialize("user_mapping_new")
     write("user_mapping", "user_mapping_new")
-    for name in ("users", "daily_kpis"):
+    for name in OVER_WRITTEN_SESSIONS:
         run_statement(spark, statements[name]).createOrReplaceTempView(f"{name}_q")
         write(name, f"{name}_q")
     report["build_s"] = round(time.perf_counter() - t_start - steps["session_start"], 3)

@@ -41,6 +41,12 @@ STATEMENTS: dict[str, str] = {
     "daily_kpis": "daily_kpis",
 }
 
+#: Statements over the sessions table as written (``sessions_all``): run after it is written.
+OVER_WRITTEN_SESSIONS = ("users", "daily_kpis")
+
+#: The other statements, in build order: each a cached view, before any table is written.
+CACHED_VIEWS = tuple(name for name in STATEMENTS if name not in OVER_WRITTEN_SESSIONS)
+
 #: Model table -> the view holding its rows.
 TABLE_VIEWS: dict[str, str] = {
     "page_views": "page_views_new",
@@ -158,19 +164,12 @@ def build_models_spark(settings: Settings, full_refresh: bool = True) -> dict[st
         cached.append(df)
 
     try:
-        for name in (
-            "key_clashes",
-            "base_events",
-            "sessionized",
-            "page_views_new",
-            "sessions_new",
-            "user_mapping_new",
-        ):
+        for name in CACHED_VIEWS:
             view(name)
         for table in ("page_views", "sessions", "user_mapping"):
             counts[table] = _write(spark, settings, table, TABLE_VIEWS[table], props)
         spark.table(table_name(settings, "sessions")).createOrReplaceTempView("sessions_all")
-        for name in ("users", "daily_kpis"):
+        for name in OVER_WRITTEN_SESSIONS:
             run_statement(spark, statements[name]).createOrReplaceTempView(name)
             counts[name] = _write(spark, settings, name, name, props)
     finally:
