@@ -73,6 +73,7 @@ def test_model_sql_transpiles_with_ctes_as_views() -> None:
     stmts = {s.name: s for s in spark_statements(ModelOptions())}
     assert set(stmts) == {
         "key_clashes",
+        "copies",
         "base_events",
         "sessionized",
         "page_views_new",

@@ -19,7 +19,7 @@ import pytest
 
 from clicklake.lakehouse.catalog import open_catalog, table_id
 from clicklake.models import build_models, runner
-from clicklake.models.render import options_from_settings
+from clicklake.models.render import ModelOptions, options_from_settings, render, template_values
 from clicklake.query.engine import ROW_KEY, parquet_relation
 from tests.models.fixtures import ev
 from tests.models.test_golden import LATE, _append, _settings, batch1
@@ -160,3 +160,31 @@ def test_session_keys_whose_hashes_clash_keep_apart(tmp_path: Path, monkeypatch:
     build_models(s, full_refresh=True)
     assert clashes and clashes[0] > 3, f"the weak hash made clashes: {clashes}"
     assert _snapshot(s) == expected
+
+
+def test_duplicated_finds_each_repeated_value_once_in_both_halves() -> None:
+    import numpy as np
+
+    top = np.uint64(1 << 63)
+    values = np.array([5, 9, 5, top + 3, 7, top + 3, top + 3, 9, top + 1, 0, 0, top + 8], dtype=np.uint64)
+    assert runner.duplicated(values.copy()).tolist() == [0, 5, 9, int(top) + 3]
+    assert runner.duplicated(np.arange(10, dtype=np.uint64)).tolist() == []
+    assert runner.duplicated(np.array([], dtype=np.uint64)).tolist() == []
+
+
+def test_the_runner_finds_the_copies_that_copies_sql_finds() -> None:
+    # The DuckDB runner computes copies.sql's rows by sorting hashes (create_copies); Spark runs
+    # the SQL. Both must give the same hashes: repeated ids (twice, thrice), NULL ids (they hash
+    # alike), ids seen once.
+    con = duckdb.connect()
+    ids = ["a", "b", "a", None, "c", "b", "b", None, "d", *[f"u{i}" for i in range(5000)]]
+    con.register("ids", pa.table({"event_id": pa.array(ids, pa.string())}))
+    con.execute("CREATE TEMP VIEW src_events AS SELECT event_id FROM ids")
+    values = template_values(ModelOptions())
+    expected = sorted(r[0] for r in con.execute(render("copies", values)).fetchall())
+    assert len(expected) == 3, "a, b and NULL are repeated"
+    runner.create_copies(con)
+    assert sorted(r[0] for r in con.execute("SELECT event_h FROM copies").fetchall()) == expected
+    con.execute("CREATE OR REPLACE TEMP VIEW src_events AS SELECT 'x' || range AS event_id FROM range(100)")
+    runner.create_copies(con)
+    assert con.execute("SELECT count(*) FROM copies").fetchall() == [(0,)]

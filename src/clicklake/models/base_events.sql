@@ -9,11 +9,11 @@
 -- with Spark's 32-bit hash) take their number from key_clashes instead, so key_id stays exact.
 -- Cost: the events are streamed once into narrow rows, never held whole (JSON is parsed only
 -- where its value is used: heartbeat and scroll depth of page pings). What the stream needs
--- to know first is small and read apart: the copies, and the key clashes (key_clashes, built
--- before). The pipeline already drops client retries, so copies are rare: candidate copies are
--- the events whose event_id hash occurs more than once (an aggregate over integers, not
--- strings, of the event_id column alone); only their rows are ranked, by event_id itself, and
--- the stream keeps a candidate only if it is the winner of its rank (by _row).
+-- to know first is small and read apart: the copies and the key clashes (copies and
+-- key_clashes, built before). The pipeline already drops client retries, so copies are rare:
+-- candidate copies are the events whose event_id hash occurs more than once (copies); only their
+-- rows are ranked, by event_id itself, and the stream keeps a candidate only if it is the winner
+-- of its rank (by _row).
 -- The descriptive columns (titles, referrers, marketing, device, geo) are not carried:
 -- sessionized reads them for the few rows that show them (page views, first events of
 -- sessions), finding the kept copy's row by _row (its place in the events files); it also reads
@@ -51,12 +51,6 @@ WITH ev AS (
         END AS page_url,
         coalesce(is_bot, false) AS is_bot{{conversion_columns}}
     FROM src_events
-),
-copies AS (
-    SELECT event_h
-    FROM (SELECT hash(event_id) AS event_h FROM src_events) AS ids
-    GROUP BY event_h
-    HAVING count(*) > 1
 ),
 winners AS (
     SELECT _row

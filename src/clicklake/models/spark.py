@@ -32,6 +32,7 @@ log = logging.getLogger("clicklake.models.spark")
 #: Model statements in build order (as the DuckDB runner's full refresh): view -> SQL file.
 STATEMENTS: dict[str, str] = {
     "key_clashes": "key_clashes",
+    "copies": "copies",
     "base_events": "base_events",
     "sessionized": "sessionized",
     "page_views_new": "page_views",
