@@ -162,7 +162,7 @@ def test_session_keys_whose_hashes_clash_keep_apart(tmp_path: Path, monkeypatch:
     assert _snapshot(s) == expected
 
 
-def test_duplicated_finds_each_repeated_value_once_in_both_halves() -> None:
+def test_duplicated_finds_each_repeated_value_once() -> None:
     import numpy as np
 
     top = np.uint64(1 << 63)
