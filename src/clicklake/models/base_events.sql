@@ -17,8 +17,9 @@
 -- The descriptive columns (titles, referrers, marketing, device, geo) are not carried:
 -- sessionized reads them for the few rows that show them (page views, first events of
 -- sessions), finding the kept copy's row by _row (its place in the events files); it also reads
--- there the app, session key, client session id, event type and name, which only shown rows need. page_url is kept for page views and pings
--- (pings are attached to page views by URL); the other rows do not show it.
+-- there the app, session key, client session id, event type and name, which only shown rows
+-- need. page_url is kept for page views and pings (pings are attached to page views by URL);
+-- the other rows do not show it.
 WITH ev AS (
     SELECT
         event_id,

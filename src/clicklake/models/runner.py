@@ -463,10 +463,6 @@ class _Builder:
             kind = "TEMP TABLE" if temp else "TABLE"
             self.con.execute(f"CREATE OR REPLACE {kind} {quote_ident(name)} AS {sql}")
 
-    def _create_copies(self) -> None:
-        with _timed("copies"):
-            create_copies(self.con)
-
     def _drop(self, name: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
 
@@ -481,7 +477,8 @@ class _Builder:
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW src_events AS {src}")
         values = template_values(self.opts, window)
         self._create("key_clashes", render("key_clashes", values))
-        self._create_copies()
+        with _timed("copies"):
+            create_copies(self.con)
         self._create("base_events", render("base_events", values))
         self._drop("key_clashes")
         self._drop("copies")
