@@ -15,7 +15,7 @@ import pytest
 
 from clicklake.config import load_settings
 from clicklake.lakehouse.catalog import EVENTS, ensure_tables, ingest_tables, open_catalog
-from clicklake.lakehouse.write import sort_by_partition, write_data_files
+from clicklake.lakehouse.write import DICTIONARY_CODEC, sort_by_partition, write_data_files
 from tests.lakehouse.fixtures import event_rows
 
 
@@ -68,3 +68,42 @@ def test_each_file_is_one_partition_in_input_order(tmp_path: Path, batch_rows: i
         assert f.file_size_in_bytes == Path(f.file_path.removeprefix("file://")).stat().st_size
     assert sum(f.record_count for f in files) == rows.num_rows
     assert pc.count_distinct(rows.column("event_id")).as_py() == rows.num_rows
+
+
+@pytest.mark.parametrize(
+    ("table_codec", "dictionary_codec", "want_dictionary", "want_other"),
+    [
+        ("zstd", None, "SNAPPY", "ZSTD"),  # the default: snappy on the dictionary columns
+        ("zstd", "zstd", "ZSTD", "ZSTD"),  # the property set: one codec everywhere
+        ("zstd", "lz4", "LZ4", "ZSTD"),
+        ("gzip", None, "GZIP", "GZIP"),  # another table codec: the dictionary columns follow it
+    ],
+)
+def test_dictionary_columns_codec(
+    tmp_path: Path, table_codec: str, dictionary_codec: str | None, want_dictionary: str, want_other: str
+) -> None:
+    settings = load_settings(environ={}, storage={"data_dir": str(tmp_path)}, pipeline={"event_buckets": 2})
+    table = ensure_tables(open_catalog(settings), settings, ingest_tables(settings))[EVENTS]
+    with table.transaction() as txn:
+        txn.set_properties(
+            {
+                "write.parquet.compression-codec": table_codec,
+                **({DICTIONARY_CODEC: dictionary_codec} if dictionary_codec else {}),
+            }
+        )
+    rows = event_rows(0, 200, days=2, users=5)
+    files = write_data_files(table, rows)
+    assert files
+    got = []
+    for f in files:
+        path = f.file_path.removeprefix("file://")
+        meta = pq.read_metadata(path).row_group(0)
+        codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
+        encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+        dictionary = {c for c, e in encodings.items() if "RLE_DICTIONARY" in e or "PLAIN_DICTIONARY" in e}
+        assert {"app_id", "event_type"} <= dictionary
+        assert {"event_id", "derived_tstamp"}.isdisjoint(dictionary)
+        assert {codecs[c] for c in dictionary} == {want_dictionary}
+        assert {codecs[c] for c in codecs.keys() - dictionary} == {want_other}
+        got.append(pq.read_table(path, columns=["event_id"]).column(0))
+    assert sorted(pa.chunked_array(got).to_pylist()) == sorted(rows.column("event_id").to_pylist())
