@@ -5,6 +5,9 @@ run without it gives."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import orjson
@@ -124,3 +127,44 @@ def test_a_source_that_fails_in_the_head_start_fails_in_the_run(tmp_path: Path) 
     assert start.wait(60)
     with pytest.raises(Exception, match=r"cannot open input file .*gone\.ndjson"):
         Pipeline(settings, source).run(once=True, head_start=start)
+
+
+def test_pandas_is_not_imported_by_pyarrows_probe_but_still_there_when_asked_for() -> None:
+    # In a fresh interpreter (this one imported pandas long ago): the probe finds no pandas,
+    # converting Python objects does not import it, and asking for pandas objects does; another
+    # thread importing pandas while the probe's finder is in place is not refused.
+    code = textwrap.dedent(
+        """
+        import sys, threading
+        import pyarrow as pa
+        from clicklake.engines import head_start
+
+        head_start.skip_pandas_probe()
+        pa.array([1, 2]); pa.table({"a": [1]})
+        assert "pandas" not in sys.modules, "imported by the probe"
+        frame = pa.table({"a": [1, 2]}).to_pandas()
+        assert "pandas" in sys.modules and list(frame["a"]) == [1, 2]
+        import pandas as pd
+        assert pa.array(pd.Series([1, None], dtype="Int64")).to_pylist() == [1, None]
+        assert pa.Table.from_pandas(pd.DataFrame({"x": [1.5]})).column("x").to_pylist() == [1.5]
+
+        del sys.modules["pandas"]  # the finder refuses only the probing thread
+        finder = head_start._NoPandasHere()
+        sys.meta_path.insert(0, finder)
+        got = []
+        t = threading.Thread(target=lambda: got.append(__import__("pandas")))
+        t.start(); t.join()
+        assert got, "another thread could not import pandas"
+        del sys.modules["pandas"]
+        try:
+            __import__("pandas")
+        except ImportError as exc:
+            assert "not probed" in str(exc)
+        else:
+            raise AssertionError("the probing thread imported pandas")
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

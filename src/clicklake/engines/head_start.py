@@ -18,6 +18,7 @@ imports too overlap the main thread's.
 
 from __future__ import annotations
 
+import importlib.abc
 import logging
 import os
 import threading
@@ -94,6 +95,40 @@ def use_jemalloc() -> None:
     pa.set_memory_pool(pool)
 
 
+class _NoPandasHere(importlib.abc.MetaPathFinder):
+    """Finds no ``pandas`` for one thread (others import it as usual)."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "pandas" and threading.get_ident() == self.thread:
+            raise ImportError("pandas is not probed at start-up (clicklake.engines.head_start)")
+        return None
+
+
+def skip_pandas_probe() -> None:
+    """Let pyarrow's first look for pandas find none, unless pandas is already imported.
+
+    pyarrow imports pandas the first time it converts Python objects (``pa.array``), to tell
+    pandas objects apart: ~0.3-0.45 CPU s at the start of every run, for a library the pipeline
+    never uses. After a probe that found none, pyarrow imports pandas when a pandas object is
+    actually asked for (``to_pandas``, ``Table.from_pandas``; ``pa.array`` of a pandas column
+    goes through its ``__arrow_array__``), so a plugin using pandas still works."""
+    import sys
+
+    if "pandas" in sys.modules:
+        return
+    import pyarrow as pa
+
+    finder = _NoPandasHere()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(finder)
+
+
 class HeadStart:
     """Decodes the first chunks of ``source`` (from its start) on a thread of its own, until
     :meth:`take` or the caps.
@@ -124,6 +159,7 @@ class HeadStart:
 
     def _run(self) -> None:
         use_jemalloc()
+        skip_pandas_probe()
         held = 0
         chunks: Iterator[Chunk] = self._source.chunks({})
         try:
