@@ -10,7 +10,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from pyiceberg.manifest import DataFile
 from pyiceberg.table.snapshots import Operation
 
 from clicklake.lakehouse.checkpoint import read_checkpoint
@@ -77,6 +79,10 @@ def test_compaction_replaces_small_files_one_snapshot_per_partition(
     assert result.files_rewritten == len(files_before)
     assert result.bytes_added == sum(f.file_size_in_bytes for f in files_after)
     assert result.rows == sum(before.values())
+    # The commits' small files had snappy on their dictionary columns; compacted files, which
+    # stay, have the table's codec (zstd) on every column.
+    assert {"SNAPPY", "ZSTD"} == _codecs(files_before[0])
+    assert all(_codecs(f) == {"ZSTD"} for f in files_after)
     new = table.metadata.snapshots[snapshots_before:]
     assert len(new) == len(partitions)
     for snap in new:
@@ -93,6 +99,11 @@ def test_compaction_replaces_small_files_one_snapshot_per_partition(
     # Nothing left to do.
     assert plan_compaction(table, sf.settings.maintenance) == []
     assert compact(table, sf.settings.maintenance).groups == 0
+
+
+def _codecs(f: DataFile) -> set[str]:
+    meta = pq.read_metadata(f.file_path.removeprefix("file://")).row_group(0)
+    return {meta.column(i).compression for i in range(meta.num_columns)}
 
 
 def test_target_size_splits_a_partition_by_real_file_sizes(small_files: Callable[..., SmallFiles]) -> None:

@@ -71,16 +71,23 @@ def test_each_file_is_one_partition_in_input_order(tmp_path: Path, batch_rows: i
 
 
 @pytest.mark.parametrize(
-    ("table_codec", "dictionary_codec", "want_dictionary", "want_other"),
+    ("table_codec", "dictionary_codec", "small_files", "want_dictionary", "want_other"),
     [
-        ("zstd", None, "SNAPPY", "ZSTD"),  # the default: snappy on the dictionary columns
-        ("zstd", "zstd", "ZSTD", "ZSTD"),  # the property set: one codec everywhere
-        ("zstd", "lz4", "LZ4", "ZSTD"),
-        ("gzip", None, "GZIP", "GZIP"),  # another table codec: the dictionary columns follow it
+        ("zstd", None, True, "SNAPPY", "ZSTD"),  # the default: snappy on the dictionary columns
+        ("zstd", "zstd", True, "ZSTD", "ZSTD"),  # the property set: one codec everywhere
+        ("zstd", "lz4", True, "LZ4", "ZSTD"),
+        ("gzip", None, True, "GZIP", "GZIP"),  # another table codec: the dictionary columns follow it
+        ("zstd", None, False, "ZSTD", "ZSTD"),  # compaction's large files: the table's codec
+        ("zstd", "lz4", False, "ZSTD", "ZSTD"),
     ],
 )
 def test_dictionary_columns_codec(
-    tmp_path: Path, table_codec: str, dictionary_codec: str | None, want_dictionary: str, want_other: str
+    tmp_path: Path,
+    table_codec: str,
+    dictionary_codec: str | None,
+    small_files: bool,
+    want_dictionary: str,
+    want_other: str,
 ) -> None:
     settings = load_settings(environ={}, storage={"data_dir": str(tmp_path)}, pipeline={"event_buckets": 2})
     table = ensure_tables(open_catalog(settings), settings, ingest_tables(settings))[EVENTS]
@@ -92,7 +99,7 @@ def test_dictionary_columns_codec(
             }
         )
     rows = event_rows(0, 200, days=2, users=5)
-    files = write_data_files(table, rows)
+    files = write_data_files(table, rows, small_files=small_files)
     assert files
     got = []
     for f in files:

@@ -417,7 +417,7 @@ def compact(table: Table, opts: MaintenanceSettings, progress: Progress | None =
                 rows += df.num_rows
                 # One bin, one file per partition of the current spec (an older spec's group
                 # is split by the current one: compaction also migrates partition specs).
-                new_files.extend(write_data_files(table, df, target_bytes=_NO_SPLIT))
+                new_files.extend(write_data_files(table, df, target_bytes=_NO_SPLIT, small_files=False))
                 del df
                 if progress:
                     progress(sum(f.file_size_in_bytes for f in b))
