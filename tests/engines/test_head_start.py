@@ -131,15 +131,21 @@ def test_a_source_that_fails_in_the_head_start_fails_in_the_run(tmp_path: Path) 
 
 def test_pandas_is_not_imported_by_pyarrows_probe_but_still_there_when_asked_for() -> None:
     # In a fresh interpreter (this one imported pandas long ago): the probe finds no pandas,
-    # converting Python objects does not import it, and asking for pandas objects does; another
-    # thread importing pandas while the probe's finder is in place is not refused.
+    # converting Python objects does not import it, and asking for pandas objects does; while
+    # a thread is refused, another thread importing pandas is not.
     code = textwrap.dedent(
         """
         import sys, threading
         import pyarrow as pa
         from clicklake.engines import head_start
 
+        head_start.skip_pandas_probe()  # the guard is not installed: no probe
+        assert head_start._GUARD not in sys.meta_path
+        head_start.install_pandas_guard()
+        head_start.install_pandas_guard()
+        assert sys.meta_path.count(head_start._GUARD) == 1
         head_start.skip_pandas_probe()
+        assert not head_start._GUARD.refusing
         pa.array([1, 2]); pa.table({"a": [1]})
         assert "pandas" not in sys.modules, "imported by the probe"
         frame = pa.table({"a": [1, 2]}).to_pandas()
@@ -148,9 +154,8 @@ def test_pandas_is_not_imported_by_pyarrows_probe_but_still_there_when_asked_for
         assert pa.array(pd.Series([1, None], dtype="Int64")).to_pylist() == [1, None]
         assert pa.Table.from_pandas(pd.DataFrame({"x": [1.5]})).column("x").to_pylist() == [1.5]
 
-        del sys.modules["pandas"]  # the finder refuses only the probing thread
-        finder = head_start._NoPandasHere()
-        sys.meta_path.insert(0, finder)
+        del sys.modules["pandas"]
+        head_start._GUARD.refusing.add(threading.get_ident())
         got = []
         t = threading.Thread(target=lambda: got.append(__import__("pandas")))
         t.start(); t.join()
@@ -161,7 +166,7 @@ def test_pandas_is_not_imported_by_pyarrows_probe_but_still_there_when_asked_for
         except ImportError as exc:
             assert "not probed" in str(exc)
         else:
-            raise AssertionError("the probing thread imported pandas")
+            raise AssertionError("the refused thread imported pandas")
         print("ok")
         """
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.abc
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -95,38 +96,50 @@ def use_jemalloc() -> None:
     pa.set_memory_pool(pool)
 
 
-class _NoPandasHere(importlib.abc.MetaPathFinder):
-    """Finds no ``pandas`` for one thread (others import it as usual)."""
+class _PandasProbeGuard(importlib.abc.MetaPathFinder):
+    """Finds no ``pandas`` for the threads in :attr:`refusing` (others import it as usual)."""
 
     def __init__(self) -> None:
-        self.thread = threading.get_ident()
+        self.refusing: set[int] = set()
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
-        if fullname == "pandas" and threading.get_ident() == self.thread:
+        if fullname == "pandas" and threading.get_ident() in self.refusing:
             raise ImportError("pandas is not probed at start-up (clicklake.engines.head_start)")
         return None
 
 
+_GUARD = _PandasProbeGuard()
+
+
+def install_pandas_guard() -> None:
+    """Put the guard first in ``sys.meta_path``, once per process (it stays: it only ever refuses
+    a thread inside :func:`skip_pandas_probe`). Inserting is safe while other threads import
+    (one iterating the list sees a finder twice at worst); removing is not (one could skip a
+    finder), so it is never removed."""
+    if _GUARD not in sys.meta_path:
+        sys.meta_path.insert(0, _GUARD)
+
+
 def skip_pandas_probe() -> None:
-    """Let pyarrow's first look for pandas find none, unless pandas is already imported.
+    """Let pyarrow's first look for pandas find none, unless pandas is already imported (or the
+    guard is not installed).
 
     pyarrow imports pandas the first time it converts Python objects (``pa.array``), to tell
     pandas objects apart: ~0.3-0.45 CPU s at the start of every run, for a library the pipeline
     never uses. After a probe that found none, pyarrow imports pandas when a pandas object is
     actually asked for (``to_pandas``, ``Table.from_pandas``; ``pa.array`` of a pandas column
-    goes through its ``__arrow_array__``), so a plugin using pandas still works."""
-    import sys
-
-    if "pandas" in sys.modules:
+    goes through its ``__arrow_array__``), so a plugin using pandas still works. Only this
+    thread is refused, only during the probe."""
+    if "pandas" in sys.modules or _GUARD not in sys.meta_path:
         return
     import pyarrow as pa
 
-    finder = _NoPandasHere()
-    sys.meta_path.insert(0, finder)
+    me = threading.get_ident()
+    _GUARD.refusing.add(me)
     try:
         pa.array([0])
     finally:
-        sys.meta_path.remove(finder)
+        _GUARD.refusing.discard(me)
 
 
 class HeadStart:
@@ -154,6 +167,7 @@ class HeadStart:
         self._max_bytes = max_bytes
         self._items: list[Raw] = []
         self._stop = threading.Event()
+        install_pandas_guard()  # from the thread that starts the run, before its thread starts
         self._thread = threading.Thread(target=self._run, name="clicklake-head-start", daemon=True)
         self._thread.start()
 
