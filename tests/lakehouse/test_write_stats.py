@@ -109,7 +109,7 @@ def test_same_statistics_as_pyiceberg(props: dict[str, str], row_group_size: int
     meta = _footer(rows, row_group_size)
     assert meta.num_row_groups == -(-rows.num_rows // row_group_size)
     assert meta.row_group(0).column(0).has_dictionary_page
-    got = write._statistics(schema, props)(meta, rows.schema)
+    got = write._statistics(schema, props, parquet_path_to_id_mapping(schema))(meta, rows.schema)
     want = _pyiceberg(schema, props, meta)
     assert got == want
     if props == {}:  # the bounds are there, and truncated where they should be
@@ -134,7 +134,7 @@ def test_a_type_it_does_not_take_goes_through_pyiceberg(monkeypatch: pytest.Monk
         return original(**kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(write, "data_file_statistics_from_parquet_metadata", spy)
-    got = write._statistics(schema, {})(meta, rows.schema)
+    got = write._statistics(schema, {}, parquet_path_to_id_mapping(schema))(meta, rows.schema)
     assert calls == [1]
     assert got == _pyiceberg(schema, {}, meta)
     assert schema.find_field("dec").field_id in got["lower_bounds"]
@@ -144,7 +144,7 @@ def test_a_column_written_without_statistics() -> None:
     # PyIceberg then keeps its value count but drops its null count and bounds.
     schema, rows = _schema()
     meta = _footer(rows, 2, statistics=[n for n in rows.schema.names if n != "i"])
-    got = write._statistics(schema, {})(meta, rows.schema)
+    got = write._statistics(schema, {}, parquet_path_to_id_mapping(schema))(meta, rows.schema)
     assert got == _pyiceberg(schema, {}, meta)
     i = schema.find_field("i").field_id
     assert i in got["value_counts"] and i not in got["null_value_counts"] and i not in got["lower_bounds"]

@@ -281,34 +281,22 @@ DICTIONARY_CODEC_DEFAULT = "snappy"
 
 
 def _codecs(
-    writer_kwargs: dict[str, Any], dictionary_codec: str, dictionary: list[str]
-) -> Callable[[pa.Schema], dict[str, Any]]:
-    """The Parquet writer's arguments for a file of a given Arrow schema: the table's codec
-    (and level) on every column, except ``dictionary_codec`` on the ``dictionary`` columns."""
+    writer_kwargs: dict[str, Any], dictionary_codec: str, dictionary: list[str], paths: list[str]
+) -> dict[str, Any]:
+    """The Parquet writer's arguments: the table's codec (and level) on every leaf column of
+    ``paths`` (the file schema's Parquet paths), except ``dictionary_codec`` on the
+    ``dictionary`` columns."""
     codec = writer_kwargs["compression"]
     if dictionary_codec == codec or not dictionary:
-        return lambda schema: writer_kwargs
+        return writer_kwargs
     level = writer_kwargs.get("compression_level")
-    by_schema: dict[pa.Schema, dict[str, Any]] = {}
     chosen = set(dictionary)
-
-    def kwargs(schema: pa.Schema) -> dict[str, Any]:
-        if schema not in by_schema:
-            # A codec is set per Parquet leaf column (a struct's fields, a list's elements):
-            # their paths, from the footer of an empty file of this schema.
-            sink = pa.BufferOutputStream()
-            with pq.ParquetWriter(sink, schema) as empty:
-                pass
-            parquet_schema = empty.writer.metadata.schema
-            paths = [parquet_schema.column(i).path for i in range(len(parquet_schema))]
-            by_schema[schema] = {
-                **writer_kwargs,
-                "compression": {p: dictionary_codec if p in chosen else codec for p in paths},
-                "compression_level": None if level is None else {p: level for p in paths if p not in chosen},
-            }
-        return by_schema[schema]
-
-    return kwargs
+    return {
+        **writer_kwargs,
+        "compression": {p: dictionary_codec if p in chosen else codec for p in paths},
+        # snappy takes no level: only the other columns get the table's
+        "compression_level": None if level is None else {p: level for p in paths if p not in chosen},
+    }
 
 
 #: Iceberg types whose bounds :func:`_statistics` computes itself (their Parquet physical type
@@ -342,7 +330,7 @@ class _ColumnPlan:
 
 
 def _statistics(
-    file_schema: Schema, props: dict[str, str]
+    file_schema: Schema, props: dict[str, str], mapping: dict[str, int]
 ) -> Callable[[pq.FileMetaData, pa.Schema], dict[str, Any]]:
     """A function giving a written file's statistics, as PyIceberg's
     ``data_file_statistics_from_parquet_metadata(...).to_serialized_dict()`` gives them.
@@ -352,9 +340,8 @@ def _statistics(
     truncation transform (pydantic models) for every column of every file, ~1 CPU s for the ~300
     small files of 1M events. Here that is resolved once per file schema; what PyIceberg does
     per column is kept as is (the bounds' serialization, its truncation rules, the physical types
-    it accepts)."""
+    it accepts). ``mapping``: ``parquet_path_to_id_mapping(file_schema)``."""
     plan = compute_statistics_plan(file_schema, props)
-    mapping = parquet_path_to_id_mapping(file_schema)
     by_schema: dict[pa.Schema, list[_ColumnPlan] | None] = {}
 
     def resolve(meta: pq.FileMetaData) -> list[_ColumnPlan] | None:
@@ -492,13 +479,16 @@ def _file_writer(table: Table, small_files: bool = True) -> Callable[[WriteTask]
         if small_files
         else codec
     )
-    codecs = _codecs(writer_kwargs, dictionary_codec, dictionary)
+    # The file schema's Parquet leaf paths (a struct's fields, a list's elements), as Arrow
+    # names them: the codec is set per path, and the statistics map them to field ids.
+    mapping = parquet_path_to_id_mapping(file_schema)
+    file_kwargs = _codecs(writer_kwargs, dictionary_codec, dictionary, list(mapping))
     row_group_size = property_as_int(
         properties=props,
         property_name=TableProperties.PARQUET_ROW_GROUP_LIMIT,
         default=TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT,
     )
-    statistics = _statistics(file_schema, props)
+    statistics = _statistics(file_schema, props, mapping)
     locations = load_location_provider(table_location=meta.location, table_properties=props)
     io = table.io
 
@@ -510,7 +500,7 @@ def _file_writer(table: Table, small_files: bool = True) -> Callable[[WriteTask]
         out = io.new_output(file_path)
         with out.create(overwrite=True) as fos:
             writer = pq.ParquetWriter(
-                fos, schema=arrow_table.schema, store_decimal_as_integer=True, **codecs(arrow_table.schema)
+                fos, schema=arrow_table.schema, store_decimal_as_integer=True, **file_kwargs
             )
             with writer:
                 writer.write(arrow_table, row_group_size=row_group_size)
