@@ -15,7 +15,13 @@ def main() -> None:
     After a ``run`` that committed everything, the process ends without the interpreter's
     teardown: exit handlers still run (logs flushed, thread pools joined, temporary files
     removed), but tearing down every module and freeing a large heap object by object took
-    ~0.4 s after the work was done and reported."""
+    ~0.4 s after the work was done and reported.
+
+    numpy's OpenBLAS starts a thread per core when numpy is imported, and each busy-waits for
+    work first: ~0.13 CPU s of spinning at every start, taken from the start-up and the head
+    start's decoding on a 2-core machine. clicklake does no linear algebra (no BLAS call), so
+    one thread is enough unless the environment says otherwise."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     gc.disable()
     try:
         from clicklake import cli

@@ -229,3 +229,44 @@ def test_hex16_is_the_numpy_formatting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(dedup._hex16(np.zeros(0, dtype=np.uint64))) == 0
     monkeypatch.setattr(kernels, "_ckernels", None)
     assert dedup._hex16(values).equals(got)
+
+
+@pytest.mark.parametrize("string_type", [pa.string(), pa.large_string()])
+def test_bucket_is_pyicebergs(string_type: pa.DataType) -> None:
+    from pyiceberg.transforms import BucketTransform
+    from pyiceberg.types import StringType
+
+    rng = random.Random(11)
+    # every tail length of murmur3's 4-byte blocks, multi-byte UTF-8, empty strings and nulls
+    values = pa.array(["", "a", "ab", "abc", "abcd", "abcde", None, *_strings(rng, 2000)], string_type)
+    for buckets in (1, 7, 16, 1000, 2**31 - 1):
+        expected = BucketTransform(buckets).pyarrow_transform(StringType())(values)
+        got = kernels.iceberg_bucket(values, buckets)
+        assert got is not None
+        assert got.equals(expected), buckets
+        part = kernels.iceberg_bucket(values.slice(5, 300), buckets)
+        assert part is not None
+        assert part.equals(expected.slice(5, 300))
+    # Iceberg's spec value: bucket[N]("iceberg") = (murmur3_32("iceberg") & MAX_INT) % N,
+    # with murmur3_32("iceberg") = 1210000089 (the spec's appendix).
+    one = kernels.iceberg_bucket(pa.array(["iceberg"], string_type), 2**31 - 1)
+    assert one is not None
+    assert one.to_pylist() == [1210000089]
+    assert kernels.iceberg_bucket(pa.array([1, 2]), 16) is None
+
+
+def test_writer_partitions_strings_as_pyiceberg_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyiceberg.transforms import BucketTransform, DayTransform
+    from pyiceberg.types import StringType, TimestamptzType
+
+    from clicklake.lakehouse import write
+
+    rng = random.Random(3)
+    values = pa.array(_strings(rng, 500), pa.large_string())
+    fast = write._transform(BucketTransform(16), StringType(), values)
+    monkeypatch.setattr(kernels, "_ckernels", None)
+    slow = write._transform(BucketTransform(16), StringType(), values)
+    assert fast.equals(slow)
+    assert fast.equals(BucketTransform(16).pyarrow_transform(StringType())(values))
+    ts = pa.array([0, 86_400_000_000, None], pa.timestamp("us", tz="UTC"))
+    assert write._transform(DayTransform(), TimestamptzType(), ts).to_pylist() == [0, 1, None]

@@ -11,6 +11,9 @@
  * - replace_quoted(): in each row's text, every '"<old>"' replaced by '"<new>"' (or by 'null'
  *   when new is NULL), left to right and non-overlapping, as DuckDB's replace() does; what the
  *   ip_anonymization step does to context.ip.
+ * - bucket(): Iceberg's bucket transform of strings (murmur3_x86_32 of the UTF-8 bytes, seed 0,
+ *   sign bit cleared, modulo the bucket count), what the writer partitions events by
+ *   (bucket(16, user_key)); PyIceberg's own stays the reference the tests hold it to.
  *
  * All read Arrow arrays given as (kind, offset, validity, offsets, data) tuples and run with
  * the GIL released. Plain CPython C API, no other library; optional: where this does not
@@ -477,17 +480,93 @@ static PyObject *contains(PyObject *self, PyObject *args) {
     return buf_new((char *)out, n);
 }
 
+/* ---------------------------------------------------------------- bucket() */
+
+static inline uint32_t rotl32(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+
+/* MurmurHash3_x86_32 with seed 0, as Iceberg's spec (and Guava's murmur3_32) defines it. */
+static uint32_t murmur3_32(const uint8_t *p, size_t len) {
+    const uint32_t c1 = 0xcc9e2d51u, c2 = 0x1b873593u;
+    uint32_t h = 0, k;
+    size_t blocks = len / 4;
+    for (size_t b = 0; b < blocks; b++) {
+        memcpy(&k, p + 4 * b, 4); /* little-endian load (kernels.py checks the byte order) */
+        k *= c1;
+        k = rotl32(k, 15);
+        k *= c2;
+        h ^= k;
+        h = rotl32(h, 13);
+        h = h * 5 + 0xe6546b64u;
+    }
+    const uint8_t *tail = p + 4 * blocks;
+    k = 0;
+    switch (len & 3) {
+    case 3:
+        k ^= (uint32_t)tail[2] << 16; /* fall through */
+    case 2:
+        k ^= (uint32_t)tail[1] << 8; /* fall through */
+    case 1:
+        k ^= tail[0];
+        k *= c1;
+        k = rotl32(k, 15);
+        k *= c2;
+        h ^= k;
+    }
+    h ^= (uint32_t)len;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h;
+}
+
+static PyObject *bucket(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    PyObject *spec;
+    int buckets;
+    if (!PyArg_ParseTuple(args, "nOi", &n, &spec, &buckets)) return NULL;
+    if (n < 0 || buckets <= 0) {
+        PyErr_SetString(PyExc_ValueError, "need rows >= 0 and buckets > 0");
+        return NULL;
+    }
+    Col text;
+    if (col_parse(spec, n, &text) < 0 || text.kind == K_INT64) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bucket takes a string column");
+        col_release(&text);
+        return NULL;
+    }
+    int32_t *out = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+    if (out == NULL) {
+        col_release(&text);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *s;
+        size_t len;
+        out[i] = 0; /* a NULL's slot: the caller keeps the input's validity */
+        if (!col_valid(&text, i)) continue;
+        col_str(&text, i, &s, &len);
+        out[i] = (int32_t)((murmur3_32(s, len) & 0x7fffffffu) % (uint32_t)buckets);
+    }
+    Py_END_ALLOW_THREADS;
+    col_release(&text);
+    return buf_new((char *)out, n * (Py_ssize_t)sizeof(int32_t));
+}
+
 static PyMethodDef methods[] = {
     {"fingerprint", fingerprint, METH_VARARGS, "DuckDB's hash() over columns, per row, as uint64 bytes."},
     {"hex16", hex16, METH_VARARGS, "Native uint64 values as 16 lower-case hex digits each, in a buffer from the allocator."},
     {"contains", contains, METH_VARARGS, "Whether each text holds a byte string (null: false), as uint8 bytes."},
     {"replace_quoted", replace_quoted, METH_VARARGS,
      "Each '\"old\"' in each text replaced by '\"new\"' (null: 'null'); None when nothing changed."},
+    {"bucket", bucket, METH_VARARGS, "Iceberg's bucket transform of each string, as int32 bytes (NULL: 0)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ckernels", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__ckernels(void) {
-    return clicklake_module(&module, 1); /* ABI: what kernels.py expects of this build */
+    return clicklake_module(&module, 2); /* ABI: what kernels.py expects of this build */
 }

