@@ -84,3 +84,29 @@ def test_bots_flag_makes_class_bot(settings: Settings) -> None:
     flagged = batch.append_column("is_bot", pa.array([True]))
     out = useragent.build(settings)(flagged)
     assert out.column("dvce_class").to_pylist() == ["bot"]
+
+
+def test_crawler_list_prefilter_agrees_with_every_regex() -> None:
+    """Each pattern of the list compiles (they are compiled when first needed), and the
+    literal test before each regex changes no verdict: for every pattern's own example user
+    agents, the first matching pattern is the one a plain regex scan finds."""
+    import json
+    import re
+    from importlib import resources
+
+    data = json.loads(resources.files("crawleruseragents").joinpath("crawler-user-agents.json").read_text())
+    listed = bots._crawler_list()
+    assert [p for _, p in listed] == [e["pattern"] for e in data]
+    compiled = [re.compile(e["pattern"]) for e in data]
+    samples = [ua for e in data for ua in e.get("instances", [])][:3000]
+    assert len(samples) > 500
+    for ua in samples:
+        if not ua.strip():
+            continue
+        plain = next((m for c in compiled if (m := c.search(ua)) is not None), None)
+        verdict = bots.classify(ua)
+        if plain is None:
+            assert not verdict[1] or verdict[1].startswith("ua_pattern:"), ua
+        else:
+            name = bots._REASON_TRIM.sub("", plain.group(0).lower()) or plain.group(0)
+            assert verdict == (True, f"ua_list:{name}"), ua

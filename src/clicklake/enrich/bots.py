@@ -87,15 +87,22 @@ def required_literal(pattern: str) -> str:
 
 
 @cache
-def _crawler_list() -> tuple[tuple[str, re.Pattern[str]], ...]:
+def _crawler_list() -> tuple[tuple[str, str], ...]:
     """The ``crawler-user-agents`` patterns with their required literals (built on first use).
 
     One big alternation costs over 1 ms per user agent with ``re`` (and RE2); testing each
     pattern's literal with ``in`` first and running only the few regexes that can match is
-    about ten times faster, with the same result.
+    about ten times faster, with the same result. Each regex is compiled when a user agent
+    first holds its literal (:func:`_compiled`): compiling all 1,500 cost ~0.25 s of every
+    run's start-up, and most are never run.
     """
     data = json.loads(resources.files("crawleruseragents").joinpath("crawler-user-agents.json").read_text())
-    return tuple((required_literal(e["pattern"]), re.compile(e["pattern"])) for e in data)
+    return tuple((required_literal(e["pattern"]), e["pattern"]) for e in data)
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -112,7 +119,7 @@ def classify(user_agent: str) -> tuple[bool, str | None]:
         return (False, None)
     for literal, pattern in _crawler_list():
         if literal in user_agent:
-            match = pattern.search(user_agent)
+            match = _compiled(pattern).search(user_agent)
             if match is not None:
                 name = _REASON_TRIM.sub("", match.group(0).lower()) or match.group(0)
                 return (True, f"ua_list:{name}")
