@@ -173,3 +173,27 @@ def test_pandas_is_not_imported_by_pyarrows_probe_but_still_there_when_asked_for
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_the_head_start_begins_before_the_heavy_imports(tmp_path: Path) -> None:
+    # What `clicklake run --source files` does before the head start's thread begins (the
+    # settings, the source, the decode options) imports none of what the thread imports itself:
+    # those imports are the start-up the thread is there to overlap.
+    data = tmp_path / "in.ndjson"
+    data.write_text('{"type":"track","event":"x","messageId":"m","anonymousId":"a"}\n')
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from clicklake.config import load_settings
+        from clicklake.engines.head_start import decode_options
+        from clicklake.sources.files import FilesSource
+
+        settings = load_settings()
+        FilesSource([{str(data)!r}], chunk_bytes=settings.pipeline.read_chunk_bytes)
+        decode_options(settings)
+        heavy = sorted(m for m in ("duckdb", "numpy", "pyarrow", "pyiceberg") if m in sys.modules)
+        assert not heavy, heavy
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr

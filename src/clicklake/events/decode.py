@@ -57,7 +57,6 @@ import os
 import tempfile
 import threading
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clicklake.events.options import DecodeOptions
 from clicklake.events.schema import EVENT_COLUMNS, EVENTS_ARROW, FAILED_ARROW
 from clicklake.sources.base import Chunk, EnvelopeMode
 
@@ -158,30 +158,6 @@ _CTX_STRUCT = (
 _PROPS_STRUCT = (
     '{"url":"VARCHAR","path":"VARCHAR","title":"VARCHAR","referrer":"VARCHAR","session_id":"VARCHAR"}'
 )
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """Limits and defaults of decoding.
-
-    Attributes:
-        write_keys: Write key -> app id, for events that carry ``writeKey`` (files).
-        default_app_id: App id of file events without a known write key.
-        max_event_bytes: Largest event JSON accepted (Segment: 32 KB).
-        max_request_bytes: Largest line (request) accepted (Segment: 500 KB).
-        max_future_s: How far after the collector time a derived timestamp may be.
-        max_age_days: How far before the collector time a derived timestamp may be.
-        fast_path: Decode typical lines with DuckDB's read_json (same results, several times
-            faster); off, every line takes the exact path.
-    """
-
-    write_keys: dict[str, str] = field(default_factory=dict)
-    default_app_id: str = "default"
-    max_event_bytes: int = 32 * 1024
-    max_request_bytes: int = 500 * 1024
-    max_future_s: float = 24 * 3600.0
-    max_age_days: float = 365.0
-    fast_path: bool = True
 
 
 def lines_of(chunk: Chunk) -> tuple[pa.RecordBatch, pa.Table | None]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # only annotations: a run's head start reads files before numpy is imported
+    import numpy as np
+    import numpy.typing as npt
 
 Position = dict[str, int]
 EnvelopeMode = Literal["spool", "segment"]
