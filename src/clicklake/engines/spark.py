@@ -44,8 +44,9 @@ from clicklake.config import Settings
 from clicklake.enrich.base import Step, append_columns
 from clicklake.enrich.chain import build_chain, run_chain
 from clicklake.enrich.dedup import FINGERPRINT, fingerprints
-from clicklake.events.decode import DecodeOptions, decode, lines_of, split
+from clicklake.events.decode import decode, lines_of, split
 from clicklake.events.failures import rows_to_failures
+from clicklake.events.options import DecodeOptions
 from clicklake.events.schema import EVENT_COLUMNS, FAILED_ARROW, FAILED_COLUMNS
 from clicklake.exceptions import ConfigError, InputError
 from clicklake.lakehouse.catalog import EVENTS, FAILED_EVENTS, ensure_tables, evolve_schema, ingest_tables

@@ -65,7 +65,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clicklake.events.options import DecodeOptions
+from clicklake.events.options import DecodeOptions as DecodeOptions  # re-exported: its old home
 from clicklake.events.schema import EVENT_COLUMNS, EVENTS_ARROW, FAILED_ARROW
 from clicklake.sources.base import Chunk, EnvelopeMode
 
