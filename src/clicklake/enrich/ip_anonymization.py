@@ -9,7 +9,9 @@ rule and stays mapped. 4 octets and 8 groups keep valid addresses exactly as sen
 A value that is not an IP address at all becomes null, whatever the settings: the column is
 declared to hold an address, and a free-text value in it could identify someone.
 
-Dotted-quad IPv4 addresses are recognized and truncated by Arrow regular expressions over the\ndistinct values of a batch; anything else is parsed once per distinct value with ``ipaddress``,\nwith a bounded cache that survives across batches.
+Dotted-quad IPv4 addresses are recognized and truncated by Arrow regular expressions over the
+distinct values of a batch; anything else is parsed once per distinct value with ``ipaddress``,
+with a bounded cache that survives across batches.
 """
 
 from __future__ import annotations
