@@ -15,11 +15,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -161,6 +162,18 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+
+T = TypeVar("T")
+
+
+def median_run(runs: Sequence[T], ok: Callable[[T], bool], wall_s: Callable[[T], float]) -> T:
+    """The run that stands for several runs of one command: the first failed one, if any failed
+    (a failure is never hidden by a median), else the median by wall time (the lower of the
+    two middles for an even count). The benches repeat their timed commands because this
+    machine's speed moves 20-40 % within the hour."""
+    failed = [r for r in runs if not ok(r)]
+    return failed[0] if failed else sorted(runs, key=wall_s)[(len(runs) - 1) // 2]
 
 
 def _version(dist: str) -> str:

@@ -53,6 +53,7 @@ from _common import (
     clicklake_exe,
     machine_info,
     markdown_table,
+    median_run,
     run_measured,
     text_table,
     utc_now,
@@ -416,11 +417,9 @@ def compare_kpis(duck: Any, spark_path: Path) -> str:
 # --- 5. report -----------------------------------------------------------------------------
 
 
-def median_run(runs: list[Measured]) -> Measured:
-    """The median of several runs of one command (the lower one of two middles) with the largest
-    peak RSS of them all; the first failed run instead, if any failed."""
-    failed = [r for r in runs if not r.ok]
-    chosen = failed[0] if failed else sorted(runs, key=lambda r: r.wall_s)[(len(runs) - 1) // 2]
+def median_build(runs: list[Measured]) -> Measured:
+    """The median build (see :func:`_common.median_run`) with the largest peak RSS of them all."""
+    chosen = median_run(runs, lambda r: r.ok, lambda r: r.wall_s)
     return replace(chosen, peak_rss=max(r.peak_rss for r in runs))
 
 
@@ -444,7 +443,7 @@ def report(
     kpi_check: str,
 ) -> str:
     """Print the tables and verdicts; return the markdown section for RESULTS.md."""
-    full = median_run(fulls)
+    full = median_build(fulls)
     headers = ["engine", "seconds", "CPU s", "events/s", "peak RSS MB", "status"]
     rows = [
         ["clicklake full build", f"{full.wall_s:.2f}", _fmt_cpu(full), f"{inp.events_rows / full.wall_s:,.0f}",
@@ -686,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {run.wall_s:.2f} s, {run.cpu_s:.1f} CPU s, peak RSS {run.peak_rss / MB:,.0f} MB",
                 flush=True,
             )
-        full = median_run(fulls)
+        full = median_build(fulls)
         print("clicklake models build (incremental, nothing new) ...", flush=True)
         noop, _ = clicklake_build(workdir, full_refresh=False)
         print(f"  {noop.wall_s:.2f} s, peak RSS {noop.peak_rss / MB:,.0f} MB", flush=True)

@@ -42,6 +42,7 @@ from _common import (
     clicklake_exe,
     machine_info,
     markdown_table,
+    median_run,
     run_measured,
     text_table,
     utc_now,
@@ -149,8 +150,7 @@ class Result:
 def median_of(runs: list[Result]) -> Result:
     """The median run of one command (the lower one of two middles), carrying every run's time
     and the largest peak RSS; the first failed run instead, if any failed."""
-    failed = [r for r in runs if not r.ok]
-    chosen = failed[0] if failed else sorted(runs, key=lambda r: r.run.wall_s)[(len(runs) - 1) // 2]
+    chosen = median_run(runs, lambda r: r.ok, lambda r: r.run.wall_s)
     return replace(
         chosen,
         walls=tuple(r.run.wall_s for r in runs),

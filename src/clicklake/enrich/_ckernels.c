@@ -443,6 +443,24 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------- one string column in, n values out */
+
+/* Parse the string column of a per-row kernel and allocate its output of n values of `width`
+ * bytes (malloc'd, for buf_new). NULL with the error set (and the column released) on failure. */
+static void *text_and_out(PyObject *spec, Py_ssize_t n, Col *text, size_t width, const char *kernel) {
+    if (col_parse(spec, n, text) < 0 || text->kind == K_INT64) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s takes a string column", kernel);
+        col_release(text);
+        return NULL;
+    }
+    void *out = malloc((size_t)(n ? n : 1) * width);
+    if (out == NULL) {
+        col_release(text);
+        PyErr_NoMemory();
+    }
+    return out;
+}
+
 /* ---------------------------------------------------------------- contains() */
 
 static PyObject *contains(PyObject *self, PyObject *args) {
@@ -456,16 +474,8 @@ static PyObject *contains(PyObject *self, PyObject *args) {
         return NULL;
     }
     Col text;
-    if (col_parse(text_spec, n, &text) < 0 || text.kind == K_INT64) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "contains takes a string column");
-        col_release(&text);
-        return NULL;
-    }
-    uint8_t *out = malloc((size_t)(n ? n : 1));
-    if (out == NULL) {
-        col_release(&text);
-        return PyErr_NoMemory();
-    }
+    uint8_t *out = text_and_out(text_spec, n, &text, 1, "contains");
+    if (out == NULL) return NULL;
     Py_BEGIN_ALLOW_THREADS;
     for (Py_ssize_t i = 0; i < n; i++) {
         const uint8_t *s;
@@ -531,16 +541,8 @@ static PyObject *bucket(PyObject *self, PyObject *args) {
         return NULL;
     }
     Col text;
-    if (col_parse(spec, n, &text) < 0 || text.kind == K_INT64) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bucket takes a string column");
-        col_release(&text);
-        return NULL;
-    }
-    int32_t *out = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
-    if (out == NULL) {
-        col_release(&text);
-        return PyErr_NoMemory();
-    }
+    int32_t *out = text_and_out(spec, n, &text, sizeof(int32_t), "bucket");
+    if (out == NULL) return NULL;
     Py_BEGIN_ALLOW_THREADS;
     for (Py_ssize_t i = 0; i < n; i++) {
         const uint8_t *s;

