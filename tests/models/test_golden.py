@@ -268,6 +268,65 @@ def test_max_session_length(tmp_path: Path) -> None:
     assert [r["page_views"] for r in _sessions(s)["m"]] == [3, 3, 3, 1]
 
 
+
+def test_session_user_and_anonymous_ids_are_picked_by_time_then_event_id(tmp_path: Path) -> None:
+    # One client session (cs9): the first anonymous_id is not at its start (sessions.sql then
+    # looks for it past the start rows), and two share its first instant: the smaller event_id
+    # wins. The last user_id: two at the last instant, the larger event_id wins.
+    s = _settings(tmp_path)
+    _append(
+        s,
+        [
+            ev("k1", "2024-05-01 09:00:00", anon=None, user="u0", session="cs9"),
+            ev("k3", "2024-05-01 09:05:00", anon="a-late", session="cs9"),
+            ev("k2", "2024-05-01 09:05:00", anon="a-first", session="cs9"),
+            ev("k4", "2024-05-01 09:10:00", anon="a-first", user="u1", session="cs9"),
+            ev("k5", "2024-05-01 09:10:00", anon="a-first", user="u2", session="cs9"),
+            # cs8: the anonymous_id at the start, on two start rows: the smaller event_id wins.
+            ev("j2", "2024-05-01 10:00:00", anon="b-second", session="cs8"),
+            ev("j1", "2024-05-01 10:00:00", anon="b-first", session="cs8", type="track", name="Clicked"),
+        ],
+    )
+    build_models(s)
+    rows = run_sql(s, "SELECT client_session_id, anonymous_id, user_id, device_key, events FROM sessions").to_pylist()
+    got = {r["client_session_id"]: r for r in rows}
+    assert (got["cs9"]["anonymous_id"], got["cs9"]["user_id"], got["cs9"]["events"]) == ("a-first", "u2", 5)
+    assert got["cs9"]["device_key"] == "u0"  # of the first event (k1)
+    assert (got["cs8"]["anonymous_id"], got["cs8"]["user_id"], got["cs8"]["device_key"]) == ("b-first", None, "b-first")
+
+
+def test_engaged_time_of_long_views_and_mixed_heartbeats(tmp_path: Path) -> None:
+    # The bucket count holds past 63 buckets and across heartbeats (page_views.sql counts most
+    # views with a bitmap of bucket offsets, these two exactly).
+    ping = {"type": "track", "name": "Page Ping"}
+    s = _settings(tmp_path)
+    _append(
+        s,
+        [
+            # l1: pings at +10 and +15 s share floor(t/10); +720 s is the 72nd bucket after the
+            # view's: n = 2, engaged = 10 * (2 - 1) + 10 = 20 s, absolute = 720 s.
+            ev("lv", "2024-05-01 09:00:00", anon="l1", path="/long"),
+            ev("lp1", "2024-05-01 09:00:10", anon="l1", path="/long", **ping),
+            ev("lp2", "2024-05-01 09:00:15", anon="l1", path="/long", **ping),
+            ev("lp3", "2024-05-01 09:12:00", anon="l1", path="/long", **ping),
+            # l2: a 5 s heartbeat at +5 s (floor(t/5) = floor(t0/5) + 1) and a 10 s one at +10 s
+            # (floor(t/10) = floor(t0/10) + 1): both one bucket after the view's, but different
+            # numbers, so n = 2; heartbeat = the largest, 10: engaged = 10 * (2 - 1) + 10 = 20 s.
+            ev("mv", "2024-05-01 10:00:00", anon="l2", path="/mixed"),
+            ev("mp1", "2024-05-01 10:00:05", anon="l2", path="/mixed", props={"heartbeat": 5}, **ping),
+            ev("mp2", "2024-05-01 10:00:10", anon="l2", path="/mixed", props={"heartbeat": 10}, **ping),
+            # l3: the usual case, three pings in two buckets: engaged 20 s, absolute 25 s.
+            ev("uv", "2024-05-01 11:00:00", anon="l3", path="/usual"),
+            ev("up1", "2024-05-01 11:00:12", anon="l3", path="/usual", **ping),
+            ev("up2", "2024-05-01 11:00:15", anon="l3", path="/usual", **ping),
+            ev("up3", "2024-05-01 11:00:25", anon="l3", path="/usual", **ping),
+        ],
+    )
+    build_models(s)
+    pv = {r["page_view_id"]: r for r in run_sql(s, "SELECT * FROM page_views").to_pylist()}
+    got = {k: (pv[k]["engaged_time_s"], pv[k]["absolute_time_s"]) for k in ("lv", "mv", "uv")}
+    assert got == {"lv": (20.0, 720.0), "mv": (20.0, 10.0), "uv": (20.0, 25.0)}
+
 def _funnel_events() -> list[dict[str, Any]]:
     return [
         ev("f1a", "2024-05-01 10:00:00", anon="f1", app="fun", path="/cart"),

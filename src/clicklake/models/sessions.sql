@@ -7,14 +7,23 @@
 -- is_bounce follows models.bounce (single_pageview | not_engaged | min_duration).
 -- Cost: one hash aggregate over the events of base_events placed in their session by time range;
 -- of the few events at the instants that matter (the start, from sessionized, which has their
--- descriptive columns; the last user_id and the first anonymous_id, from base_events) the one with
--- the smallest (largest, for the user_id) event_id is then picked, instead of sorting every event
--- of every session. The exit page is the page view with the largest index (arg_max; page_path_clean
--- is never NULL), without a window over the page views.
-WITH spans AS (
-    SELECT DISTINCT key_id, session_start_us, session_end_us
+-- descriptive columns; the last user_id and the first anonymous_id) the one with the smallest
+-- (largest, for the user_id) event_id is then picked, instead of sorting every event of every
+-- session. The first anonymous_id is nearly always at the start: only a session whose start rows
+-- lack one looks for it in base_events. Everything is joined on narrow rows first (chosen, kept
+-- MATERIALIZED so that DuckDB does not reorder it into a hash table of the wide rows); the
+-- descriptive columns of the first event are read once, at the end. The exit page is the page
+-- view with the largest index (arg_max; page_path_clean is never NULL), without a window over the
+-- page views.
+WITH start_rows AS (
+    SELECT key_id, session_start_us, session_end_us, event_id, anonymous_id
     FROM sessionized
     WHERE tstamp_us = session_start_us
+),
+picks AS (
+    SELECT key_id, session_start_us, max(session_end_us) AS session_end_us, min(event_id) AS event_id
+    FROM start_rows
+    GROUP BY key_id, session_start_us
 ),
 counts AS (
     SELECT
@@ -28,17 +37,9 @@ counts AS (
         min(CASE WHEN b.anonymous_id IS NOT NULL THEN b.tstamp_us END) AS anonymous_us,
         bool_or(b.is_bot) AS is_bot{{cv_aggregates}}
     FROM base_events AS b
-    JOIN spans AS n
+    JOIN picks AS n
         ON n.key_id = b.key_id AND b.tstamp_us >= n.session_start_us AND b.tstamp_us <= n.session_end_us
     GROUP BY n.key_id, n.session_start_us
-),
-starts AS (
-    SELECT * FROM sessionized WHERE tstamp_us = session_start_us
-),
-first_pick AS (
-    SELECT key_id, session_start_us, min(event_id) AS event_id
-    FROM starts
-    GROUP BY key_id, session_start_us
 ),
 at_user AS (
     SELECT c.key_id, c.session_start_us, b.event_id, b.user_id
@@ -52,26 +53,55 @@ user_pick AS (
     GROUP BY key_id, session_start_us
 ),
 at_anonymous AS (
+    SELECT key_id, session_start_us, event_id, anonymous_id
+    FROM start_rows
+    WHERE anonymous_id IS NOT NULL
+    UNION ALL
     SELECT c.key_id, c.session_start_us, b.event_id, b.anonymous_id
     FROM counts AS c
     JOIN base_events AS b ON b.key_id = c.key_id AND b.tstamp_us = c.anonymous_us
-    WHERE b.anonymous_id IS NOT NULL
+    WHERE c.anonymous_us > c.session_start_us AND b.anonymous_id IS NOT NULL
 ),
 anonymous_pick AS (
     SELECT key_id, session_start_us, min(event_id) AS event_id
     FROM at_anonymous
     GROUP BY key_id, session_start_us
 ),
-firsts AS (
+chosen AS MATERIALIZED (
     SELECT
-        f.key_id,
-        f.session_start_us,
+        p.key_id,
+        p.session_start_us,
+        p.event_id,
+        a.anonymous_id,
+        u.user_id,
+        c.* EXCLUDE (key_id, session_start_us, user_us, anonymous_us)
+    FROM picks AS p
+    JOIN counts AS c ON c.key_id = p.key_id AND c.session_start_us = p.session_start_us
+    LEFT JOIN (
+        SELECT x.key_id, x.session_start_us, x.user_id
+        FROM at_user AS x
+        JOIN user_pick AS q
+            ON q.key_id = x.key_id
+            AND q.session_start_us = x.session_start_us
+            AND q.event_id IS NOT DISTINCT FROM x.event_id
+    ) AS u ON u.key_id = p.key_id AND u.session_start_us = p.session_start_us
+    LEFT JOIN (
+        SELECT x.key_id, x.session_start_us, x.anonymous_id
+        FROM at_anonymous AS x
+        JOIN anonymous_pick AS q
+            ON q.key_id = x.key_id
+            AND q.session_start_us = x.session_start_us
+            AND q.event_id IS NOT DISTINCT FROM x.event_id
+    ) AS a ON a.key_id = p.key_id AND a.session_start_us = p.session_start_us
+),
+agg AS (
+    SELECT
         f.app_id,
         f.session_id,
         f.client_session_id,
         coalesce(f.anonymous_id, f.user_id) AS device_key,
-        a.anonymous_id,
-        u.user_id,
+        h.anonymous_id,
+        h.user_id,
         f.local_date AS session_date,
         f.page_referrer,
         f.refr_urlhost,
@@ -92,40 +122,19 @@ firsts AS (
         f.br_family,
         f.os_family,
         f.dvce_family,
-        f.dvce_class
-    FROM starts AS f
-    JOIN first_pick AS fp
-        ON fp.key_id = f.key_id
-        AND fp.session_start_us = f.session_start_us
-        AND fp.event_id IS NOT DISTINCT FROM f.event_id
-    LEFT JOIN (
-        SELECT x.key_id, x.session_start_us, x.user_id
-        FROM at_user AS x
-        JOIN user_pick AS p
-            ON p.key_id = x.key_id
-            AND p.session_start_us = x.session_start_us
-            AND p.event_id IS NOT DISTINCT FROM x.event_id
-    ) AS u ON u.key_id = f.key_id AND u.session_start_us = f.session_start_us
-    LEFT JOIN (
-        SELECT x.key_id, x.session_start_us, x.anonymous_id
-        FROM at_anonymous AS x
-        JOIN anonymous_pick AS p
-            ON p.key_id = x.key_id
-            AND p.session_start_us = x.session_start_us
-            AND p.event_id IS NOT DISTINCT FROM x.event_id
-    ) AS a ON a.key_id = f.key_id AND a.session_start_us = f.session_start_us
-),
-agg AS (
-    SELECT
-        f.* EXCLUDE (key_id, session_start_us),
-        c.start_tstamp,
-        c.end_tstamp,
-        c.session_start_us AS start_us,
-        c.end_us,
-        c.events,
-        c.* EXCLUDE (key_id, session_start_us, events, start_tstamp, end_tstamp, end_us, user_us, anonymous_us)
-    FROM counts AS c
-    JOIN firsts AS f ON f.key_id = c.key_id AND f.session_start_us = c.session_start_us
+        f.dvce_class,
+        h.start_tstamp,
+        h.end_tstamp,
+        h.session_start_us AS start_us,
+        h.end_us,
+        h.events,
+        h.* EXCLUDE (key_id, session_start_us, event_id, anonymous_id, user_id, events, start_tstamp, end_tstamp, end_us)
+    FROM sessionized AS f
+    JOIN chosen AS h
+        ON h.key_id = f.key_id
+        AND h.session_start_us = f.session_start_us
+        AND h.event_id IS NOT DISTINCT FROM f.event_id
+    WHERE f.tstamp_us = f.session_start_us
 ),
 pv AS (
     SELECT
