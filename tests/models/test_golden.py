@@ -7,6 +7,7 @@ says otherwise), URL rule ``^/users/\\d+$ -> /users/:id``.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -268,7 +269,6 @@ def test_max_session_length(tmp_path: Path) -> None:
     assert [r["page_views"] for r in _sessions(s)["m"]] == [3, 3, 3, 1]
 
 
-
 def test_session_user_and_anonymous_ids_are_picked_by_time_then_event_id(tmp_path: Path) -> None:
     # One client session (cs9): the first anonymous_id is not at its start (sessions.sql then
     # looks for it past the start rows), and two share its first instant: the smaller event_id
@@ -288,11 +288,57 @@ def test_session_user_and_anonymous_ids_are_picked_by_time_then_event_id(tmp_pat
         ],
     )
     build_models(s)
-    rows = run_sql(s, "SELECT client_session_id, anonymous_id, user_id, device_key, events FROM sessions").to_pylist()
+    rows = run_sql(
+        s, "SELECT client_session_id, anonymous_id, user_id, device_key, events FROM sessions"
+    ).to_pylist()
     got = {r["client_session_id"]: r for r in rows}
     assert (got["cs9"]["anonymous_id"], got["cs9"]["user_id"], got["cs9"]["events"]) == ("a-first", "u2", 5)
     assert got["cs9"]["device_key"] == "u0"  # of the first event (k1)
-    assert (got["cs8"]["anonymous_id"], got["cs8"]["user_id"], got["cs8"]["device_key"]) == ("b-first", None, "b-first")
+    assert (got["cs8"]["anonymous_id"], got["cs8"]["user_id"], got["cs8"]["device_key"]) == (
+        "b-first",
+        None,
+        "b-first",
+    )
+
+
+def test_users_first_touch_from_the_first_stitched_session(tmp_path: Path) -> None:
+    # u1 is identified on two devices (ua, ub): three sessions. ua's and ub's first sessions start
+    # at the same instant, so the smaller session_id (md5 of app | session key | start in us) is
+    # the first; its landing page and referrer are u1's first touch. u2 has one session.
+    s = _settings(tmp_path)
+    ref = {"page_referrer": "https://news.example/"}
+    _append(
+        s,
+        [
+            ev("a1", "2024-05-01 09:00:00", anon="ua", path="/from-a", page_referrer="https://a.example/"),
+            ev("a2", "2024-05-01 15:00:00", anon="ua", path="/later", **ref),
+            ev("a3", "2024-05-01 15:01:00", anon="ua", user="u1", type="identify"),
+            ev("b1", "2024-05-01 09:00:00", anon="ub", path="/from-b", page_referrer="https://b.example/"),
+            ev("b2", "2024-05-01 09:02:00", anon="ub", user="u1", type="identify"),
+            ev("c1", "2024-05-01 12:00:00", anon="uc", user="u2", path="/c", **ref),
+        ],
+    )
+    build_models(s)
+    start_us = 1714554000 * 1_000_000  # 2024-05-01 09:00:00 UTC
+    first = min(
+        ("ua", "/from-a", "https://a.example/"),
+        ("ub", "/from-b", "https://b.example/"),
+        key=lambda d: hashlib.md5(f"shop|d:{d[0]}|{start_us}".encode()).hexdigest(),
+    )
+    users = {r["user_key"]: r for r in run_sql(s, "SELECT * FROM users").to_pylist()}
+    u1 = users["u1"]
+    assert (u1["sessions"], u1["page_views"]) == (3, 3)
+    assert (u1["first_landing_page_path"], u1["first_page_referrer"]) == first[1:]
+    assert (str(u1["first_seen_tstamp"])[:19], str(u1["last_seen_tstamp"])[:19]) == (
+        "2024-05-01 09:00:00",
+        "2024-05-01 15:00:00",
+    )
+    u2 = users["u2"]
+    assert (u2["sessions"], u2["first_landing_page_path"], u2["first_page_referrer"]) == (
+        1,
+        "/c",
+        "https://news.example/",
+    )
 
 
 def test_engaged_time_of_long_views_and_mixed_heartbeats(tmp_path: Path) -> None:
@@ -326,6 +372,7 @@ def test_engaged_time_of_long_views_and_mixed_heartbeats(tmp_path: Path) -> None
     pv = {r["page_view_id"]: r for r in run_sql(s, "SELECT * FROM page_views").to_pylist()}
     got = {k: (pv[k]["engaged_time_s"], pv[k]["absolute_time_s"]) for k in ("lv", "mv", "uv")}
     assert got == {"lv": (20.0, 720.0), "mv": (20.0, 10.0), "uv": (20.0, 25.0)}
+
 
 def _funnel_events() -> list[dict[str, Any]]:
     return [

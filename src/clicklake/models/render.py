@@ -211,6 +211,9 @@ def template_values(opts: ModelOptions, window: str = "true") -> dict[str, str]:
         f",\n    bool_or(cv_{c.name}_converted) AS cv_{c.name}_converted"
         for c in cvs
     )
+    user_select = "".join(
+        f",\n    cv_{c.name}_volume,\n    cv_{c.name}_value,\n    cv_{c.name}_converted" for c in cvs
+    )
     if cvs:
         first = cvs[0].name
         kpi = (
@@ -257,5 +260,6 @@ def template_values(opts: ModelOptions, window: str = "true") -> dict[str, str]:
         "engaged_min_duration_s": _num(opts.engaged_min_duration_s),
         "bounce_condition": bounce,
         "cv_user_columns": user_cols,
+        "cv_user_select": user_select,
         "kpi_columns": kpi,
     }
