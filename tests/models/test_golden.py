@@ -341,6 +341,33 @@ def test_users_first_touch_from_the_first_stitched_session(tmp_path: Path) -> No
     )
 
 
+def test_user_mapping_takes_the_latest_pair(tmp_path: Path) -> None:
+    # am: the latest derived time wins (10:05 over 10:00); of the two at 10:05, the one collected
+    # later (x3). an: same derived and collector times, the larger event_id (n2 -> z0).
+    # An alias maps its previous_id (pa -> y1).
+    s = _settings(tmp_path)
+    idf = {"type": "identify"}
+    _append(
+        s,
+        [
+            ev("m1", "2024-05-01 10:00:00", anon="am", user="x1", **idf),
+            ev("m2", "2024-05-01 10:05:00", anon="am", user="x2", collected="2024-05-01 10:05:00", **idf),
+            ev("m3", "2024-05-01 10:05:00", anon="am", user="x3", collected="2024-05-01 10:06:00", **idf),
+            ev("n1", "2024-05-01 11:00:00", anon="an", user="z1", **idf),
+            ev("n2", "2024-05-01 11:00:00", anon="an", user="z0", **idf),
+            ev("q1", "2024-05-01 12:00:00", anon=None, user="y1", type="alias", previous_id="pa"),
+        ],
+    )
+    build_models(s)
+    rows = run_sql(s, "SELECT anonymous_id, user_id, mapped_tstamp FROM user_mapping").to_pylist()
+    got = {r["anonymous_id"]: (r["user_id"], str(r["mapped_tstamp"])[:19]) for r in rows}
+    assert got == {
+        "am": ("x3", "2024-05-01 10:05:00"),
+        "an": ("z0", "2024-05-01 11:00:00"),
+        "pa": ("y1", "2024-05-01 12:00:00"),
+    }
+
+
 def test_engaged_time_of_long_views_and_mixed_heartbeats(tmp_path: Path) -> None:
     # The bucket count holds past 63 buckets and across heartbeats (page_views.sql counts most
     # views with a bitmap of bucket offsets, these two exactly).

@@ -1,8 +1,8 @@
 -- user_mapping: anonymous_id -> the user_id of the latest event (by derived time, then collector
 -- time, then event_id) that carries both, per app. Alias calls count as previous_id -> user_id.
 -- Cost: the events are read once for both kinds of pair (an alias with an anonymous_id gives
--- two); the latest time per anonymous_id is a hash aggregate; only the pairs at that time are
--- ranked (not every identified event).
+-- two); the first-ranked pair of each anonymous_id is picked by one hash aggregate (arg_max over
+-- the ranking key), instead of an aggregate for the latest time, a join and a window.
 WITH identified AS (
     SELECT
         app_id,
@@ -25,24 +25,27 @@ pairs AS (
     FROM identified
     WHERE previous_id IS NOT NULL
 ),
+-- The pair of each anonymous_id that ranks first, in one aggregate: the key's fields in ranking
+-- order, each preceded by whether it is set (a missing value ranks last, as NULLS LAST does).
 latest AS (
-    SELECT app_id, anonymous_id, max(derived_tstamp) AS derived_tstamp
+    SELECT
+        app_id,
+        anonymous_id,
+        max(derived_tstamp) AS mapped_tstamp,
+        arg_max(
+            user_id,
+            {
+                'has_derived': derived_tstamp IS NOT NULL,
+                'derived': derived_tstamp,
+                'has_collector': collector_tstamp IS NOT NULL,
+                'collector': collector_tstamp,
+                'has_event_id': event_id IS NOT NULL,
+                'event_id': event_id,
+                'user_id': user_id
+            }
+        ) AS user_id
     FROM pairs
     GROUP BY app_id, anonymous_id
-),
-ranked AS (
-    SELECT
-        p.*,
-        row_number() OVER (
-            PARTITION BY p.app_id, p.anonymous_id
-            ORDER BY p.collector_tstamp DESC, p.event_id DESC, p.user_id DESC
-        ) AS rn
-    FROM pairs AS p
-    JOIN latest AS l
-        ON l.app_id IS NOT DISTINCT FROM p.app_id
-        AND l.anonymous_id = p.anonymous_id
-        AND l.derived_tstamp IS NOT DISTINCT FROM p.derived_tstamp
 )
-SELECT app_id, anonymous_id, user_id, derived_tstamp AS mapped_tstamp
-FROM ranked
-WHERE rn = 1
+SELECT app_id, anonymous_id, user_id, mapped_tstamp
+FROM latest
