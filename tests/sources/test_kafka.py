@@ -3,8 +3,10 @@ checkpoint; a second pass reads nothing twice; messages with line breaks still m
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -110,3 +112,61 @@ def test_offsets_land_in_the_checkpoint_and_a_second_pass_adds_nothing(
         source.close()
     assert (stats.events, stats.failed, stats.skipped) == (50, 0, 0)
     assert events.refresh().scan().to_arrow().num_rows == 649
+
+
+class _ErrorsOnly:
+    """A consumer whose every poll returns one non-fatal error and no message: what a broker
+    restart looks like from the consumer (librdkafka reports timed-out requests every few
+    seconds). A stand-in: a real broker does not produce these at a pace a test can rely on."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def consume(self, num: int, timeout: float) -> list[Any]:
+        self.polls += 1
+        if self.polls > 5_000:
+            raise AssertionError("the pass never ended")
+        time.sleep(0.002)
+        return [_ErrorMessage()]
+
+    def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
+        return 0, 100
+
+
+class _ErrorMessage:
+    def error(self) -> Any:
+        return _Error()
+
+
+class _Error:
+    def fatal(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return "GroupCoordinator: timed out"
+
+
+def test_a_pass_of_consumer_errors_alone_ends_after_idle_end_s() -> None:
+    # The pass is below its high watermark (offset 5 of 100) and gets only errors: it must end
+    # once idle_end_s has passed without data, as after empty polls, so that the pipeline can
+    # stop or start the next pass.
+    from clicklake.sources.kafka import kafka_client
+
+    source = object.__new__(KafkaSource)
+    source._ck = kafka_client()
+    source.topic = "t"
+    source.batch_messages = 10
+    source.poll_timeout_s = 0.01
+    source.assign_timeout_s = 1.0
+    source.idle_end_s = 0.3
+    source._consumer = _ErrorsOnly()
+    source._next = {"t/0": 5}
+    source._assigned = {"t/0": 0}
+    source._lock = threading.Lock()
+    source._subscribed = True
+    source._lag = None
+    source._broker_down = False
+    t0 = time.monotonic()
+    assert list(source.chunks({"t/0": 5})) == []
+    assert 0.3 <= time.monotonic() - t0 < 5.0
+    assert source._consumer.polls > 1

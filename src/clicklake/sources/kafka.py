@@ -344,7 +344,7 @@ class KafkaSource:
             self._seek({k: v for k, v in start.items() if k.startswith(self.topic + "/")})
         assign_deadline = time.monotonic() + self.assign_timeout_s
         targets: dict[str, int] | None = None
-        idle = 0
+        last_data = time.monotonic()
         while True:
             if targets is None and self._assigned:
                 targets = self._high_watermarks()
@@ -353,17 +353,22 @@ class KafkaSource:
             if targets is not None and all(self._next.get(s, 0) >= h for s, h in targets.items()):
                 return
             msgs = self._consumer.consume(self.batch_messages, self.poll_timeout_s)
-            if not msgs:
-                if targets is None and time.monotonic() < assign_deadline:
-                    continue
-                idle += 1
-                # Offsets below the watermark that do not come for a while (compacted away, or
-                # the broker went away): end the pass; the next one carries on from here.
-                if targets is None or idle * self.poll_timeout_s >= self.idle_end_s:
-                    return
+            got_data = False
+            for chunk in self._to_chunks(msgs):
+                got_data = True
+                yield chunk
+            if got_data:
+                last_data = time.monotonic()
                 continue
-            idle = 0
-            yield from self._to_chunks(msgs)
+            # No data: an empty poll, or only consumer errors (a broker restarting reports
+            # them every few seconds; counting them as data kept a pass, and the pipeline's
+            # stop, waiting for ever) or messages not ours.
+            if targets is None and time.monotonic() < assign_deadline:
+                continue
+            # Offsets below the watermark that do not come for a while (compacted away, or the
+            # broker went away): end the pass; the next one carries on from here.
+            if targets is None or time.monotonic() - last_data >= self.idle_end_s:
+                return
 
     def _to_chunks(self, msgs: list[Any]) -> Iterator[Chunk]:
         by_partition: dict[int, list[Any]] = {}
