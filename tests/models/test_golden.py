@@ -341,6 +341,27 @@ def test_users_first_touch_from_the_first_stitched_session(tmp_path: Path) -> No
     )
 
 
+def test_unusable_heartbeats_count_as_missing(tmp_path: Path) -> None:
+    # Heartbeats of 0, "NaN", -5 and 1e-300 s: floor(t / heartbeat) would fail the build (0,
+    # NaN, 1e-300) or go negative (-5). Each counts as missing: the configured 10 s. Pings at
+    # +10, +20, +30 and +40 s: four buckets, engaged = 10 * (4 - 1) + 10 = 40 s.
+    ping = {"type": "track", "name": "Page Ping", "path": "/odd", "anon": "h1"}
+    s = _settings(tmp_path)
+    _append(
+        s,
+        [
+            ev("hv", "2024-05-01 09:00:00", anon="h1", path="/odd"),
+            ev("hp1", "2024-05-01 09:00:10", props={"heartbeat": 0}, **ping),
+            ev("hp2", "2024-05-01 09:00:20", props={"heartbeat": "NaN"}, **ping),
+            ev("hp3", "2024-05-01 09:00:30", props={"heartbeat": -5}, **ping),
+            ev("hp4", "2024-05-01 09:00:40", props={"heartbeat": 1e-300}, **ping),
+        ],
+    )
+    build_models(s)
+    pv = run_sql(s, "SELECT engaged_time_s, absolute_time_s FROM page_views").to_pylist()
+    assert pv == [{"engaged_time_s": 40.0, "absolute_time_s": 40.0}]
+
+
 def test_user_mapping_takes_the_latest_pair(tmp_path: Path) -> None:
     # am: the latest derived time wins (10:05 over 10:00); of the two at 10:05, the one collected
     # later (x3). an: same derived and collector times, the larger event_id (n2 -> z0).

@@ -37,7 +37,13 @@ WITH ev AS (
         END AS session_key,
         derived_tstamp,
         CASE WHEN event_type = 'track' AND event_name = 'Page Ping' THEN
-            coalesce(TRY_CAST(json_extract_string(properties, '$.heartbeat') AS DOUBLE), {{heartbeat_s}})
+            coalesce(
+                -- A heartbeat the bucket rule cannot use (zero, negative, NaN, infinite, below
+                -- 1 ms or above a day: floor(t / heartbeat) would fail the build or go negative)
+                -- counts as missing.
+                CASE WHEN hb_sent >= 0.001 AND hb_sent <= 86400 THEN hb_sent END,
+                {{heartbeat_s}}
+            )
         END AS heartbeat_s,
         CASE WHEN event_type = 'track' AND event_name = 'Page Ping' THEN
             -- Most pings carry no scroll depth: their document is parsed once (heartbeat), not thrice.
@@ -51,7 +57,14 @@ WITH ev AS (
             page_url
         END AS page_url,
         coalesce(is_bot, false) AS is_bot{{conversion_columns}}
-    FROM src_events
+    FROM (
+        SELECT
+            *,
+            CASE WHEN event_type = 'track' AND event_name = 'Page Ping' THEN
+                TRY_CAST(json_extract_string(properties, '$.heartbeat') AS DOUBLE)
+            END AS hb_sent
+        FROM src_events
+    ) AS src
 ),
 winners AS (
     SELECT _row
