@@ -47,8 +47,13 @@ at_user AS (
     JOIN base_events AS b ON b.key_id = c.key_id AND b.tstamp_us = c.user_us
     WHERE b.user_id IS NOT NULL
 ),
+-- The pick by event_id in one aggregate: a row without one counts only when no other is there,
+-- as min/max (which skip NULLs) and a join back on it did.
 user_pick AS (
-    SELECT key_id, session_start_us, max(event_id) AS event_id
+    SELECT
+        key_id,
+        session_start_us,
+        arg_max(user_id, {'has_event_id': event_id IS NOT NULL, 'event_id': event_id}) AS user_id
     FROM at_user
     GROUP BY key_id, session_start_us
 ),
@@ -63,7 +68,10 @@ at_anonymous AS (
     WHERE c.anonymous_us > c.session_start_us AND b.anonymous_id IS NOT NULL
 ),
 anonymous_pick AS (
-    SELECT key_id, session_start_us, min(event_id) AS event_id
+    SELECT
+        key_id,
+        session_start_us,
+        arg_min(anonymous_id, {'no_event_id': event_id IS NULL, 'event_id': event_id}) AS anonymous_id
     FROM at_anonymous
     GROUP BY key_id, session_start_us
 ),
@@ -77,22 +85,8 @@ chosen AS MATERIALIZED (
         c.* EXCLUDE (key_id, session_start_us, user_us, anonymous_us)
     FROM picks AS p
     JOIN counts AS c ON c.key_id = p.key_id AND c.session_start_us = p.session_start_us
-    LEFT JOIN (
-        SELECT x.key_id, x.session_start_us, x.user_id
-        FROM at_user AS x
-        JOIN user_pick AS q
-            ON q.key_id = x.key_id
-            AND q.session_start_us = x.session_start_us
-            AND q.event_id IS NOT DISTINCT FROM x.event_id
-    ) AS u ON u.key_id = p.key_id AND u.session_start_us = p.session_start_us
-    LEFT JOIN (
-        SELECT x.key_id, x.session_start_us, x.anonymous_id
-        FROM at_anonymous AS x
-        JOIN anonymous_pick AS q
-            ON q.key_id = x.key_id
-            AND q.session_start_us = x.session_start_us
-            AND q.event_id IS NOT DISTINCT FROM x.event_id
-    ) AS a ON a.key_id = p.key_id AND a.session_start_us = p.session_start_us
+    LEFT JOIN user_pick AS u ON u.key_id = p.key_id AND u.session_start_us = p.session_start_us
+    LEFT JOIN anonymous_pick AS a ON a.key_id = p.key_id AND a.session_start_us = p.session_start_us
 ),
 agg AS (
     SELECT
