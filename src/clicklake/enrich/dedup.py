@@ -53,12 +53,13 @@ _VERDICTS = pa.array(["new", "dup", "conflict"], pa.string())
 _NO_TS = np.iinfo(np.int64).max
 
 # What a resend changes: when it was sent and received, and from where. Everything else a
-# client sent is the same in a true resend.
+# client sent is the same in a true resend: the columns, and in context what they do not hold
+# (the decoder drops a context member a column holds, so the columns it came from are here).
 # A 64-bit hash is plenty: fingerprints are only ever compared between events with the same id.
 # Written as 16 lower-case hex digits (what ``printf('%016x', ...)`` gives), formatted in numpy.
 _FINGERPRINT_SQL = """hash(app_id, event_id, event_type, event_name, user_id, anonymous_id,
-    session_id, group_id, previous_id, dvce_created_tstamp, page_url, page_referrer,
-    page_title, properties, traits, context)"""
+    session_id, group_id, previous_id, dvce_created_tstamp, page_url, page_path, page_referrer,
+    page_title, user_agent, library_name, library_version, properties, traits, context)"""
 _FINGERPRINT_COLUMNS = [c.strip() for c in _FINGERPRINT_SQL[len("hash(") : -1].split(",")]
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 

@@ -1609,9 +1609,285 @@ static PyObject *line_ends(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NO)", buf, high ? Py_False : Py_True);
 }
 
+/* ---------------------------------------------------------------- strip_context() */
+
+/* The members of a decoded context that a column of the same row holds: dropped from the
+ * context text when their value is a JSON string equal to the column's (a value with an escape
+ * is kept: its text is not the column's bytes), so that a row keeps one copy of each. Emptied
+ * page and library objects go with them. In the order of decode.py's _CONTEXT_COPIES. */
+enum { SC_UA, SC_IP, SC_SESSION, SC_URL, SC_PATH, SC_TITLE, SC_REFERRER, SC_LIB_NAME, SC_LIB_VERSION, NSC };
+static const char *const SC_TOP[3] = {"userAgent", "ip", "sessionId"};
+static const char *const SC_PAGE[4] = {"url", "path", "title", "referrer"};
+static const char *const SC_LIB[2] = {"name", "version"};
+
+/* A large_string array: (offset, validity|None, offsets, data), its buffers held. */
+typedef struct {
+    Py_ssize_t offset;
+    const uint8_t *valid;
+    const int64_t *off;
+    const uint8_t *data;
+    Py_buffer views[3];
+    int held[3];
+} LCol;
+
+static void lcol_release(LCol *c) {
+    for (int i = 0; i < 3; i++)
+        if (c->held[i]) PyBuffer_Release(&c->views[i]);
+}
+
+static int lcol_parse(PyObject *spec, Py_ssize_t n, LCol *c) {
+    memset(c, 0, sizeof(*c));
+    PyObject *objs[3];
+    if (!PyArg_ParseTuple(spec, "nOOO", &c->offset, &objs[0], &objs[1], &objs[2])) return -1;
+    if (c->offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative offset");
+        return -1;
+    }
+    Py_ssize_t end = c->offset + n;
+    Py_ssize_t need[3] = {(end + 7) / 8, (end + 1) * 8, 0};
+    for (int i = 0; i < 3; i++) {
+        if (objs[i] == Py_None) {
+            if (i == 1) {
+                PyErr_SetString(PyExc_ValueError, "string column without offsets");
+                return -1;
+            }
+            continue;
+        }
+        if (PyObject_GetBuffer(objs[i], &c->views[i], PyBUF_SIMPLE) < 0) return -1;
+        c->held[i] = 1;
+        if (c->views[i].len < need[i]) {
+            PyErr_SetString(PyExc_ValueError, "column buffer too short");
+            return -1;
+        }
+    }
+    c->valid = c->held[0] ? c->views[0].buf : NULL;
+    c->off = c->views[1].buf;
+    c->data = c->held[2] ? c->views[2].buf : (const uint8_t *)"";
+    Py_ssize_t data_len = c->held[2] ? c->views[2].len : 0;
+    /* Every value within the data buffer, checked once, so the loop can trust the offsets. */
+    for (Py_ssize_t i = c->offset; i <= end; i++) {
+        int64_t o = c->off[i];
+        if (o < 0 || o > data_len || (i > c->offset && o < c->off[i - 1])) {
+            PyErr_SetString(PyExc_ValueError, "string offsets out of range");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *s;
+    size_t len;
+    int valid;
+} Want;
+
+static inline void lcol_get(const LCol *c, Py_ssize_t i, Want *w) {
+    Py_ssize_t j = c->offset + i;
+    w->valid = c->valid == NULL || (c->valid[j >> 3] >> (j & 7)) & 1;
+    w->s = c->data + c->off[j];
+    w->len = (size_t)(c->off[j + 1] - c->off[j]);
+}
+
+/* p at '"': past the closing quote (NULL: none); *esc set when the string has a backslash. */
+static const uint8_t *sc_string(const uint8_t *p, const uint8_t *e, int *esc) {
+    for (p++; p < e; p++) {
+        if (*p == '"') return p + 1;
+        if (*p == '\\') {
+            *esc = 1;
+            p++;
+        }
+    }
+    return NULL;
+}
+
+/* p at a value: past its end (NULL: malformed). */
+static const uint8_t *sc_value(const uint8_t *p, const uint8_t *e) {
+    int esc = 0;
+    if (p >= e) return NULL;
+    if (*p == '"') return sc_string(p, e, &esc);
+    if (*p == '{' || *p == '[') {
+        long depth = 0;
+        while (p < e) {
+            if (*p == '"') {
+                p = sc_string(p, e, &esc);
+                if (p == NULL) return NULL;
+                continue;
+            }
+            if (*p == '{' || *p == '[')
+                depth++;
+            else if ((*p == '}' || *p == ']') && --depth == 0)
+                return p + 1;
+            p++;
+        }
+        return NULL;
+    }
+    const uint8_t *q = p;
+    while (q < e && *q != ',' && *q != '}' && *q != ']') q++;
+    return q > p ? q : NULL;
+}
+
+static inline int sc_key(const uint8_t *k, size_t klen, const char *name) {
+    return strlen(name) == klen && memcmp(k, name, klen) == 0;
+}
+
+/* The object [s, e) written at out + *olen without the members names[i] whose value is a JSON
+ * string without escapes equal to want[i]; at the top, page and library are stripped the same
+ * way (and dropped when that empties them). Returns how many members were dropped (0: what
+ * was written is of no use), -1 when the text is not a compact JSON object. *kept: members
+ * written. Never writes more than e - s bytes. */
+static int sc_strip(const uint8_t *s, const uint8_t *e, int top, const char *const *names, int nn,
+                    const Want *want, uint8_t *out, size_t *olen, int *kept_out) {
+    const uint8_t *p = s;
+    size_t o = *olen;
+    int dropped = 0, kept = 0;
+    if (e - p < 2 || *p != '{' || e[-1] != '}') return -1;
+    out[o++] = '{';
+    p++;
+    if (*p == '}') return p + 1 == e ? 0 : -1;
+    for (;;) {
+        int esc = 0;
+        if (p >= e || *p != '"') return -1;
+        const uint8_t *k = p, *ke = sc_string(p, e, &esc);
+        if (ke == NULL || ke >= e || *ke != ':') return -1;
+        const uint8_t *v = ke + 1, *ve = sc_value(v, e);
+        if (ve == NULL) return -1;
+        size_t klen = (size_t)(ke - k) - 2;
+        int handled = 0;
+        if (!esc && *v == '"') {
+            for (int i = 0; i < nn && !handled; i++) {
+                const Want *w = &want[i];
+                size_t vlen = (size_t)(ve - v) - 2;
+                if (w->valid && sc_key(k + 1, klen, names[i]) && vlen == w->len &&
+                    memchr(v + 1, '\\', vlen) == NULL && memcmp(v + 1, w->s, vlen) == 0) {
+                    dropped++;
+                    handled = 1;
+                }
+            }
+        } else if (top && !esc && *v == '{') {
+            int page = sc_key(k + 1, klen, "page"), lib = sc_key(k + 1, klen, "library");
+            if (page || lib) {
+                size_t mark = o;
+                if (kept) out[o++] = ',';
+                memcpy(out + o, k, (size_t)(v - k)); /* "page": */
+                size_t inner = o + (size_t)(v - k);
+                int ikept = 0;
+                int r = sc_strip(v, ve, 0, page ? SC_PAGE : SC_LIB, page ? 4 : 2,
+                                 want + (page ? SC_URL : SC_LIB_NAME), out, &inner, &ikept);
+                if (r < 0) return -1;
+                if (r > 0) {
+                    dropped += r;
+                    handled = 1;
+                    if (ikept) {
+                        o = inner;
+                        kept++;
+                    } else {
+                        o = mark; /* emptied: the member goes too */
+                    }
+                } else {
+                    o = mark;
+                }
+            }
+        }
+        if (!handled) {
+            if (kept) out[o++] = ',';
+            memcpy(out + o, k, (size_t)(ve - k));
+            o += (size_t)(ve - k);
+            kept++;
+        }
+        p = ve;
+        if (p < e && *p == ',') {
+            p++;
+            continue;
+        }
+        if (p + 1 == e && *p == '}') break;
+        return -1;
+    }
+    out[o++] = '}';
+    *olen = o;
+    *kept_out = kept;
+    return dropped;
+}
+
+/* strip_context(n, context, columns): the context column (a large_string array spec) without
+ * the members the columns hold (NSC large_string array specs, in SC_* order): (offsets, data)
+ * buffers, or None when no row changed. */
+static PyObject *strip_context(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    PyObject *text_spec, *col_specs;
+    if (!PyArg_ParseTuple(args, "nOO!", &n, &text_spec, &PyTuple_Type, &col_specs)) return NULL;
+    if (n < 0 || PyTuple_GET_SIZE(col_specs) != NSC) {
+        PyErr_Format(PyExc_ValueError, "need rows >= 0 and %d columns", NSC);
+        return NULL;
+    }
+    LCol cols[NSC + 1];
+    int parsed = 0;
+    for (; parsed <= NSC; parsed++) {
+        PyObject *spec = parsed == 0 ? text_spec : PyTuple_GET_ITEM(col_specs, parsed - 1);
+        if (lcol_parse(spec, n, &cols[parsed]) < 0) {
+            for (int j = 0; j <= parsed; j++) lcol_release(&cols[j]);
+            return NULL;
+        }
+    }
+    const LCol *text = &cols[0];
+    size_t total = (size_t)(text->off[text->offset + n] - text->off[text->offset]);
+    int64_t *offsets = malloc((size_t)(n + 1) * sizeof(int64_t));
+    uint8_t *out = malloc(total + 1);
+    PyObject *result = NULL;
+    if (offsets == NULL || out == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    size_t o = 0;
+    Py_ssize_t changed = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    offsets[0] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Want t, want[NSC];
+        lcol_get(text, i, &t);
+        if (t.valid && t.len) {
+            for (int c = 0; c < NSC; c++) lcol_get(&cols[c + 1], i, &want[c]);
+            size_t start = o;
+            int kept = 0;
+            int r = sc_strip(t.s, t.s + t.len, 1, SC_TOP, 3, want, out, &o, &kept);
+            if (r > 0) {
+                changed++;
+            } else {
+                memcpy(out + start, t.s, t.len);
+                o = start + t.len;
+            }
+        }
+        offsets[i + 1] = (int64_t)o;
+    }
+    Py_END_ALLOW_THREADS;
+    if (changed == 0) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    uint8_t *fit = realloc(out, o ? o : 1); /* shrinking: no copy */
+    if (fit != NULL) out = fit;
+    PyObject *ob = buf_new((char *)offsets, (n + 1) * (Py_ssize_t)sizeof(int64_t));
+    offsets = NULL;
+    if (ob == NULL) goto done;
+    PyObject *db = buf_new((char *)out, (Py_ssize_t)o);
+    out = NULL;
+    if (db == NULL) {
+        Py_DECREF(ob);
+        goto done;
+    }
+    result = Py_BuildValue("(NN)", ob, db);
+done:
+    free(offsets);
+    free(out);
+    for (int j = 0; j <= NSC; j++) lcol_release(&cols[j]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"line_ends", line_ends, METH_VARARGS, "Offsets past each line break, and whether the bytes are all ASCII."},
     {"decode_lines", decode_lines, METH_VARARGS, "Decode typical Segment lines; flag the others for fallback."},
+    {"strip_context", strip_context, METH_VARARGS,
+     "The context column without the members its row's columns hold; None when no row changed."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1624,5 +1900,5 @@ PyMODINIT_FUNC PyInit__cdecode(void) {
     for (int i = 0; i < NX; i++) CTX_LENS[i] = (uint8_t)strlen(CTX_NAMES[i]);
     for (int i = 0; i < NP; i++) PROPS_LENS[i] = (uint8_t)strlen(PROPS_NAMES[i]);
     for (int i = 0; i < NL; i++) LIB_LENS[i] = (uint8_t)strlen(LIB_NAMES[i]);
-    return clicklake_module(&module, 1); /* ABI: what decode.py expects of this build */
+    return clicklake_module(&module, 2); /* ABI: what decode.py expects of this build */
 }

@@ -46,6 +46,13 @@ timestamp_out_of_range validate  ``derived_tstamp`` more than ``max_future_s`` a
 An event without ``messageId`` gets a deterministic id, ``md5:`` + the MD5 of its app id and
 JSON, so a resent copy gets the same id. Top-level fields the decoder does not map are kept in
 ``context`` under ``_unmapped``; nothing a client sent is thrown away.
+
+``context`` holds the rest of what was sent: a member whose value the row's columns already
+hold (``userAgent``, ``ip``, ``sessionId``, ``page.url/path/title/referrer``,
+``library.name/version``, see :data:`CONTEXT_COPIES`) is dropped from it when that value is a
+JSON string equal to the column's, so a row stores it once (a third of a typical context). A
+value that differs, is not a string or has an escape in its JSON text stays; a ``page`` or
+``library`` object emptied this way goes too.
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ from clicklake.sources.base import Chunk, EnvelopeMode
 
 # The compiled fast path (_cdecode.c). Without it (no compiler at install time, or a build older
 # than this file) decoding takes the DuckDB paths alone, slower, with the same results.
-_CDECODE_ABI = 1
+_CDECODE_ABI = 2
 try:
     from clicklake.events import _cdecode  # type: ignore[attr-defined]
 except ImportError as exc:
@@ -705,6 +712,161 @@ def _connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
+#: What :func:`strip_context` drops from ``context``: (column, member path), in the order the
+#: compiled kernel takes the columns (``_cdecode.c``'s ``SC_*``).
+CONTEXT_COPIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("user_agent", ("userAgent",)),
+    ("user_ipaddress", ("ip",)),
+    ("session_id", ("sessionId",)),
+    ("page_url", ("page", "url")),
+    ("page_path", ("page", "path")),
+    ("page_title", ("page", "title")),
+    ("page_referrer", ("page", "referrer")),
+    ("library_name", ("library", "name")),
+    ("library_version", ("library", "version")),
+)
+
+
+def strip_context(decoded: pa.Table) -> pa.Table:
+    """``decoded`` with each row's ``context`` rid of the members its columns hold
+    (:data:`CONTEXT_COPIES`; see the module's docstring). Every decode path ends here, so the
+    text is the same whichever path decoded a row (dedup's fingerprint hashes it).
+
+    The compiled kernel when it is built, else :func:`strip_context_text` row by row (the
+    reference the tests hold the kernel to).
+    """
+    if decoded.num_rows == 0 or decoded.column("context").null_count == decoded.num_rows:
+        return decoded
+    names = [name for name, _ in CONTEXT_COPIES]
+    chunks = []
+    for batch in decoded.select(["context", *names]).to_batches():
+        context = batch.column(0)
+        if _cdecode is not None:
+            out = _cdecode.strip_context(len(context), _large_spec(context), tuple(_large_spec(c) for c in batch.columns[1:]))
+            if out is not None:
+                validity = context.buffers()[0] if context.null_count else None
+                context = pa.LargeStringArray.from_buffers(
+                    len(context), pa.py_buffer(out[0]), pa.py_buffer(out[1]), validity, context.null_count
+                )
+        else:
+            columns = [c.to_pylist() for c in batch.columns[1:]]
+            context = pa.array(
+                [
+                    None if text is None else strip_context_text(text, [col[i] for col in columns])
+                    for i, text in enumerate(context.to_pylist())
+                ],
+                pa.large_string(),
+            )
+        chunks.append(context)
+    index = decoded.schema.get_field_index("context")
+    return decoded.set_column(index, decoded.schema.field(index), pa.chunked_array(chunks, pa.large_string()))
+
+
+def _large_spec(values: pa.Array) -> tuple[int, Any, Any, Any]:
+    """How the kernel reads a ``large_string`` array: (offset, validity, offsets, data)."""
+    validity, offsets, data = values.buffers()
+    return (values.offset, validity if values.null_count else None, offsets, data)
+
+
+def strip_context_text(text: str, values: list[str | None]) -> str:
+    """One ``context``'s text without the members ``values`` hold (one value per entry of
+    :data:`CONTEXT_COPIES`, in its order); the text as it is when nothing is dropped or it is
+    not a compact JSON object (what the decoders write)."""
+    top = {path[0]: value for (_, path), value in zip(CONTEXT_COPIES, values, strict=True) if len(path) == 1}
+    nested: dict[str, dict[str, str | None]] = {}
+    for (_, path), value in zip(CONTEXT_COPIES, values, strict=True):
+        if len(path) == 2:
+            nested.setdefault(path[0], {})[path[1]] = value
+    try:
+        out, dropped, _ = _strip_object(text, 0, len(text), top, nested)
+    except (ValueError, IndexError):
+        return text
+    return out if dropped else text
+
+
+def _strip_object(
+    text: str, start: int, end: int, want: dict[str, str | None], nested: dict[str, dict[str, str | None]]
+) -> tuple[str, int, int]:
+    """The object ``text[start:end]`` without the members ``want`` (and ``nested``, one level
+    down) name: ``(text, members dropped, members kept)``; ValueError when malformed."""
+    if end - start < 2 or text[start] != "{" or text[end - 1] != "}":
+        raise ValueError("not an object")
+    if end - start == 2:
+        return text[start:end], 0, 0
+    kept: list[str] = []
+    dropped, p = 0, start + 1
+    while True:
+        if text[p] != '"':
+            raise ValueError("no key")
+        key_end = _string_end(text, p, end)
+        key = text[p + 1 : key_end - 1]
+        if key_end >= end or text[key_end] != ":":
+            raise ValueError("no colon")
+        v = key_end + 1
+        v_end = _value_end(text, v, end)
+        member = text[p:v_end]
+        escaped_key = "\\" in key
+        if not escaped_key and text[v] == '"' and key in want:
+            value = text[v + 1 : v_end - 1]
+            if want[key] is not None and "\\" not in value and value == want[key]:
+                dropped += 1
+                member = ""
+        elif not escaped_key and text[v] == "{" and key in nested:
+            inner, inner_dropped, inner_kept = _strip_object(text, v, v_end, nested[key], {})
+            if inner_dropped:
+                dropped += inner_dropped
+                member = text[p:v] + inner if inner_kept else ""
+        if member:
+            kept.append(member)
+        p = v_end
+        if p < end and text[p] == ",":
+            p += 1
+            continue
+        if p == end - 1:
+            break
+        raise ValueError("no comma")
+    return "{" + ",".join(kept) + "}", dropped, len(kept)
+
+
+def _string_end(text: str, p: int, end: int) -> int:
+    """Past the closing quote of the string at ``text[p]``."""
+    p += 1
+    while p < end:
+        if text[p] == '"':
+            return p + 1
+        p += 2 if text[p] == "\\" else 1
+    raise ValueError("unterminated string")
+
+
+def _value_end(text: str, p: int, end: int) -> int:
+    """Past the end of the JSON value at ``text[p]``."""
+    if p >= end:
+        raise ValueError("no value")
+    if text[p] == '"':
+        return _string_end(text, p, end)
+    if text[p] in "{[":
+        depth = 0
+        while p < end:
+            c = text[p]
+            if c == '"':
+                p = _string_end(text, p, end)
+                continue
+            if c in "{[":
+                depth += 1
+            elif c in "}]":
+                depth -= 1
+                if depth == 0:
+                    return p + 1
+            p += 1
+        raise ValueError("unterminated")
+    q = p
+    while q < end and text[q] not in ",}]":
+        q += 1
+    if q == p:
+        raise ValueError("no value")
+    return q
+
+
 def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, now_us: int) -> pa.Table:
     """Decode and validate a batch of lines.
 
@@ -720,11 +882,11 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
         A table of :data:`DECODED_ARROW`: good events have ``error_type`` NULL.
     """
     if not options.fast_path or lines.num_rows == 0:
-        return _in_source_order(_run_exact(mode, lines, options, now_us))
+        return strip_context(_in_source_order(_run_exact(mode, lines, options, now_us)))
     if _cdecode is None:
         _note_compiled_missing()
-        return _in_source_order(_decode_duckdb(lines, mode, options, now_us))
-    return _decode_compiled(lines, mode, options, now_us)
+        return strip_context(_in_source_order(_decode_duckdb(lines, mode, options, now_us)))
+    return strip_context(_decode_compiled(lines, mode, options, now_us))
 
 
 def _note_compiled_missing() -> None:
