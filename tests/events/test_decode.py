@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 
 import clicklake.events.decode as decode_module
@@ -477,3 +478,68 @@ def test_a_500_kb_batch_of_hundreds_of_events_decodes_within_the_memory_limit() 
     good, bad = run([line.rstrip(b"\n")], mode="spool")
     assert bad == []
     assert [r["event_id"] for r in good] == [f"m{j}" for j in range(500)]
+
+
+_NO_COPIES = dict.fromkeys((name for name, _ in decode_module.CONTEXT_COPIES), None)
+
+
+@pytest.mark.parametrize(
+    ("context", "columns", "expected"),
+    [
+        # every copy goes, the rest stays in its order
+        (
+            '{"locale":"en","userAgent":"UA/1","ip":"192.0.2.1","page":{"url":"u","search":"?q"},'
+            '"library":{"name":"js","version":"2"},"sessionId":"s1"}',
+            {
+                "user_agent": "UA/1",
+                "user_ipaddress": "192.0.2.1",
+                "page_url": "u",
+                "library_name": "js",
+                "library_version": "2",
+                "session_id": "s1",
+            },
+            '{"locale":"en","page":{"search":"?q"}}',
+        ),
+        # a value that differs from its column, or is not a string, is not a copy
+        (
+            '{"ip":"192.0.2.1","sessionId":123}',
+            {"user_ipaddress": "192.0.2.9", "session_id": "123"},
+            '{"ip":"192.0.2.1","sessionId":123}',
+        ),
+        # an escape in the JSON text: kept (its text is not the column's bytes)
+        ('{"userAgent":"a\\"b"}', {"user_agent": 'a"b'}, '{"userAgent":"a\\"b"}'),
+        # a page emptied by the strip goes; one sent empty stays
+        ('{"page":{"url":"u"},"library":{}}', {"page_url": "u"}, '{"library":{}}'),
+        # only the members the columns come from: not the same name elsewhere
+        (
+            '{"device":{"userAgent":"UA"},"traits":{"ip":"192.0.2.1"}}',
+            {"user_agent": "UA", "user_ipaddress": "192.0.2.1"},
+            '{"device":{"userAgent":"UA"},"traits":{"ip":"192.0.2.1"}}',
+        ),
+        # a duplicate key is dropped when it is a copy too
+        ('{"ip":"192.0.2.1","x":1,"ip":"192.0.2.1"}', {"user_ipaddress": "192.0.2.1"}, '{"x":1}'),
+        # unmapped fields are never columns
+        (
+            '{"userAgent":"UA","_unmapped":{"integrations":{}}}',
+            {"user_agent": "UA"},
+            '{"_unmapped":{"integrations":{}}}',
+        ),
+        # all of it copies: an empty object (a context was sent)
+        ('{"userAgent":"UA"}', {"user_agent": "UA"}, "{}"),
+        # not what the decoders write: left as it is
+        ('{"userAgent":"UA",}', {"user_agent": "UA"}, '{"userAgent":"UA",}'),
+        (None, {"user_agent": "UA"}, None),
+    ],
+)
+def test_context_keeps_what_no_column_holds(
+    context: str | None, columns: dict[str, str], expected: str | None, path: str
+) -> None:
+    """The compiled kernel (path "compiled") and the Python reference (the other paths) drop
+    exactly the members a column holds."""
+    values = {**_NO_COPIES, **columns}
+    table = pa.table(
+        {"context": pa.array([context, '{"a":1}'], pa.large_string())}
+        | {name: pa.array([value, None], pa.large_string()) for name, value in values.items()}
+    )
+    out = decode_module.strip_context(table).column("context").to_pylist()
+    assert out == [expected, '{"a":1}']

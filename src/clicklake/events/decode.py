@@ -742,7 +742,9 @@ def strip_context(decoded: pa.Table) -> pa.Table:
     for batch in decoded.select(["context", *names]).to_batches():
         context = batch.column(0)
         if _cdecode is not None:
-            out = _cdecode.strip_context(len(context), _large_spec(context), tuple(_large_spec(c) for c in batch.columns[1:]))
+            out = _cdecode.strip_context(
+                len(context), _large_spec(context), tuple(_large_spec(c) for c in batch.columns[1:])
+            )
             if out is not None:
                 validity = context.buffers()[0] if context.null_count else None
                 context = pa.LargeStringArray.from_buffers(
