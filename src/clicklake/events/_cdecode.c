@@ -1619,6 +1619,7 @@ enum { SC_UA, SC_IP, SC_SESSION, SC_URL, SC_PATH, SC_TITLE, SC_REFERRER, SC_LIB_
 static const char *const SC_TOP[3] = {"userAgent", "ip", "sessionId"};
 static const char *const SC_PAGE[4] = {"url", "path", "title", "referrer"};
 static const char *const SC_LIB[2] = {"name", "version"};
+static const size_t SC_TOP_LENS[3] = {9, 2, 9}, SC_PAGE_LENS[4] = {3, 4, 5, 8}, SC_LIB_LENS[2] = {4, 7};
 
 /* A large_string array: (offset, validity|None, offsets, data), its buffers held. */
 typedef struct {
@@ -1688,28 +1689,19 @@ static inline void lcol_get(const LCol *c, Py_ssize_t i, Want *w) {
     w->len = (size_t)(c->off[j + 1] - c->off[j]);
 }
 
-/* p at '"': past the closing quote (NULL: none); *esc set when the string has a backslash. */
-static const uint8_t *sc_string(const uint8_t *p, const uint8_t *e, int *esc) {
-    for (p++; p < e; p++) {
-        if (*p == '"') return p + 1;
-        if (*p == '\\') {
-            *esc = 1;
-            p++;
-        }
-    }
-    return NULL;
-}
+/* p at '"': past the closing quote (NULL: none). Escapes are only skipped: a key or value with
+ * one never equals a name or a column's bytes, which the callers compare. */
+static inline const uint8_t *sc_string(const uint8_t *p, const uint8_t *e) { return skip_string_fast(p + 1, e); }
 
 /* p at a value: past its end (NULL: malformed). */
 static const uint8_t *sc_value(const uint8_t *p, const uint8_t *e) {
-    int esc = 0;
     if (p >= e) return NULL;
-    if (*p == '"') return sc_string(p, e, &esc);
+    if (*p == '"') return sc_string(p, e);
     if (*p == '{' || *p == '[') {
         long depth = 0;
         while (p < e) {
             if (*p == '"') {
-                p = sc_string(p, e, &esc);
+                p = sc_string(p, e);
                 if (p == NULL) return NULL;
                 continue;
             }
@@ -1726,8 +1718,10 @@ static const uint8_t *sc_value(const uint8_t *p, const uint8_t *e) {
     return q > p ? q : NULL;
 }
 
-static inline int sc_key(const uint8_t *k, size_t klen, const char *name) {
-    return strlen(name) == klen && memcmp(k, name, klen) == 0;
+/* Whether key k (klen bytes, no quotes) is name; the length and first byte first, as a key is
+ * compared with several names and most are none of them. */
+static inline int sc_key(const uint8_t *k, size_t klen, const char *name, size_t nlen) {
+    return klen == nlen && k[0] == (uint8_t)name[0] && memcmp(k, name, klen) == 0;
 }
 
 /* The object [s, e) written at out + *olen without the members names[i] whose value is a JSON
@@ -1735,7 +1729,7 @@ static inline int sc_key(const uint8_t *k, size_t klen, const char *name) {
  * way (and dropped when that empties them). Returns how many members were dropped (0: what
  * was written is of no use), -1 when the text is not a compact JSON object. *kept: members
  * written. Never writes more than e - s bytes. */
-static int sc_strip(const uint8_t *s, const uint8_t *e, int top, const char *const *names, int nn,
+static int sc_strip(const uint8_t *s, const uint8_t *e, int top, const char *const *names, const size_t *lens, int nn,
                     const Want *want, uint8_t *out, size_t *olen, int *kept_out) {
     const uint8_t *p = s;
     size_t o = *olen;
@@ -1745,33 +1739,32 @@ static int sc_strip(const uint8_t *s, const uint8_t *e, int top, const char *con
     p++;
     if (*p == '}') return p + 1 == e ? 0 : -1;
     for (;;) {
-        int esc = 0;
         if (p >= e || *p != '"') return -1;
-        const uint8_t *k = p, *ke = sc_string(p, e, &esc);
+        const uint8_t *k = p, *ke = sc_string(p, e);
         if (ke == NULL || ke >= e || *ke != ':') return -1;
         const uint8_t *v = ke + 1, *ve = sc_value(v, e);
         if (ve == NULL) return -1;
         size_t klen = (size_t)(ke - k) - 2;
         int handled = 0;
-        if (!esc && *v == '"') {
+        if (*v == '"') {
             for (int i = 0; i < nn && !handled; i++) {
                 const Want *w = &want[i];
                 size_t vlen = (size_t)(ve - v) - 2;
-                if (w->valid && sc_key(k + 1, klen, names[i]) && vlen == w->len &&
+                if (w->valid && vlen == w->len && sc_key(k + 1, klen, names[i], lens[i]) &&
                     memchr(v + 1, '\\', vlen) == NULL && memcmp(v + 1, w->s, vlen) == 0) {
                     dropped++;
                     handled = 1;
                 }
             }
-        } else if (top && !esc && *v == '{') {
-            int page = sc_key(k + 1, klen, "page"), lib = sc_key(k + 1, klen, "library");
+        } else if (top && *v == '{') {
+            int page = sc_key(k + 1, klen, "page", 4), lib = sc_key(k + 1, klen, "library", 7);
             if (page || lib) {
                 size_t mark = o;
                 if (kept) out[o++] = ',';
                 memcpy(out + o, k, (size_t)(v - k)); /* "page": */
                 size_t inner = o + (size_t)(v - k);
                 int ikept = 0;
-                int r = sc_strip(v, ve, 0, page ? SC_PAGE : SC_LIB, page ? 4 : 2,
+                int r = sc_strip(v, ve, 0, page ? SC_PAGE : SC_LIB, page ? SC_PAGE_LENS : SC_LIB_LENS, page ? 4 : 2,
                                  want + (page ? SC_URL : SC_LIB_NAME), out, &inner, &ikept);
                 if (r < 0) return -1;
                 if (r > 0) {
@@ -1848,7 +1841,7 @@ static PyObject *strip_context(PyObject *self, PyObject *args) {
             for (int c = 0; c < NSC; c++) lcol_get(&cols[c + 1], i, &want[c]);
             size_t start = o;
             int kept = 0;
-            int r = sc_strip(t.s, t.s + t.len, 1, SC_TOP, 3, want, out, &o, &kept);
+            int r = sc_strip(t.s, t.s + t.len, 1, SC_TOP, SC_TOP_LENS, 3, want, out, &o, &kept);
             if (r > 0) {
                 changed++;
             } else {
