@@ -1724,79 +1724,104 @@ static inline int sc_key(const uint8_t *k, size_t klen, const char *name, size_t
     return klen == nlen && k[0] == (uint8_t)name[0] && memcmp(k, name, klen) == 0;
 }
 
-/* The object [s, e) written at out + *olen without the members names[i] whose value is a JSON
- * string without escapes equal to want[i]; at the top, page and library are stripped the same
- * way (and dropped when that empties them). Returns how many members were dropped (0: what
- * was written is of no use), -1 when the text is not a compact JSON object. *kept: members
- * written. Never writes more than e - s bytes. */
-static int sc_strip(const uint8_t *s, const uint8_t *e, int top, const char *const *names, const size_t *lens, int nn,
-                    const Want *want, uint8_t *out, size_t *olen, int *kept_out) {
-    const uint8_t *p = s;
-    size_t o = *olen;
+/* Spans of a context's text to cut out, in order. */
+typedef struct {
+    const uint8_t *a, *b;
+} Cut;
+
+typedef struct {
+    Cut *c;
+    size_t n, cap;
+    int oom;
+} Cuts;
+
+static void cut_add(Cuts *cs, const uint8_t *a, const uint8_t *b) {
+    if (cs->n == cs->cap) {
+        size_t cap = cs->cap ? 2 * cs->cap : 64;
+        Cut *c2 = realloc(cs->c, cap * sizeof(Cut));
+        if (c2 == NULL) {
+            cs->oom = 1;
+            return;
+        }
+        cs->c = c2;
+        cs->cap = cap;
+    }
+    cs->c[cs->n].a = a;
+    cs->c[cs->n++].b = b;
+}
+
+/* Scan the object at p (its '{') to past its '}' (*end), adding to cs the spans that drop the
+ * members names[i] whose value is a JSON string without escapes equal to want[i]; at the top,
+ * page and library are stripped the same way (and dropped whole when that empties them). A
+ * dropped member goes with the comma before it when a member before it stays, else with the
+ * comma after it: what is left is the kept members joined by commas, as the text was written.
+ * Returns how many members were dropped, -1 when the text is not a compact JSON object;
+ * *kept: members kept. */
+static int sc_object(const uint8_t *p, const uint8_t *e, int top, const char *const *names, const size_t *lens,
+                     int nn, const Want *want, Cuts *cs, const uint8_t **end, int *kept_out) {
     int dropped = 0, kept = 0;
-    if (e - p < 2 || *p != '{' || e[-1] != '}') return -1;
-    out[o++] = '{';
+    if (p >= e || *p != '{') return -1;
     p++;
-    if (*p == '}') return p + 1 == e ? 0 : -1;
+    if (p < e && *p == '}') {
+        *end = p + 1;
+        *kept_out = 0;
+        return 0;
+    }
     for (;;) {
+        const uint8_t *m = p;
         if (p >= e || *p != '"') return -1;
-        const uint8_t *k = p, *ke = sc_string(p, e);
+        const uint8_t *ke = sc_string(p, e);
         if (ke == NULL || ke >= e || *ke != ':') return -1;
-        const uint8_t *v = ke + 1, *ve = sc_value(v, e);
-        if (ve == NULL) return -1;
-        size_t klen = (size_t)(ke - k) - 2;
-        int handled = 0;
-        if (*v == '"') {
-            for (int i = 0; i < nn && !handled; i++) {
-                const Want *w = &want[i];
+        size_t klen = (size_t)(ke - m) - 2;
+        const uint8_t *v = ke + 1, *ve = NULL;
+        int drop = 0;
+        int page = top && v < e && *v == '{' && sc_key(m + 1, klen, "page", 4);
+        int lib = top && !page && v < e && *v == '{' && sc_key(m + 1, klen, "library", 7);
+        if (page || lib) {
+            size_t mark = cs->n;
+            int ikept = 0;
+            int r = sc_object(v, e, 0, page ? SC_PAGE : SC_LIB, page ? SC_PAGE_LENS : SC_LIB_LENS, page ? 4 : 2,
+                              want + (page ? SC_URL : SC_LIB_NAME), cs, &ve, &ikept);
+            if (r < 0) return -1;
+            dropped += r;
+            if (r > 0 && !ikept) {
+                cs->n = mark; /* emptied: the member goes whole */
+                drop = 1;
+            }
+        } else {
+            ve = sc_value(v, e);
+            if (ve == NULL) return -1;
+            if (*v == '"') {
                 size_t vlen = (size_t)(ve - v) - 2;
-                if (w->valid && vlen == w->len && sc_key(k + 1, klen, names[i], lens[i]) &&
-                    memchr(v + 1, '\\', vlen) == NULL && memcmp(v + 1, w->s, vlen) == 0) {
-                    dropped++;
-                    handled = 1;
-                }
-            }
-        } else if (top && *v == '{') {
-            int page = sc_key(k + 1, klen, "page", 4), lib = sc_key(k + 1, klen, "library", 7);
-            if (page || lib) {
-                size_t mark = o;
-                if (kept) out[o++] = ',';
-                memcpy(out + o, k, (size_t)(v - k)); /* "page": */
-                size_t inner = o + (size_t)(v - k);
-                int ikept = 0;
-                int r = sc_strip(v, ve, 0, page ? SC_PAGE : SC_LIB, page ? SC_PAGE_LENS : SC_LIB_LENS, page ? 4 : 2,
-                                 want + (page ? SC_URL : SC_LIB_NAME), out, &inner, &ikept);
-                if (r < 0) return -1;
-                if (r > 0) {
-                    dropped += r;
-                    handled = 1;
-                    if (ikept) {
-                        o = inner;
-                        kept++;
-                    } else {
-                        o = mark; /* emptied: the member goes too */
+                for (int i = 0; i < nn; i++) {
+                    const Want *w = &want[i];
+                    if (w->valid && vlen == w->len && sc_key(m + 1, klen, names[i], lens[i]) &&
+                        memchr(v + 1, '\\', vlen) == NULL && memcmp(v + 1, w->s, vlen) == 0) {
+                        dropped++;
+                        drop = 1;
+                        break;
                     }
-                } else {
-                    o = mark;
                 }
             }
         }
-        if (!handled) {
-            if (kept) out[o++] = ',';
-            memcpy(out + o, k, (size_t)(ve - k));
-            o += (size_t)(ve - k);
+        int more = ve < e && *ve == ',';
+        if (!drop)
             kept++;
-        }
+        else if (kept)
+            cut_add(cs, m - 1, ve);
+        else
+            cut_add(cs, m, more ? ve + 1 : ve);
         p = ve;
-        if (p < e && *p == ',') {
+        if (more) {
             p++;
             continue;
         }
-        if (p + 1 == e && *p == '}') break;
+        if (p < e && *p == '}') {
+            *end = p + 1;
+            break;
+        }
         return -1;
     }
-    out[o++] = '}';
-    *olen = o;
     *kept_out = kept;
     return dropped;
 }
@@ -1832,6 +1857,7 @@ static PyObject *strip_context(PyObject *self, PyObject *args) {
     }
     size_t o = 0;
     Py_ssize_t changed = 0;
+    Cuts cs = {NULL, 0, 0, 0};
     Py_BEGIN_ALLOW_THREADS;
     offsets[0] = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -1839,19 +1865,29 @@ static PyObject *strip_context(PyObject *self, PyObject *args) {
         lcol_get(text, i, &t);
         if (t.valid && t.len) {
             for (int c = 0; c < NSC; c++) lcol_get(&cols[c + 1], i, &want[c]);
-            size_t start = o;
+            const uint8_t *end = NULL, *from = t.s;
             int kept = 0;
-            int r = sc_strip(t.s, t.s + t.len, 1, SC_TOP, SC_TOP_LENS, 3, want, out, &o, &kept);
-            if (r > 0) {
+            cs.n = 0;
+            int r = sc_object(t.s, t.s + t.len, 1, SC_TOP, SC_TOP_LENS, 3, want, &cs, &end, &kept);
+            if (r > 0 && end == t.s + t.len && !cs.oom) {
                 changed++;
-            } else {
-                memcpy(out + start, t.s, t.len);
-                o = start + t.len;
+                for (size_t k = 0; k < cs.n; k++) {
+                    memcpy(out + o, from, (size_t)(cs.c[k].a - from));
+                    o += (size_t)(cs.c[k].a - from);
+                    from = cs.c[k].b;
+                }
             }
+            memcpy(out + o, from, (size_t)(t.s + t.len - from));
+            o += (size_t)(t.s + t.len - from);
         }
         offsets[i + 1] = (int64_t)o;
     }
     Py_END_ALLOW_THREADS;
+    free(cs.c);
+    if (cs.oom) {
+        PyErr_NoMemory();
+        goto done;
+    }
     if (changed == 0) {
         result = Py_None;
         Py_INCREF(result);
