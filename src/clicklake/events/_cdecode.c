@@ -839,6 +839,164 @@ enum {
 };
 enum { T_CREATED, T_SENT, T_COLLECTOR, T_DERIVED, N_TS };
 
+/* ---------------------------------------------------------------- strip_context() */
+
+/* The members of a decoded context that a column of the same row holds: dropped from the
+ * context text when their value is a JSON string equal to the column's (a value with an escape
+ * is kept: its text is not the column's bytes), so that a row keeps one copy of each. Emptied
+ * page and library objects go with them. In the order of decode.py's _CONTEXT_COPIES. */
+enum { SC_UA, SC_IP, SC_SESSION, SC_URL, SC_PATH, SC_TITLE, SC_REFERRER, SC_LIB_NAME, SC_LIB_VERSION, NSC };
+static const char *const SC_TOP[3] = {"userAgent", "ip", "sessionId"};
+static const char *const SC_PAGE[4] = {"url", "path", "title", "referrer"};
+static const char *const SC_LIB[2] = {"name", "version"};
+static const size_t SC_TOP_LENS[3] = {9, 2, 9}, SC_PAGE_LENS[4] = {3, 4, 5, 8}, SC_LIB_LENS[2] = {4, 7};
+
+typedef struct {
+    const uint8_t *s;
+    size_t len;
+    int valid;
+} Want;
+
+
+/* p at '"': past the closing quote (NULL: none). Escapes are only skipped: a key or value with
+ * one never equals a name or a column's bytes, which the callers compare. */
+static inline const uint8_t *sc_string(const uint8_t *p, const uint8_t *e) { return skip_string_fast(p + 1, e); }
+
+/* p at a value: past its end (NULL: malformed). */
+static const uint8_t *sc_value(const uint8_t *p, const uint8_t *e) {
+    if (p >= e) return NULL;
+    if (*p == '"') return sc_string(p, e);
+    if (*p == '{' || *p == '[') {
+        long depth = 0;
+        while (p < e) {
+            if (*p == '"') {
+                p = sc_string(p, e);
+                if (p == NULL) return NULL;
+                continue;
+            }
+            if (*p == '{' || *p == '[')
+                depth++;
+            else if ((*p == '}' || *p == ']') && --depth == 0)
+                return p + 1;
+            p++;
+        }
+        return NULL;
+    }
+    const uint8_t *q = p;
+    while (q < e && *q != ',' && *q != '}' && *q != ']') q++;
+    return q > p ? q : NULL;
+}
+
+/* Whether key k (klen bytes, no quotes) is name; the length and first byte first, as a key is
+ * compared with several names and most are none of them. */
+static inline int sc_key(const uint8_t *k, size_t klen, const char *name, size_t nlen) {
+    return klen == nlen && k[0] == (uint8_t)name[0] && memcmp(k, name, klen) == 0;
+}
+
+/* Spans of a context's text to cut out, in order. */
+typedef struct {
+    const uint8_t *a, *b;
+} Cut;
+
+typedef struct {
+    Cut *c;
+    size_t n, cap;
+    int oom;
+} Cuts;
+
+static void cut_add(Cuts *cs, const uint8_t *a, const uint8_t *b) {
+    if (cs->n == cs->cap) {
+        size_t cap = cs->cap ? 2 * cs->cap : 64;
+        Cut *c2 = realloc(cs->c, cap * sizeof(Cut));
+        if (c2 == NULL) {
+            cs->oom = 1;
+            return;
+        }
+        cs->c = c2;
+        cs->cap = cap;
+    }
+    cs->c[cs->n].a = a;
+    cs->c[cs->n++].b = b;
+}
+
+/* Scan the object at p (its '{') to past its '}' (*end), adding to cs the spans that drop the
+ * members names[i] whose value is a JSON string without escapes equal to want[i]; at the top,
+ * page and library are stripped the same way (and dropped whole when that empties them). A
+ * dropped member goes with the comma before it when a member before it stays, else with the
+ * comma after it: what is left is the kept members joined by commas, as the text was written.
+ * Returns how many members were dropped, -1 when the text is not a compact JSON object;
+ * *kept: members kept. */
+static int sc_object(const uint8_t *p, const uint8_t *e, int top, const char *const *names, const size_t *lens,
+                     int nn, const Want *want, Cuts *cs, const uint8_t **end, int *kept_out) {
+    int dropped = 0, kept = 0;
+    if (p >= e || *p != '{') return -1;
+    p++;
+    if (p < e && *p == '}') {
+        *end = p + 1;
+        *kept_out = 0;
+        return 0;
+    }
+    for (;;) {
+        const uint8_t *m = p;
+        if (p >= e || *p != '"') return -1;
+        const uint8_t *ke = sc_string(p, e);
+        if (ke == NULL || ke >= e || *ke != ':') return -1;
+        size_t klen = (size_t)(ke - m) - 2;
+        const uint8_t *v = ke + 1, *ve = NULL;
+        int drop = 0;
+        int page = top && v < e && *v == '{' && sc_key(m + 1, klen, "page", 4);
+        int lib = top && !page && v < e && *v == '{' && sc_key(m + 1, klen, "library", 7);
+        if (page || lib) {
+            size_t mark = cs->n;
+            int ikept = 0;
+            int r = sc_object(v, e, 0, page ? SC_PAGE : SC_LIB, page ? SC_PAGE_LENS : SC_LIB_LENS, page ? 4 : 2,
+                              want + (page ? SC_URL : SC_LIB_NAME), cs, &ve, &ikept);
+            if (r < 0) return -1;
+            dropped += r;
+            if (r > 0 && !ikept) {
+                cs->n = mark; /* emptied: the member goes whole */
+                drop = 1;
+            }
+        } else {
+            ve = sc_value(v, e);
+            if (ve == NULL) return -1;
+            if (*v == '"') {
+                size_t vlen = (size_t)(ve - v) - 2;
+                for (int i = 0; i < nn; i++) {
+                    const Want *w = &want[i];
+                    if (w->valid && vlen == w->len && sc_key(m + 1, klen, names[i], lens[i]) &&
+                        memchr(v + 1, '\\', vlen) == NULL && memcmp(v + 1, w->s, vlen) == 0) {
+                        dropped++;
+                        drop = 1;
+                        break;
+                    }
+                }
+            }
+        }
+        int more = ve < e && *ve == ',';
+        if (!drop)
+            kept++;
+        else if (kept)
+            cut_add(cs, m - 1, ve);
+        else
+            cut_add(cs, m, more ? ve + 1 : ve);
+        p = ve;
+        if (more) {
+            p++;
+            continue;
+        }
+        if (p < e && *p == '}') {
+            *end = p + 1;
+            break;
+        }
+        return -1;
+    }
+    *kept_out = kept;
+    return dropped;
+}
+
+/* ---------------------------------------------------------------- decoded columns */
+
 typedef struct {
     Out data;
     int64_t *off;
@@ -852,6 +1010,7 @@ typedef struct {
     int64_t *line_idx;
     size_t nrows, cap;
     int oom;
+    Cuts cuts; /* strip_row_context's, kept from row to row */
 } Cols;
 
 /* Room for cap rows in every per-row array. */
@@ -892,6 +1051,7 @@ static void cols_free(Cols *t) {
     for (int i = 0; i < N_STR + N_TS; i++) free(t->valid[i]);
     free(t->source_index);
     free(t->line_idx);
+    free(t->cuts.c);
 }
 
 /* Set string column i of row r to NULL, or to raw bytes. */
@@ -1086,6 +1246,42 @@ static int write_merge(Out *o, const Span *orig, const Span *patch, int depth) {
         }
     }
     out_byte(o, '}');
+    return 0;
+}
+
+/* Row r's context (written from ctx_start) without the members its columns hold, compacted in
+ * place: each kept span moves left, never past what is still to be read. What strip_context
+ * does to the rows of the DuckDB paths, done here while the text is hot; 0 on success. */
+static int strip_row_context(Cols *t, size_t r, size_t ctx_start) {
+    static const int from_cols[NSC] = {C_USER_AGENT, C_USER_IP,    C_SESSION_ID, C_PAGE_URL,    C_PAGE_PATH,
+                                       C_PAGE_TITLE, C_PAGE_REFERRER, C_LIB_NAME, C_LIB_VERSION};
+    Want want[NSC];
+    for (int c = 0; c < NSC; c++) {
+        const StrCol *col = &t->str[from_cols[c]];
+        want[c].valid = t->valid[from_cols[c]][r];
+        want[c].s = (const uint8_t *)col->data.d + col->off[r];
+        want[c].len = (size_t)(col->off[r + 1] - col->off[r]);
+    }
+    Out *co = &t->str[C_CONTEXT].data;
+    uint8_t *s = (uint8_t *)co->d + ctx_start, *e = (uint8_t *)co->d + co->len;
+    const uint8_t *end = NULL;
+    int kept = 0;
+    t->cuts.n = 0;
+    int dropped = sc_object(s, e, 1, SC_TOP, SC_TOP_LENS, 3, want, &t->cuts, &end, &kept);
+    if (t->cuts.oom) return -1;
+    if (dropped <= 0 || end != e) return 0;
+    uint8_t *w = s;
+    const uint8_t *from = s;
+    for (size_t k = 0; k < t->cuts.n; k++) {
+        size_t n = (size_t)(t->cuts.c[k].a - from);
+        memmove(w, from, n);
+        w += n;
+        from = t->cuts.c[k].b;
+    }
+    memmove(w, from, (size_t)(e - from));
+    w += e - from;
+    co->len = (size_t)(w - (uint8_t *)co->d);
+    t->str[C_CONTEXT].off[r + 1] = (int64_t)co->len;
     return 0;
 }
 
@@ -1290,6 +1486,7 @@ static int decode_event(Cols *t, const Ctx *cx, const Span *f, size_t line, int3
         copy_col(t, r, C_ANON_ID, C_USER_KEY);
     else
         copy_col(t, r, C_USER_ID, C_USER_KEY);
+    if (t->valid[C_CONTEXT][r] && strip_row_context(t, r, ctx_start)) return -1;
 
     t->ts[T_CREATED][r] = created;
     t->valid[N_STR + T_CREATED][r] = (uint8_t)has_created;
@@ -1611,16 +1808,6 @@ static PyObject *line_ends(PyObject *self, PyObject *args) {
 
 /* ---------------------------------------------------------------- strip_context() */
 
-/* The members of a decoded context that a column of the same row holds: dropped from the
- * context text when their value is a JSON string equal to the column's (a value with an escape
- * is kept: its text is not the column's bytes), so that a row keeps one copy of each. Emptied
- * page and library objects go with them. In the order of decode.py's _CONTEXT_COPIES. */
-enum { SC_UA, SC_IP, SC_SESSION, SC_URL, SC_PATH, SC_TITLE, SC_REFERRER, SC_LIB_NAME, SC_LIB_VERSION, NSC };
-static const char *const SC_TOP[3] = {"userAgent", "ip", "sessionId"};
-static const char *const SC_PAGE[4] = {"url", "path", "title", "referrer"};
-static const char *const SC_LIB[2] = {"name", "version"};
-static const size_t SC_TOP_LENS[3] = {9, 2, 9}, SC_PAGE_LENS[4] = {3, 4, 5, 8}, SC_LIB_LENS[2] = {4, 7};
-
 /* A large_string array: (offset, validity|None, offsets, data), its buffers held. */
 typedef struct {
     Py_ssize_t offset;
@@ -1676,154 +1863,12 @@ static int lcol_parse(PyObject *spec, Py_ssize_t n, LCol *c) {
     return 0;
 }
 
-typedef struct {
-    const uint8_t *s;
-    size_t len;
-    int valid;
-} Want;
 
 static inline void lcol_get(const LCol *c, Py_ssize_t i, Want *w) {
     Py_ssize_t j = c->offset + i;
     w->valid = c->valid == NULL || (c->valid[j >> 3] >> (j & 7)) & 1;
     w->s = c->data + c->off[j];
     w->len = (size_t)(c->off[j + 1] - c->off[j]);
-}
-
-/* p at '"': past the closing quote (NULL: none). Escapes are only skipped: a key or value with
- * one never equals a name or a column's bytes, which the callers compare. */
-static inline const uint8_t *sc_string(const uint8_t *p, const uint8_t *e) { return skip_string_fast(p + 1, e); }
-
-/* p at a value: past its end (NULL: malformed). */
-static const uint8_t *sc_value(const uint8_t *p, const uint8_t *e) {
-    if (p >= e) return NULL;
-    if (*p == '"') return sc_string(p, e);
-    if (*p == '{' || *p == '[') {
-        long depth = 0;
-        while (p < e) {
-            if (*p == '"') {
-                p = sc_string(p, e);
-                if (p == NULL) return NULL;
-                continue;
-            }
-            if (*p == '{' || *p == '[')
-                depth++;
-            else if ((*p == '}' || *p == ']') && --depth == 0)
-                return p + 1;
-            p++;
-        }
-        return NULL;
-    }
-    const uint8_t *q = p;
-    while (q < e && *q != ',' && *q != '}' && *q != ']') q++;
-    return q > p ? q : NULL;
-}
-
-/* Whether key k (klen bytes, no quotes) is name; the length and first byte first, as a key is
- * compared with several names and most are none of them. */
-static inline int sc_key(const uint8_t *k, size_t klen, const char *name, size_t nlen) {
-    return klen == nlen && k[0] == (uint8_t)name[0] && memcmp(k, name, klen) == 0;
-}
-
-/* Spans of a context's text to cut out, in order. */
-typedef struct {
-    const uint8_t *a, *b;
-} Cut;
-
-typedef struct {
-    Cut *c;
-    size_t n, cap;
-    int oom;
-} Cuts;
-
-static void cut_add(Cuts *cs, const uint8_t *a, const uint8_t *b) {
-    if (cs->n == cs->cap) {
-        size_t cap = cs->cap ? 2 * cs->cap : 64;
-        Cut *c2 = realloc(cs->c, cap * sizeof(Cut));
-        if (c2 == NULL) {
-            cs->oom = 1;
-            return;
-        }
-        cs->c = c2;
-        cs->cap = cap;
-    }
-    cs->c[cs->n].a = a;
-    cs->c[cs->n++].b = b;
-}
-
-/* Scan the object at p (its '{') to past its '}' (*end), adding to cs the spans that drop the
- * members names[i] whose value is a JSON string without escapes equal to want[i]; at the top,
- * page and library are stripped the same way (and dropped whole when that empties them). A
- * dropped member goes with the comma before it when a member before it stays, else with the
- * comma after it: what is left is the kept members joined by commas, as the text was written.
- * Returns how many members were dropped, -1 when the text is not a compact JSON object;
- * *kept: members kept. */
-static int sc_object(const uint8_t *p, const uint8_t *e, int top, const char *const *names, const size_t *lens,
-                     int nn, const Want *want, Cuts *cs, const uint8_t **end, int *kept_out) {
-    int dropped = 0, kept = 0;
-    if (p >= e || *p != '{') return -1;
-    p++;
-    if (p < e && *p == '}') {
-        *end = p + 1;
-        *kept_out = 0;
-        return 0;
-    }
-    for (;;) {
-        const uint8_t *m = p;
-        if (p >= e || *p != '"') return -1;
-        const uint8_t *ke = sc_string(p, e);
-        if (ke == NULL || ke >= e || *ke != ':') return -1;
-        size_t klen = (size_t)(ke - m) - 2;
-        const uint8_t *v = ke + 1, *ve = NULL;
-        int drop = 0;
-        int page = top && v < e && *v == '{' && sc_key(m + 1, klen, "page", 4);
-        int lib = top && !page && v < e && *v == '{' && sc_key(m + 1, klen, "library", 7);
-        if (page || lib) {
-            size_t mark = cs->n;
-            int ikept = 0;
-            int r = sc_object(v, e, 0, page ? SC_PAGE : SC_LIB, page ? SC_PAGE_LENS : SC_LIB_LENS, page ? 4 : 2,
-                              want + (page ? SC_URL : SC_LIB_NAME), cs, &ve, &ikept);
-            if (r < 0) return -1;
-            dropped += r;
-            if (r > 0 && !ikept) {
-                cs->n = mark; /* emptied: the member goes whole */
-                drop = 1;
-            }
-        } else {
-            ve = sc_value(v, e);
-            if (ve == NULL) return -1;
-            if (*v == '"') {
-                size_t vlen = (size_t)(ve - v) - 2;
-                for (int i = 0; i < nn; i++) {
-                    const Want *w = &want[i];
-                    if (w->valid && vlen == w->len && sc_key(m + 1, klen, names[i], lens[i]) &&
-                        memchr(v + 1, '\\', vlen) == NULL && memcmp(v + 1, w->s, vlen) == 0) {
-                        dropped++;
-                        drop = 1;
-                        break;
-                    }
-                }
-            }
-        }
-        int more = ve < e && *ve == ',';
-        if (!drop)
-            kept++;
-        else if (kept)
-            cut_add(cs, m - 1, ve);
-        else
-            cut_add(cs, m, more ? ve + 1 : ve);
-        p = ve;
-        if (more) {
-            p++;
-            continue;
-        }
-        if (p < e && *p == '}') {
-            *end = p + 1;
-            break;
-        }
-        return -1;
-    }
-    *kept_out = kept;
-    return dropped;
 }
 
 /* strip_context(n, context, columns): the context column (a large_string array spec) without

@@ -729,7 +729,8 @@ CONTEXT_COPIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def strip_context(decoded: pa.Table) -> pa.Table:
     """``decoded`` with each row's ``context`` rid of the members its columns hold
-    (:data:`CONTEXT_COPIES`; see the module's docstring). Every decode path ends here, so the
+    (:data:`CONTEXT_COPIES`; see the module's docstring). The rows of the DuckDB paths end
+    here; the compiled decoder strips its own rows as it writes them, with the same scan. So the
     text is the same whichever path decoded a row (dedup's fingerprint hashes it).
 
     The compiled kernel when it is built, else :func:`strip_context_text` row by row (the
@@ -888,7 +889,7 @@ def decode(lines: pa.RecordBatch, mode: EnvelopeMode, options: DecodeOptions, no
     if _cdecode is None:
         _note_compiled_missing()
         return strip_context(_in_source_order(_decode_duckdb(lines, mode, options, now_us)))
-    return strip_context(_decode_compiled(lines, mode, options, now_us))
+    return _decode_compiled(lines, mode, options, now_us)
 
 
 def _note_compiled_missing() -> None:
@@ -996,7 +997,8 @@ def _decode_compiled(
 ) -> pa.Table:
     """Typical lines through the compiled decoder, the lines it flags through the DuckDB paths."""
     if lines.column("line").null_count:
-        return _in_source_order(_decode_duckdb(lines, mode, options, now_us))
+        return strip_context(_in_source_order(_decode_duckdb(lines, mode, options, now_us)))
+    # The compiled decoder strips each context itself (the same scan as strip_context's kernel).
     fallback, n, strings, stamps, source_index, line_idx = compiled_scan(lines, mode, options, now_us)
     cols: dict[str, pa.Array] = {}
     for name, (valid, nulls, offs, chars) in zip(_COMPILED_STRINGS, strings, strict=True):
@@ -1037,7 +1039,7 @@ def _decode_compiled(
     # it goes through DuckDB's fast path first all the same: the two DuckDB paths do not agree on
     # every line (a spool line's "rt" as a numeric string passes read_json's BIGINT column, and
     # the exact path calls it an invalid envelope), and the decoded rows must not depend on it.
-    rest = _decode_duckdb(lines.filter(pa.array(redo)), mode, options, now_us)
+    rest = strip_context(_decode_duckdb(lines.filter(pa.array(redo)), mode, options, now_us))
     return _in_source_order(pa.concat_tables([fast, rest]))
 
 
