@@ -106,8 +106,11 @@ class PipelineSettings(_Section):
     commit_interval_s: float = Field(default=10.0, gt=0)
     commit_max_events: int = Field(default=200_000, gt=0)
     commit_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
-    # 16 MB: two chunks decode at once (engines/local.py), so peak memory stays under 1.5 GB.
-    read_chunk_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    # 32 MB: two chunks decode and enrich at once (engines/local.py). Each chunk costs the
+    # enrichment steps a fixed share of Python (per batch, and per distinct value in it), so
+    # bigger chunks run the full chain ~8 % faster than 16 MB; 64 MB took the full chain's peak
+    # memory past 1.5 GB, 32 MB holds it near 1.3 GB.
+    read_chunk_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
     default_app_id: str = "default"
     max_future_s: float = Field(default=24 * 3600.0, ge=0)
     max_age_days: float = Field(default=365.0, gt=0)
