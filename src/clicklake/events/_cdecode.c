@@ -1267,6 +1267,7 @@ static int strip_row_context(Cols *t, size_t r, size_t ctx_start) {
     const uint8_t *end = NULL;
     int kept = 0;
     t->cuts.n = 0;
+    t->cuts.oom = 0; /* a failed realloc sends one line to the DuckDB paths, not every later one */
     int dropped = sc_object(s, e, 1, SC_TOP, SC_TOP_LENS, 3, want, &t->cuts, &end, &kept);
     if (t->cuts.oom) return -1;
     if (dropped <= 0 || end != e) return 0;

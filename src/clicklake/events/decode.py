@@ -50,7 +50,7 @@ JSON, so a resent copy gets the same id. Top-level fields the decoder does not m
 ``context`` holds the rest of what was sent: a member whose value the row's columns already
 hold (``userAgent``, ``ip``, ``sessionId``, ``page.url/path/title/referrer``,
 ``library.name/version``, see :data:`CONTEXT_COPIES`) is dropped from it when that value is a
-JSON string equal to the column's, so a row stores it once (a third of a typical context). A
+JSON string equal to the column's, so a row stores it once (two thirds of a typical context). A
 value that differs, is not a string or has an escape in its JSON text stays; a ``page`` or
 ``library`` object emptied this way goes too.
 """
