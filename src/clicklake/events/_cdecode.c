@@ -844,7 +844,7 @@ enum { T_CREATED, T_SENT, T_COLLECTOR, T_DERIVED, N_TS };
 /* The members of a decoded context that a column of the same row holds: dropped from the
  * context text when their value is a JSON string equal to the column's (a value with an escape
  * is kept: its text is not the column's bytes), so that a row keeps one copy of each. Emptied
- * page and library objects go with them. In the order of decode.py's _CONTEXT_COPIES. */
+ * page and library objects go with them. In the order of decode.py's CONTEXT_COPIES (and of strip_row_context's from_cols). */
 enum { SC_UA, SC_IP, SC_SESSION, SC_URL, SC_PATH, SC_TITLE, SC_REFERRER, SC_LIB_NAME, SC_LIB_VERSION, NSC };
 static const char *const SC_TOP[3] = {"userAgent", "ip", "sessionId"};
 static const char *const SC_PAGE[4] = {"url", "path", "title", "referrer"};
