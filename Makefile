@@ -17,7 +17,7 @@ help:
 	@echo "make bench-models - the 10M-event model build against Spark local (long)"
 	@echo "make lint   - ruff and mypy"
 
-$(STAMP): pyproject.toml setup.py src/clicklake/events/_cdecode.c src/clicklake/enrich/_ckernels.c src/clicklake/_cbuffer.h
+$(STAMP): pyproject.toml setup.py src/clicklake/events/_cdecode.c src/clicklake/enrich/_ckernels.c src/clicklake/_cbuffer.h src/clicklake/_carrow.h
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (3.11+)"; exit 1; }
 	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -10,13 +10,13 @@ setup(
         Extension(
             "clicklake.events._cdecode",
             ["src/clicklake/events/_cdecode.c"],
-            depends=["src/clicklake/_cbuffer.h"],
+            depends=["src/clicklake/_cbuffer.h", "src/clicklake/_carrow.h"],
             optional=True,
         ),
         Extension(
             "clicklake.enrich._ckernels",
             ["src/clicklake/enrich/_ckernels.c"],
-            depends=["src/clicklake/_cbuffer.h"],
+            depends=["src/clicklake/_cbuffer.h", "src/clicklake/_carrow.h"],
             optional=True,
         ),
     ]

@@ -23,6 +23,7 @@
 #define CLICKLAKE_BUF_NAME "clicklake.events._cdecode.Buffer"
 #define CLICKLAKE_BUF_DOC "Memory written by the decoder, exposed through the buffer protocol (read-only)."
 #include "../_cbuffer.h"
+#include "../_carrow.h"
 
 /* ---------------------------------------------------------------- growable byte buffer */
 
@@ -839,7 +840,7 @@ enum {
 };
 enum { T_CREATED, T_SENT, T_COLLECTOR, T_DERIVED, N_TS };
 
-/* ---------------------------------------------------------------- strip_context() */
+/* ---------------------------------------------------------------- context members the columns hold */
 
 /* The members of a decoded context that a column of the same row holds: dropped from the
  * context text when their value is a JSON string equal to the column's (a value with an escape
@@ -993,6 +994,19 @@ static int sc_object(const uint8_t *p, const uint8_t *e, int top, const char *co
     }
     *kept_out = kept;
     return dropped;
+}
+
+/* The text [s, e) without the cuts, written from w (w <= s, or another buffer): past its end.
+ * memmove, as in place each kept span moves left over what was already read. */
+static uint8_t *sc_apply(uint8_t *w, const uint8_t *s, const uint8_t *e, const Cuts *cs) {
+    const uint8_t *from = s;
+    for (size_t k = 0; k < cs->n; k++) {
+        memmove(w, from, (size_t)(cs->c[k].a - from));
+        w += cs->c[k].a - from;
+        from = cs->c[k].b;
+    }
+    memmove(w, from, (size_t)(e - from));
+    return w + (e - from);
 }
 
 /* ---------------------------------------------------------------- decoded columns */
@@ -1271,17 +1285,7 @@ static int strip_row_context(Cols *t, size_t r, size_t ctx_start) {
     int dropped = sc_object(s, e, 1, SC_TOP, SC_TOP_LENS, 3, want, &t->cuts, &end, &kept);
     if (t->cuts.oom) return -1;
     if (dropped <= 0 || end != e) return 0;
-    uint8_t *w = s;
-    const uint8_t *from = s;
-    for (size_t k = 0; k < t->cuts.n; k++) {
-        size_t n = (size_t)(t->cuts.c[k].a - from);
-        memmove(w, from, n);
-        w += n;
-        from = t->cuts.c[k].b;
-    }
-    memmove(w, from, (size_t)(e - from));
-    w += e - from;
-    co->len = (size_t)(w - (uint8_t *)co->d);
+    co->len = (size_t)(sc_apply(s, s, e, &t->cuts) - (uint8_t *)co->d);
     t->str[C_CONTEXT].off[r + 1] = (int64_t)co->len;
     return 0;
 }
@@ -1809,71 +1813,8 @@ static PyObject *line_ends(PyObject *self, PyObject *args) {
 
 /* ---------------------------------------------------------------- strip_context() */
 
-/* A large_string array: (offset, validity|None, offsets, data), its buffers held. */
-typedef struct {
-    Py_ssize_t offset;
-    const uint8_t *valid;
-    const int64_t *off;
-    const uint8_t *data;
-    Py_buffer views[3];
-    int held[3];
-} LCol;
-
-static void lcol_release(LCol *c) {
-    for (int i = 0; i < 3; i++)
-        if (c->held[i]) PyBuffer_Release(&c->views[i]);
-}
-
-static int lcol_parse(PyObject *spec, Py_ssize_t n, LCol *c) {
-    memset(c, 0, sizeof(*c));
-    PyObject *objs[3];
-    if (!PyArg_ParseTuple(spec, "nOOO", &c->offset, &objs[0], &objs[1], &objs[2])) return -1;
-    if (c->offset < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative offset");
-        return -1;
-    }
-    Py_ssize_t end = c->offset + n;
-    Py_ssize_t need[3] = {(end + 7) / 8, (end + 1) * 8, 0};
-    for (int i = 0; i < 3; i++) {
-        if (objs[i] == Py_None) {
-            if (i == 1) {
-                PyErr_SetString(PyExc_ValueError, "string column without offsets");
-                return -1;
-            }
-            continue;
-        }
-        if (PyObject_GetBuffer(objs[i], &c->views[i], PyBUF_SIMPLE) < 0) return -1;
-        c->held[i] = 1;
-        if (c->views[i].len < need[i]) {
-            PyErr_SetString(PyExc_ValueError, "column buffer too short");
-            return -1;
-        }
-    }
-    c->valid = c->held[0] ? c->views[0].buf : NULL;
-    c->off = c->views[1].buf;
-    c->data = c->held[2] ? c->views[2].buf : (const uint8_t *)"";
-    Py_ssize_t data_len = c->held[2] ? c->views[2].len : 0;
-    /* Every value within the data buffer, checked once, so the loop can trust the offsets. */
-    for (Py_ssize_t i = c->offset; i <= end; i++) {
-        int64_t o = c->off[i];
-        if (o < 0 || o > data_len || (i > c->offset && o < c->off[i - 1])) {
-            PyErr_SetString(PyExc_ValueError, "string offsets out of range");
-            return -1;
-        }
-    }
-    return 0;
-}
-
-
-static inline void lcol_get(const LCol *c, Py_ssize_t i, Want *w) {
-    Py_ssize_t j = c->offset + i;
-    w->valid = c->valid == NULL || (c->valid[j >> 3] >> (j & 7)) & 1;
-    w->s = c->data + c->off[j];
-    w->len = (size_t)(c->off[j + 1] - c->off[j]);
-}
-
-/* strip_context(n, context, columns): the context column (a large_string array spec) without
- * the members the columns hold (NSC large_string array specs, in SC_* order): (offsets, data)
+/* strip_context(n, context, columns): the context column (a string array spec, see _carrow.h)
+ * without the members the columns hold (NSC string array specs, in SC_* order): (offsets, data)
  * buffers, or None when no row changed. */
 static PyObject *strip_context(PyObject *self, PyObject *args) {
     Py_ssize_t n;
@@ -1883,17 +1824,28 @@ static PyObject *strip_context(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "need rows >= 0 and %d columns", NSC);
         return NULL;
     }
-    LCol cols[NSC + 1];
+    Col cols[NSC + 1];
     int parsed = 0;
     for (; parsed <= NSC; parsed++) {
         PyObject *spec = parsed == 0 ? text_spec : PyTuple_GET_ITEM(col_specs, parsed - 1);
-        if (lcol_parse(spec, n, &cols[parsed]) < 0) {
-            for (int j = 0; j <= parsed; j++) lcol_release(&cols[j]);
+        int bad = col_parse(spec, n, &cols[parsed]) < 0;
+        if (!bad && cols[parsed].kind == K_INT64) {
+            PyErr_SetString(PyExc_ValueError, "strip_context takes string columns");
+            bad = 1;
+        }
+        if (bad) {
+            for (int j = 0; j <= parsed; j++) col_release(&cols[j]);
             return NULL;
         }
     }
-    const LCol *text = &cols[0];
-    size_t total = (size_t)(text->off[text->offset + n] - text->off[text->offset]);
+    const Col *text = &cols[0];
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *s;
+        size_t len;
+        col_str(text, i, &s, &len);
+        total += len;
+    }
     int64_t *offsets = malloc((size_t)(n + 1) * sizeof(int64_t));
     uint8_t *out = malloc(total + 1);
     PyObject *result = NULL;
@@ -1907,24 +1859,25 @@ static PyObject *strip_context(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS;
     offsets[0] = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        Want t, want[NSC];
-        lcol_get(text, i, &t);
-        if (t.valid && t.len) {
-            for (int c = 0; c < NSC; c++) lcol_get(&cols[c + 1], i, &want[c]);
-            const uint8_t *end = NULL, *from = t.s;
+        const uint8_t *s;
+        size_t len;
+        col_str(text, i, &s, &len);
+        if (col_valid(text, i) && len) {
+            Want want[NSC];
+            for (int c = 0; c < NSC; c++) {
+                want[c].valid = col_valid(&cols[c + 1], i);
+                col_str(&cols[c + 1], i, &want[c].s, &want[c].len);
+            }
+            const uint8_t *end = NULL;
             int kept = 0;
             cs.n = 0;
-            int r = sc_object(t.s, t.s + t.len, 1, SC_TOP, SC_TOP_LENS, 3, want, &cs, &end, &kept);
-            if (r > 0 && end == t.s + t.len && !cs.oom) {
+            int r = sc_object(s, s + len, 1, SC_TOP, SC_TOP_LENS, 3, want, &cs, &end, &kept);
+            if (r > 0 && end == s + len && !cs.oom) {
                 changed++;
-                for (size_t k = 0; k < cs.n; k++) {
-                    memcpy(out + o, from, (size_t)(cs.c[k].a - from));
-                    o += (size_t)(cs.c[k].a - from);
-                    from = cs.c[k].b;
-                }
+            } else {
+                cs.n = 0; /* kept as it is */
             }
-            memcpy(out + o, from, (size_t)(t.s + t.len - from));
-            o += (size_t)(t.s + t.len - from);
+            o = (size_t)(sc_apply(out + o, s, s + len, &cs) - out);
         }
         offsets[i + 1] = (int64_t)o;
     }
@@ -1954,7 +1907,7 @@ static PyObject *strip_context(PyObject *self, PyObject *args) {
 done:
     free(offsets);
     free(out);
-    for (int j = 0; j <= NSC; j++) lcol_release(&cols[j]);
+    for (int j = 0; j <= NSC; j++) col_release(&cols[j]);
     return result;
 }
 

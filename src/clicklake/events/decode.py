@@ -765,10 +765,11 @@ def strip_context(decoded: pa.Table) -> pa.Table:
     return decoded.set_column(index, decoded.schema.field(index), pa.chunked_array(chunks, pa.large_string()))
 
 
-def _large_spec(values: pa.Array) -> tuple[int, Any, Any, Any]:
-    """How the kernel reads a ``large_string`` array: (offset, validity, offsets, data)."""
+def _large_spec(values: pa.Array) -> tuple[str, int, Any, Any, Any]:
+    """How the kernel reads a ``large_string`` array (``_carrow.h``, as the enrichment kernels
+    read theirs): (kind, offset, validity, offsets, data)."""
     validity, offsets, data = values.buffers()
-    return (values.offset, validity if values.null_count else None, offsets, data)
+    return ("large_string", values.offset, validity if values.null_count else None, offsets, data)
 
 
 def strip_context_text(text: str, values: list[str | None]) -> str:
