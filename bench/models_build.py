@@ -574,7 +574,7 @@ def report(
             "the model SQL rendered by `clicklake.models.render` with the same options, "
             "transpiled by `sqlglot` (duckdb -> spark) as `clicklake models build --engine spark` does "
             "(`clicklake.models.spark`: its fixes, each CTE a temp view of its own). Intermediates (`key_clashes`, `copies`, `base_events`, "
-            "`sessionized`, `page_views_new`, `sessions_new`, `user_mapping_new`) are cached and counted like the runner's "
+            "`sessionized`, `page_view_stats`, `session_stats`, `page_views_new`, `sessions_new`, `user_mapping_new`) are cached and counted like the runner's "
             "temp tables; the five model tables are written sorted as the runner sorts them, as zstd Parquet "
             "(plain Parquet, no Iceberg commit). Spark's seconds include JVM and session start.",
             "- How each statement reached Spark (every one from the rendered DuckDB SQL through sqlglot; "

@@ -76,6 +76,8 @@ def test_model_sql_transpiles_with_ctes_as_views() -> None:
         "copies",
         "base_events",
         "sessionized",
+        "page_view_stats",
+        "session_stats",
         "page_views_new",
         "sessions_new",
         "user_mapping_new",
@@ -83,8 +85,8 @@ def test_model_sql_transpiles_with_ctes_as_views() -> None:
         "daily_kpis",
     }
     assert "epoch_us" not in stmts["base_events"].sql.lower()
-    assert stmts["page_views_new"].ctes, "page_views has CTEs"
-    assert not stmts["page_views_new"].sql.upper().lstrip().startswith("WITH")
+    assert stmts["page_view_stats"].ctes, "page_view_stats has CTEs"
+    assert not stmts["page_view_stats"].sql.upper().lstrip().startswith("WITH")
 
 
 def test_kafka_messages_become_lines_at_their_offsets() -> None:

@@ -469,8 +469,11 @@ class _Builder:
     def build_windowed(self, windows: Sequence[Window] | None) -> dict[str, int]:
         """Compute and write ``page_views`` and ``sessions`` of ``windows``: rows written of each.
 
-        The two are database tables, not temp ones: their days are written by two cursors at
-        once (see :func:`write_data_files`), and a cursor does not see another's temp tables.
+        The tables the writes read are database tables, not temp ones: their days are written by
+        two cursors at once (see :func:`write_data_files`), and a cursor does not see another's
+        temp tables. The two model tables' rows are views (page_views.sql, sessions.sql) joining
+        the narrow computed rows (page_view_stats, session_stats) to the descriptive columns of
+        sessionized, read once, as each day is written.
         """
         window, ranges = self._window_sql(windows, margin_days=1)
         src = " UNION ALL ".join(self.events.relation(lo, hi) for lo, hi in ranges)
@@ -482,13 +485,20 @@ class _Builder:
         self._create("base_events", render("base_events", values))
         self._drop("key_clashes")
         self._drop("copies")
-        self._create("sessionized", render("sessionized", values))
-        self._create("page_views_new", render("page_views", values), temp=False)
-        self._create("sessions_new", render("sessions", values), temp=False)
-        # Each intermediate is dropped once read for the last time: at 10M events they are GBs.
-        self._drop("sessionized")
-        self._drop("base_events")
-        return {name: self.write(name, f"{name}_new", windows) for name in ("page_views", "sessions")}
+        stats = ("sessionized", "page_view_stats", "session_stats")
+        try:
+            for name in stats:
+                self._create(name, render(name, values), temp=False)
+            # Each intermediate is dropped once read for the last time: at 10M events they are GBs.
+            self._drop("base_events")
+            for name in ("page_views", "sessions"):
+                self.con.execute(f"CREATE OR REPLACE VIEW {name}_new AS {render(name, values)}")
+            return {name: self.write(name, f"{name}_new", windows) for name in ("page_views", "sessions")}
+        finally:
+            for name in ("page_views", "sessions"):
+                self.con.execute(f"DROP VIEW IF EXISTS {name}_new")
+            for name in stats:
+                self._drop(name)
 
     def compute_global(self, sessions: Table) -> dict[str, str]:
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW src_events AS {self.events.relation()}")
@@ -527,7 +537,6 @@ class _Builder:
                 self.con, quote_ident(relation), table, FILE_ORDER[name], workers=_WRITE_LANES
             )
             rows = self._commit(name, table, files, windows)
-        self._drop(relation)
         return rows
 
     def _table(self, name: str, relation: str) -> Table:
@@ -588,6 +597,7 @@ def build_models(settings: Settings, full_refresh: bool = False) -> dict[str, in
         sessions = catalog.load_table(table_id(settings, "sessions"))
         for name, relation in builder.compute_global(sessions).items():
             counts[name] = builder.write(name, relation, None)
+            builder._drop(relation)
     finally:
         builder.con.close()
     log.info(

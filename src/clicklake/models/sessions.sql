@@ -1,200 +1,49 @@
--- sessions: one row per session of sessionized (see sessionized.sql).
--- session_date is the local date (models.timezone) of the first event. Attribution, geo and
--- device fields come from the first event. user_id is the last user_id seen in the session and
--- user_key = coalesce(user_id, device_key); stitching across sessions is done in users through
--- user_mapping, so a finished day never changes when a visitor identifies later.
--- is_engaged: duration_s > models.engaged_min_duration_s, or 2+ page views, or a conversion.
--- is_bounce follows models.bounce (single_pageview | not_engaged | min_duration).
--- Cost: one hash aggregate over the events of base_events placed in their session by time range;
--- of the few events at the instants that matter (the start, from sessionized, which has their
--- descriptive columns; the last user_id and the first anonymous_id) the one with the smallest
--- (largest, for the user_id) event_id is then picked, instead of sorting every event of every
--- session. The first anonymous_id is nearly always at the start: only a session whose start rows
--- lack one looks for it in base_events. Everything is joined on narrow rows first (chosen, kept
--- MATERIALIZED so that DuckDB does not reorder it into a hash table of the wide rows); the
--- descriptive columns of the first event are read once, at the end. The exit page is the page
--- view with the largest index (arg_max; page_path_clean is never NULL), without a window over the
--- page views.
-WITH start_rows AS (
-    SELECT key_id, session_start_us, session_end_us, event_id, anonymous_id
-    FROM sessionized
-    WHERE tstamp_us = session_start_us
-),
-picks AS (
-    SELECT key_id, session_start_us, max(session_end_us) AS session_end_us, min(event_id) AS event_id
-    FROM start_rows
-    GROUP BY key_id, session_start_us
-),
-counts AS (
-    SELECT
-        n.key_id,
-        n.session_start_us,
-        count(*) AS events,
-        min(b.tstamp) AS start_tstamp,
-        max(b.tstamp) AS end_tstamp,
-        max(b.tstamp_us) AS end_us,
-        max(CASE WHEN b.user_id IS NOT NULL THEN b.tstamp_us END) AS user_us,
-        min(CASE WHEN b.anonymous_id IS NOT NULL THEN b.tstamp_us END) AS anonymous_us,
-        bool_or(b.is_bot) AS is_bot{{cv_aggregates}}
-    FROM base_events AS b
-    JOIN picks AS n
-        ON n.key_id = b.key_id AND b.tstamp_us >= n.session_start_us AND b.tstamp_us <= n.session_end_us
-    GROUP BY n.key_id, n.session_start_us
-),
-at_user AS (
-    SELECT c.key_id, c.session_start_us, b.event_id, b.user_id
-    FROM counts AS c
-    JOIN base_events AS b ON b.key_id = c.key_id AND b.tstamp_us = c.user_us
-    WHERE b.user_id IS NOT NULL
-),
--- The pick by event_id in one aggregate: a row without one counts only when no other is there,
--- as min/max (which skip NULLs) and a join back on it did.
-user_pick AS (
-    SELECT
-        key_id,
-        session_start_us,
-        arg_max(user_id, {'has_event_id': event_id IS NOT NULL, 'event_id': event_id}) AS user_id
-    FROM at_user
-    GROUP BY key_id, session_start_us
-),
-at_anonymous AS (
-    SELECT key_id, session_start_us, event_id, anonymous_id
-    FROM start_rows
-    WHERE anonymous_id IS NOT NULL
-    UNION ALL
-    SELECT c.key_id, c.session_start_us, b.event_id, b.anonymous_id
-    FROM counts AS c
-    JOIN base_events AS b ON b.key_id = c.key_id AND b.tstamp_us = c.anonymous_us
-    WHERE c.anonymous_us > c.session_start_us AND b.anonymous_id IS NOT NULL
-),
-anonymous_pick AS (
-    SELECT
-        key_id,
-        session_start_us,
-        arg_min(anonymous_id, {'no_event_id': event_id IS NULL, 'event_id': event_id}) AS anonymous_id
-    FROM at_anonymous
-    GROUP BY key_id, session_start_us
-),
-chosen AS MATERIALIZED (
-    SELECT
-        p.key_id,
-        p.session_start_us,
-        p.event_id,
-        a.anonymous_id,
-        u.user_id,
-        c.* EXCLUDE (key_id, session_start_us, user_us, anonymous_us)
-    FROM picks AS p
-    JOIN counts AS c ON c.key_id = p.key_id AND c.session_start_us = p.session_start_us
-    LEFT JOIN user_pick AS u ON u.key_id = p.key_id AND u.session_start_us = p.session_start_us
-    LEFT JOIN anonymous_pick AS a ON a.key_id = p.key_id AND a.session_start_us = p.session_start_us
-),
-agg AS (
-    SELECT
-        f.app_id,
-        f.session_id,
-        f.client_session_id,
-        coalesce(f.anonymous_id, f.user_id) AS device_key,
-        h.anonymous_id,
-        h.user_id,
-        f.local_date AS session_date,
-        f.page_referrer,
-        f.refr_urlhost,
-        f.refr_medium,
-        f.refr_source,
-        f.refr_term,
-        f.mkt_source,
-        f.mkt_medium,
-        f.mkt_campaign,
-        f.mkt_term,
-        f.mkt_content,
-        f.mkt_clickid,
-        f.mkt_network,
-        f.default_channel_group,
-        f.geo_country,
-        f.geo_region,
-        f.geo_city,
-        f.br_family,
-        f.os_family,
-        f.dvce_family,
-        f.dvce_class,
-        h.start_tstamp,
-        h.end_tstamp,
-        h.session_start_us AS start_us,
-        h.end_us,
-        h.events,
-        h.* EXCLUDE (key_id, session_start_us, event_id, anonymous_id, user_id, events, start_tstamp, end_tstamp, end_us)
-    FROM sessionized AS f
-    JOIN chosen AS h
-        ON h.key_id = f.key_id
-        AND h.session_start_us = f.session_start_us
-        AND h.event_id IS NOT DISTINCT FROM f.event_id
-    WHERE f.tstamp_us = f.session_start_us
-),
-pv AS (
-    SELECT
-        session_id,
-        count(*) AS page_views,
-        sum(engaged_time_s) AS engaged_time_s,
-        max(CASE WHEN page_view_in_session_index = 1 THEN page_path_clean END) AS landing_page_path,
-        arg_max(page_path_clean, page_view_in_session_index) AS exit_page_path
-    FROM page_views_new
-    GROUP BY session_id
-),
-joined AS (
-    SELECT
-        a.*,
-        coalesce(pv.page_views, 0) AS page_views,
-        coalesce(pv.engaged_time_s, 0.0) AS engaged_time_s,
-        pv.landing_page_path,
-        pv.exit_page_path,
-        (a.end_us - a.start_us) / 1000000.0 AS duration_s
-    FROM agg AS a
-    LEFT JOIN pv ON pv.session_id = a.session_id
-),
-flags AS (
-    SELECT
-        j.*,
-        (duration_s > {{engaged_min_duration_s}} OR page_views >= 2 OR {{cv_any}}) AS is_engaged
-    FROM joined AS j
-)
+-- sessions: one row per session of sessionized: the columns of its first event there (app,
+-- session id, referrer and campaign, geo and device; see sessionized.sql) and what
+-- session_stats computed of it (see there: counts, times, picked ids, conversions, page views,
+-- flags). user_key = coalesce(user_id, device_key), device_key that of the first event.
+-- Cost: nothing is materialized here; the runner writes each day's rows straight from this join
+-- (a day's rows of both sides: session_date is in the join condition, so a filter on it reaches
+-- both).
 SELECT
-    app_id,
-    session_id,
-    client_session_id,
-    device_key,
-    anonymous_id,
-    user_id,
-    coalesce(user_id, device_key) AS user_key,
-    session_date,
-    start_tstamp,
-    end_tstamp,
-    duration_s,
-    page_views,
-    events,
-    engaged_time_s,
-    landing_page_path,
-    exit_page_path,
-    page_referrer,
-    refr_urlhost,
-    refr_medium,
-    refr_source,
-    refr_term,
-    mkt_source,
-    mkt_medium,
-    mkt_campaign,
-    mkt_term,
-    mkt_content,
-    mkt_clickid,
-    mkt_network,
-    default_channel_group,
-    geo_country,
-    geo_region,
-    geo_city,
-    br_family,
-    os_family,
-    dvce_family,
-    dvce_class,
-    is_bot,
-    ({{bounce_condition}}) AS is_bounce,
-    is_engaged{{cv_columns}}
-FROM flags
+    f.app_id,
+    f.session_id,
+    f.client_session_id,
+    coalesce(f.anonymous_id, f.user_id) AS device_key,
+    h.anonymous_id,
+    h.user_id,
+    coalesce(h.user_id, f.anonymous_id, f.user_id) AS user_key,
+    h.session_date,
+    h.start_tstamp,
+    h.end_tstamp,
+    h.duration_s,
+    h.page_views,
+    h.events,
+    h.engaged_time_s,
+    h.landing_page_path,
+    h.exit_page_path,
+    f.page_referrer,
+    f.refr_urlhost,
+    f.refr_medium,
+    f.refr_source,
+    f.refr_term,
+    f.mkt_source,
+    f.mkt_medium,
+    f.mkt_campaign,
+    f.mkt_term,
+    f.mkt_content,
+    f.mkt_clickid,
+    f.mkt_network,
+    f.default_channel_group,
+    f.geo_country,
+    f.geo_region,
+    f.geo_city,
+    f.br_family,
+    f.os_family,
+    f.dvce_family,
+    f.dvce_class,
+    h.is_bot,
+    h.is_bounce,
+    h.is_engaged{{cv_columns}}
+FROM sessionized AS f
+JOIN session_stats AS h ON h.first_row = f._row AND h.session_date = f.local_date

@@ -35,6 +35,8 @@ STATEMENTS: dict[str, str] = {
     "copies": "copies",
     "base_events": "base_events",
     "sessionized": "sessionized",
+    "page_view_stats": "page_view_stats",
+    "session_stats": "session_stats",
     "page_views_new": "page_views",
     "sessions_new": "sessions",
     "user_mapping_new": "user_mapping",
