@@ -25,8 +25,10 @@ session ever), so they are recomputed whole from ``events`` (two columns) and ``
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -315,6 +317,12 @@ class _Builder:
         self.snapshot_id: int = snap.snapshot_id if snap else -1
         self.files = snapshot_files(events)
         self.events = _Events(self.con, events, self.files)
+        # Iceberg commits run on this thread, in order, while DuckDB computes and writes the next
+        # table (a commit is ~0.2 s of Python and small files; five of them in turn left a core
+        # idle for ~1 s). Catalog calls of both threads take the lock.
+        self.committer = ThreadPoolExecutor(1, thread_name_prefix="clicklake-commit")
+        self.catalog_lock = threading.Lock()
+        self._commit_failed = False
 
     # -- planning -------------------------------------------------------------------------
 
@@ -466,8 +474,8 @@ class _Builder:
     def _drop(self, name: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
 
-    def build_windowed(self, windows: Sequence[Window] | None) -> dict[str, int]:
-        """Compute and write ``page_views`` and ``sessions`` of ``windows``: rows written of each.
+    def build_windowed(self, windows: Sequence[Window] | None) -> dict[str, Future[int]]:
+        """Compute and write ``page_views`` and ``sessions`` of ``windows``; their commits (rows).
 
         The tables the writes read are database tables, not temp ones: their days are written by
         two cursors at once (see :func:`write_data_files`), and a cursor does not see another's
@@ -493,18 +501,20 @@ class _Builder:
             self._drop("base_events")
             for name in ("page_views", "sessions"):
                 self.con.execute(f"CREATE OR REPLACE VIEW {name}_new AS {render(name, values)}")
-            return {name: self.write(name, f"{name}_new", windows) for name in ("page_views", "sessions")}
+            return self.write_all({"page_views": "page_views_new", "sessions": "sessions_new"}, windows)
         finally:
             for name in ("page_views", "sessions"):
                 self.con.execute(f"DROP VIEW IF EXISTS {name}_new")
             for name in stats:
                 self._drop(name)
 
-    def compute_global(self, sessions: Table) -> dict[str, str]:
+    def compute_global(self, sessions: Callable[[], Table]) -> dict[str, str]:
+        """Compute ``user_mapping``, ``users`` and ``daily_kpis``; ``sessions`` gives the
+        ``sessions`` table once its commit is done (user_mapping needs only events)."""
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW src_events AS {self.events.relation()}")
         values = template_values(self.opts)
         self._create("user_mapping_new", render("user_mapping", values), temp=False)
-        register_table(self.con, sessions, "sessions_all")
+        register_table(self.con, sessions(), "sessions_all")
         self._create("users_new", render("users", values), temp=False)
         self._create("daily_kpis_new", render("daily_kpis", values), temp=False)
         return {"user_mapping": "user_mapping_new", "users": "users_new", "daily_kpis": "daily_kpis_new"}
@@ -529,26 +539,51 @@ class _Builder:
                 update.union_by_name(schema)
         return table
 
-    def write(self, name: str, relation: str, windows: Sequence[Window] | None) -> int:
-        """Replace the rows of ``windows`` (all rows: ``None``) of ``name`` with ``relation``'s."""
-        with _timed(f"write {name}"):
-            table = self._table(name, relation)
-            files = write_data_files(
-                self.con, quote_ident(relation), table, FILE_ORDER[name], workers=_WRITE_LANES
-            )
-            rows = self._commit(name, table, files, windows)
-        return rows
+    def write_all(
+        self, relations: dict[str, str], windows: Sequence[Window] | None
+    ) -> dict[str, Future[int]]:
+        """Replace the rows of ``windows`` (all rows: ``None``) of each model table with its
+        relation's: the files are written here, in turn; each table's commit is queued on
+        :attr:`committer` once its files are written. Returns each table's commit (rows)."""
+        # Every table is created or evolved first, so that no catalog call of this thread waits
+        # for a commit of the other.
+        tables = {name: self._table(name, relation) for name, relation in relations.items()}
+        commits: dict[str, Future[int]] = {}
+        for name, relation in relations.items():
+            with _timed(f"write {name}"):
+                files = write_data_files(
+                    self.con, quote_ident(relation), tables[name], FILE_ORDER[name], workers=_WRITE_LANES
+                )
+            commits[name] = self.committer.submit(self._commit, name, tables[name], files, windows)
+        return commits
 
     def _table(self, name: str, relation: str) -> Table:
         """The model table ``name``, created or evolved to ``relation``'s columns."""
         # Only the schema is fetched: DuckDB writes the rows into the table's files itself.
         schema = self.con.sql(f"SELECT * FROM {quote_ident(relation)} LIMIT 0").to_arrow_table().schema
-        return self.table_for(name, schema)
+        with self.catalog_lock:
+            return self.table_for(name, schema)
 
     def _commit(
         self, name: str, table: Table, files: list[DataFile], windows: Sequence[Window] | None
     ) -> int:
-        """Commit ``files`` to ``table``, replacing the rows of ``windows``; rows committed."""
+        """Commit ``files`` to ``table``, replacing the rows of ``windows``; rows committed.
+
+        After a failed commit the tables queued behind it are not committed: the build stops
+        there, as if it had crashed between two commits (the next build starts from the oldest
+        checkpoint)."""
+        if self._commit_failed:
+            raise RuntimeError(f"{name} not committed: an earlier model table's commit failed")
+        try:
+            with _timed(f"commit {name}"), self.catalog_lock:
+                return self._commit_locked(name, table, files, windows)
+        except BaseException:
+            self._commit_failed = True
+            raise
+
+    def _commit_locked(
+        self, name: str, table: Table, files: list[DataFile], windows: Sequence[Window] | None
+    ) -> int:
         props = {EVENTS_SNAPSHOT_KEY: str(self.snapshot_id)}
         part = MODEL_TABLES[name]
         flt: BooleanExpression | str | None = None
@@ -592,13 +627,24 @@ def build_models(settings: Settings, full_refresh: bool = False) -> dict[str, in
         if windows == []:
             log.info("event=models_up_to_date events_snapshot=%s", builder.snapshot_id)
             return dict.fromkeys(MODEL_TABLES, 0)
-        counts: dict[str, int] = {}
-        counts.update(builder.build_windowed(windows))
-        sessions = catalog.load_table(table_id(settings, "sessions"))
-        for name, relation in builder.compute_global(sessions).items():
-            counts[name] = builder.write(name, relation, None)
-            builder._drop(relation)
+        commits = builder.build_windowed(windows)
+
+        def sessions() -> Table:
+            for commit in commits.values():
+                commit.result()  # raises a failed commit's error here, before more work
+            with builder.catalog_lock:
+                return catalog.load_table(table_id(settings, "sessions"))
+
+        relations = builder.compute_global(sessions)
+        try:
+            commits.update(builder.write_all(relations, None))
+        finally:
+            for relation in relations.values():
+                builder._drop(relation)
+        counts = {name: commits[name].result() for name in MODEL_TABLES}
     finally:
+        # A commit under way completes (its files are whole) before the build returns or raises.
+        builder.committer.shutdown(wait=True)
         builder.con.close()
     log.info(
         "event=models_built mode=%s windows=%s events_snapshot=%s rows=%s seconds=%.3f",
