@@ -232,3 +232,23 @@ def test_a_day_that_cannot_be_written_fails_the_write_and_no_lane_starts_another
         write_data_files(con, "rows_new", table, workers=2)
     # Four days, two lanes: the failing day, and at most the one the other lane had started.
     assert 1 <= len(started) <= 2
+
+
+@pytest.mark.parametrize("partition", ["day", None])
+def test_rows_counted_in_another_table_are_checked_against_the_rows_written(
+    catalog: Catalog, con: duckdb.DuckDBPyConnection, partition: str | None
+) -> None:
+    # The model runner writes a view joining narrow rows to wide ones and counts the narrow
+    # table's rows instead (the same count per day): a count that missed rows must fail the write,
+    # never skip a day.
+    table = _table(catalog, f"counted_{partition}", partition=partition)
+    con.execute("CREATE TABLE keys AS SELECT id, day FROM rows_new")
+    con.execute(
+        "CREATE VIEW wide AS SELECT r.* FROM rows_new AS r JOIN keys AS k ON k.id IS NOT DISTINCT FROM r.id"
+    )
+    files = write_data_files(con, "wide", table, workers=2, counted_in="keys")
+    assert sum(f.record_count for f in files) == ROWS.num_rows
+    # Rows counted that the view lacks (a join that lost them): the write fails.
+    con.execute("CREATE TABLE more_keys AS SELECT * FROM keys UNION ALL SELECT 'gone', DATE '2024-05-02'")
+    with pytest.raises(RuntimeError, match="more_keys counted 11"):
+        write_data_files(con, "wide", table, workers=2, counted_in="more_keys")

@@ -105,6 +105,7 @@ def write_data_files(
     table: Table,
     order_by: Sequence[str] = (),
     workers: int = 1,
+    counted_in: str | None = None,
 ) -> list[DataFile]:
     """Write the rows of ``relation`` as Parquet data files of ``table`` (not committed).
 
@@ -121,6 +122,11 @@ def write_data_files(
             ``relation`` must then be a table or view of the database, not a temp one). A day of
             a model table is one or two Parquet row groups, and DuckDB encodes a row group on
             one thread: one ``COPY`` at a time leaves the other core idle.
+        counted_in: A table cheaper to count than ``relation`` whose rows are ``relation``'s one
+            for one, with the same partition columns: ``relation`` an inner join of it to other
+            columns on a key of both, the partition columns among the join's equalities (a day
+            only ``relation`` had would be skipped; a join gives it none). Rows it counted that
+            were not written (a join that found no match) fail the write.
 
     Returns:
         The data files, with their partition values and column statistics.
@@ -183,12 +189,15 @@ def write_data_files(
     partitions = [_Partition("true", None)]
     sizes = [0]  # rows per partition: the larger are written first
     if not parts:
-        count = con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0]
+        count = con.execute(f"SELECT count(*) FROM {counted_in or relation}").fetchall()[0]
+        sizes = [count[0]]
         if count[0] == 0:
             partitions = []  # no empty file, as PyIceberg writes none
     else:
         cols = ", ".join(quote_ident(c) for c, _ in parts)
-        counted = con.execute(f"SELECT {cols}, count(*) FROM {relation} GROUP BY ALL").fetchall()
+        counted = con.execute(
+            f"SELECT {cols}, count(*) FROM {counted_in or relation} GROUP BY ALL"
+        ).fetchall()
         values = [row[:-1] for row in counted]
         sizes = [row[-1] for row in counted]
         partitions = [
@@ -273,7 +282,13 @@ def write_data_files(
     finally:
         if order:
             con.execute(f"SET preserve_insertion_order = {'true' if preserved[0] else 'false'}")
-    return [_data_file(table, path, key) for path, key in written]
+    files = [_data_file(table, path, key) for path, key in written]
+    if counted_in is not None and sum(f.record_count for f in files) != sum(sizes):
+        # Counted rows the relation lacks (a join that lost rows): fail, commit nothing.
+        raise RuntimeError(
+            f"{relation}: wrote {sum(f.record_count for f in files)} rows, {counted_in} counted {sum(sizes)}"
+        )
+    return files
 
 
 def _uri(path: str, folder: str) -> str:

@@ -195,6 +195,7 @@ def template_values(opts: ModelOptions, window: str = "true") -> dict[str, str]:
         f",\n    CASE WHEN ({c.condition}) THEN {c.value} ELSE 0.0 END AS cv_{c.name}_val"
         for c in cvs
     )
+    base_cv_names = "".join(f", cv_{c.name}_hit, cv_{c.name}_val" for c in cvs)
     agg = "".join(
         f",\n        CAST(sum(cv_{c.name}_hit) AS BIGINT) AS cv_{c.name}_volume"
         f",\n        sum(cv_{c.name}_val) AS cv_{c.name}_value"
@@ -248,6 +249,7 @@ def template_values(opts: ModelOptions, window: str = "true") -> dict[str, str]:
         "window": window,
         "bot_filter": "true" if opts.include_bots else "NOT coalesce(is_bot, false)",
         "conversion_columns": base_cv,
+        "conversion_names": base_cv_names,
         "gap_us": str(opts.gap_us),
         "max_len_us": str(opts.max_len_us),
         "midnight_clause": " OR local_date <> prev_date" if opts.split_at_midnight else "",

@@ -86,8 +86,12 @@ named AS (
     FROM long_pieces
     WHERE non_ping_events > 0
 ),
+-- What only the pings and the session counts read (they take it from base_events) is not carried.
 sessioned AS (
-    SELECT b.*, n.session_start_us, n.session_end_us
+    SELECT
+        b.* EXCLUDE (is_ping, heartbeat_s, scroll_depth_pct{{conversion_names}}),
+        n.session_start_us,
+        n.session_end_us
     FROM base_events AS b
     JOIN named AS n
         ON n.key_id = b.key_id AND b.tstamp_us >= n.session_start_us AND b.tstamp_us <= n.session_end_us
