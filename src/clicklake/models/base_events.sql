@@ -17,9 +17,8 @@
 -- The descriptive columns (titles, referrers, marketing, device, geo) are not carried:
 -- sessionized reads them for the few rows that show them (page views, first events of
 -- sessions), finding the kept copy's row by _row (its place in the events files); it also reads
--- there the app, session key, client session id, event type and name, which only shown rows
--- need. page_url is kept for page views and pings (pings are attached to page views by URL);
--- the other rows do not show it.
+-- there the app, session key, client session id, event type and name, and the URL, which only
+-- shown rows need. page_url is kept for pings alone: they are attached to page views by URL.
 WITH ev AS (
     SELECT
         event_id,
@@ -53,9 +52,7 @@ WITH ev AS (
                 TRY_CAST(json_extract_string(properties, '$.scroll_depth') AS DOUBLE)
             ) END
         END AS scroll_depth_pct,
-        CASE WHEN event_type IN ('page', 'screen') OR (event_type = 'track' AND event_name = 'Page Ping') THEN
-            page_url
-        END AS page_url,
+        CASE WHEN event_type = 'track' AND event_name = 'Page Ping' THEN page_url END AS page_url,
         coalesce(is_bot, false) AS is_bot{{conversion_columns}}
     FROM (
         SELECT

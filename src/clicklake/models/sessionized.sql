@@ -86,10 +86,11 @@ named AS (
     FROM long_pieces
     WHERE non_ping_events > 0
 ),
--- What only the pings and the session counts read (they take it from base_events) is not carried.
+-- What only the pings and the session counts read (they take it from base_events) is not carried;
+-- the URL is read below with the descriptive columns.
 sessioned AS (
     SELECT
-        b.* EXCLUDE (is_ping, heartbeat_s, scroll_depth_pct{{conversion_names}}),
+        b.* EXCLUDE (is_ping, heartbeat_s, scroll_depth_pct, page_url{{conversion_names}}),
         n.session_start_us,
         n.session_end_us
     FROM base_events AS b
@@ -108,6 +109,7 @@ matched AS (
         e.session_id AS client_session_id,
         CASE WHEN s.is_page_view THEN e.event_type END AS event_type,
         CASE WHEN s.is_page_view THEN e.event_name END AS event_name,
+        e.page_url,
         e.page_title,
         e.page_referrer,
         coalesce(
