@@ -13,7 +13,8 @@
 -- of the few events at the instants that matter (the start, from sessionized; the last user_id
 -- and the first anonymous_id) the one with the smallest (largest, for the user_id) event_id is
 -- then picked, instead of sorting every event of every session. The first anonymous_id is nearly
--- always at the start: only a session whose start rows lack one looks for it in base_events.
+-- always at the start, picked with the first row in the same aggregate over the start rows: only
+-- a session whose start rows lack one looks for it in base_events.
 -- Everything here is narrow (chosen is kept MATERIALIZED so that DuckDB joins it as it is); the
 -- descriptive columns of the first event are read once, when the sessions are written. The exit
 -- page is the page view with the largest index (arg_max; page_path_clean is never NULL), without
@@ -29,7 +30,9 @@ picks AS (
         session_start_us,
         max(session_end_us) AS session_end_us,
         min(local_date) AS session_date,
-        arg_min(_row, {'no_event_id': event_id IS NULL, 'event_id': event_id}) AS first_row
+        arg_min(_row, {'no_event_id': event_id IS NULL, 'event_id': event_id}) AS first_row,
+        arg_min(anonymous_id, {'no_event_id': event_id IS NULL, 'event_id': event_id})
+            FILTER (WHERE anonymous_id IS NOT NULL) AS start_anonymous_id
     FROM start_rows
     GROUP BY key_id, session_start_us
 ),
@@ -65,23 +68,16 @@ user_pick AS (
     FROM at_user
     GROUP BY key_id, session_start_us
 ),
-at_anonymous AS (
-    SELECT key_id, session_start_us, event_id, anonymous_id
-    FROM start_rows
-    WHERE anonymous_id IS NOT NULL
-    UNION ALL
-    SELECT c.key_id, c.session_start_us, b.event_id, b.anonymous_id
+-- A session whose start rows have no anonymous_id takes the first one after its start (rare).
+late_anonymous AS (
+    SELECT
+        c.key_id,
+        c.session_start_us,
+        arg_min(b.anonymous_id, {'no_event_id': b.event_id IS NULL, 'event_id': b.event_id}) AS anonymous_id
     FROM counts AS c
     JOIN base_events AS b ON b.key_id = c.key_id AND b.tstamp_us = c.anonymous_us
     WHERE c.anonymous_us > c.session_start_us AND b.anonymous_id IS NOT NULL
-),
-anonymous_pick AS (
-    SELECT
-        key_id,
-        session_start_us,
-        arg_min(anonymous_id, {'no_event_id': event_id IS NULL, 'event_id': event_id}) AS anonymous_id
-    FROM at_anonymous
-    GROUP BY key_id, session_start_us
+    GROUP BY c.key_id, c.session_start_us
 ),
 chosen AS MATERIALIZED (
     SELECT
@@ -89,13 +85,13 @@ chosen AS MATERIALIZED (
         p.session_start_us,
         p.session_date,
         p.first_row,
-        a.anonymous_id,
+        coalesce(p.start_anonymous_id, a.anonymous_id) AS anonymous_id,
         u.user_id,
         c.* EXCLUDE (key_id, session_start_us, user_us, anonymous_us)
     FROM picks AS p
     JOIN counts AS c ON c.key_id = p.key_id AND c.session_start_us = p.session_start_us
     LEFT JOIN user_pick AS u ON u.key_id = p.key_id AND u.session_start_us = p.session_start_us
-    LEFT JOIN anonymous_pick AS a ON a.key_id = p.key_id AND a.session_start_us = p.session_start_us
+    LEFT JOIN late_anonymous AS a ON a.key_id = p.key_id AND a.session_start_us = p.session_start_us
 ),
 pv AS (
     SELECT
