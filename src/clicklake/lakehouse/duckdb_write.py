@@ -283,11 +283,10 @@ def write_data_files(
         if order:
             con.execute(f"SET preserve_insertion_order = {'true' if preserved[0] else 'false'}")
     files = [_data_file(table, path, key) for path, key in written]
-    if counted_in is not None and sum(f.record_count for f in files) != sum(sizes):
+    rows = sum(f.record_count for f in files)
+    if counted_in is not None and rows != sum(sizes):
         # Counted rows the relation lacks (a join that lost rows): fail, commit nothing.
-        raise RuntimeError(
-            f"{relation}: wrote {sum(f.record_count for f in files)} rows, {counted_in} counted {sum(sizes)}"
-        )
+        raise RuntimeError(f"{relation}: wrote {rows} rows, {counted_in} counted {sum(sizes)}")
     return files
 
 

@@ -494,23 +494,24 @@ class _Builder:
         self._drop("key_clashes")
         self._drop("copies")
         stats = ("sessionized", "page_view_stats", "session_stats")
+        views = {name: f"{name}_new" for name in ("page_views", "sessions")}
         try:
             for name in stats:
                 self._create(name, render(name, values), temp=False)
             # Each intermediate is dropped once read for the last time: at 10M events they are GBs.
             self._drop("base_events")
-            for name in ("page_views", "sessions"):
-                self.con.execute(f"CREATE OR REPLACE VIEW {name}_new AS {render(name, values)}")
+            for name, view in views.items():
+                self.con.execute(f"CREATE OR REPLACE VIEW {view} AS {render(name, values)}")
             return self.write_all(
-                {"page_views": "page_views_new", "sessions": "sessions_new"},
+                views,
                 windows,
                 # One row per row of these (the views' inner joins find each one's row), and the
                 # same day column: counting them skips the joins.
                 counted_in={"page_views": "page_view_stats", "sessions": "session_stats"},
             )
         finally:
-            for name in ("page_views", "sessions"):
-                self.con.execute(f"DROP VIEW IF EXISTS {name}_new")
+            for view in views.values():
+                self.con.execute(f"DROP VIEW IF EXISTS {view}")
             for name in stats:
                 self._drop(name)
 
